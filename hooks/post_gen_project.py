@@ -1,0 +1,65 @@
+"""Shape the generated project to the answers: prune what was turned off, render the Dockerfile.
+
+cookiecutter runs this inside the new project folder. Whole files and folders that an answer
+turns off are deleted here, in one list, so what each answer owns is visible in one place;
+single lines (the uvloop dependency, for instance) are switched by Jinja conditions in the
+files themselves.
+
+The Dockerfile is kept at the template's top level (``Dockerfile.template``), outside the
+project folder, so the template's own tooling never mistakes it for a project file; it is
+rendered here with the same Jinja environment and answers as every other file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
+    "use_docker": (".dockerignore", "compose.yaml", "deploy"),
+    "windows_scripts": ("scripts/windows", "app/launcher.py", "tests/test_launcher.py"),
+}
+
+
+def paths_to_remove(answers: Mapping[str, Any]) -> list[str]:
+    """The project-relative paths that the answers turned off."""
+    return [path for answer, paths in OWNED_BY_ANSWER.items() if not answers[answer] for path in paths]
+
+
+def prune(project: Path, answers: Mapping[str, Any]) -> None:
+    """Delete what the answers turned off, and folders left empty by that."""
+    for relative in paths_to_remove(answers):
+        path = project / relative
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        for parent in path.relative_to(project).parents:
+            folder = project / parent
+            if folder != project and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def render_dockerfile(project: Path, answers: Mapping[str, Any]) -> None:
+    """Render ``Dockerfile.template`` from the template folder into ``Dockerfile``."""
+    from cookiecutter.environment import StrictEnvironment  # the interpreter running us
+
+    template = Path(answers["_repo_dir"], "Dockerfile.template").read_text(encoding="utf-8")
+    environment = StrictEnvironment(context={"cookiecutter": dict(answers)}, keep_trailing_newline=True)
+    text = environment.from_string(template).render(cookiecutter=answers)
+    (project / "Dockerfile").write_text(text, encoding="utf-8")
+
+
+def main(project: Path, answers: Mapping[str, Any]) -> int:
+    prune(project, answers)
+    if answers["use_docker"]:
+        render_dockerfile(project, answers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path.cwd(), json.loads(r'''{{ cookiecutter | tojson }}''')))

@@ -1,0 +1,104 @@
+"""The journal: an append-only file with every line the service has echoed.
+
+It is this service's example of work that must not be lost at shutdown. Connection handlers
+queue lines in memory; one background task writes them in batches, in a worker thread so
+that a slow disk never stalls the event loop. That task runs under ``shutdown_waits_for``:
+the runtime does not cancel it, and the shutdown waits for its last write and its fsync.
+
+Each batch is flushed to the operating system as soon as it is written, so a killed process
+loses nothing the OS has; the fsync at the end makes the file durable across a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from app.aiorun import shutdown_waits_for
+
+logger = logging.getLogger(__name__)
+
+
+class Journal:
+    """Batched, ordered, append-only writer of echoed lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines_written = 0
+        self._file: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Future[None] | None = None
+
+    def open(self) -> None:
+        """Create the file and its folder for appending; raise OSError if that fails.
+
+        Called before the service listens, so an unwritable path stops the start instead
+        of failing on the first echoed line.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("ab")
+
+    def start(self) -> None:
+        """Start the background writer, protected from the shutdown's cancellation."""
+        self._writer = asyncio.ensure_future(shutdown_waits_for(self._write_until_closed()))
+        self._writer.add_done_callback(self._report_failure)
+
+    def append(self, line: bytes) -> None:
+        """Queue one line (with its newline) for writing; never blocks."""
+        self._pending.append(line)
+        self._wakeup.set()
+
+    async def close(self, timeout: float) -> bool:
+        """Write everything queued, fsync and close; False if that took over ``timeout``.
+
+        The writer keeps going after a timeout: it is still protected, and the runtime
+        reports it if the shutdown budget runs out before it ends.
+        """
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is None:
+            return True
+        done, _ = await asyncio.wait({self._writer}, timeout=timeout)
+        return bool(done)
+
+    async def _write_until_closed(self) -> None:
+        while not (self._closing and not self._pending):
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await asyncio.to_thread(self._write, batch)
+        await asyncio.to_thread(self._sync_and_close)
+        logger.info("journal flushed: %d line(s) in %s", self.lines_written, self.path)
+
+    def _write(self, batch: list[bytes]) -> None:
+        assert self._file is not None, "open() the journal before start()"
+        self._file.write(b"".join(batch))
+        self._file.flush()
+        self.lines_written += len(batch)
+
+    def _sync_and_close(self) -> None:
+        assert self._file is not None, "open() the journal before start()"
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def _report_failure(self, writer: asyncio.Future[None]) -> None:
+        """Hand a write error to the loop's exception handler.
+
+        The service holds this task for its whole life, so asyncio would never report the
+        error by itself; in stop-on-error mode this stops the service (exit status 1).
+        """
+        if writer.cancelled() or writer.exception() is None:
+            return
+        writer.get_loop().call_exception_handler(
+            {
+                "message": f"journal {self.path} cannot be written",
+                "exception": writer.exception(),
+                "future": writer,
+            }
+        )

@@ -1,0 +1,94 @@
+"""The service's life: what happens at start, and in which order things stop.
+
+``start()`` is the coroutine handed to the runtime's ``run()``; ``stop()`` is its
+``shutdown_callback``, which the runtime calls after the loop stopped and before it cancels
+anything. Doing the drain there, rather than in a cancelled task, is what makes the order
+deterministic:
+
+    signal -> stop accepting -> drain connections -> journal flush (protected)
+           -> runtime cancels what is left -> executor -> exit
+
+A failure at start (port taken, no permission, journal unwritable) is logged as one line;
+the service records an exit status and stops the loop, so the normal shutdown still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+
+from app import notify
+from app.config import Settings
+from app.exitcodes import ExitCode
+from app.journal import Journal
+from app.server import EchoServer
+
+logger = logging.getLogger("app")
+
+DRAIN_SHARE = 0.5
+"""Part of APP_SHUTDOWN_TIMEOUT given to draining connections; the runtime gets the rest."""
+
+
+class EchoService:
+    """Wires the journal, the server and systemd notification to the runtime."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.exit_code = ExitCode.OK
+        self.journal = Journal(settings.journal_path)
+        self.server = EchoServer(
+            self.journal,
+            max_connections=settings.max_connections,
+            max_line_bytes=settings.max_line_bytes,
+            idle_timeout=settings.idle_timeout,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        """Open the journal, listen, and announce readiness; then return (the loop runs on)."""
+        try:
+            self.journal.open()
+        except OSError as exc:
+            self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}")
+            return
+        self.journal.start()
+        self._started = True
+        try:
+            host, port = await self.server.listen(self.settings.host, self.settings.port)
+        except OSError as exc:
+            where = f"{self.settings.host}:{self.settings.port}"
+            self._fail(_listen_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}")
+            return
+        logger.info("listening on %s:%d", host, port)
+        notify.send("READY=1")
+
+    async def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Shutdown callback: drain connections, then flush the journal."""
+        notify.send("STOPPING=1")
+        if not self._started:
+            return
+        budget = self.settings.shutdown_timeout * DRAIN_SHARE
+        deadline = time.monotonic() + budget
+        await self.server.drain(timeout=budget)
+        if not await self.journal.close(timeout=max(deadline - time.monotonic(), 0.0)):
+            logger.warning("journal flush is taking longer than %.1fs", budget)
+
+    def _fail(self, code: ExitCode, message: str) -> None:
+        logger.error("%s", message)
+        self.exit_code = code
+        asyncio.get_running_loop().stop()
+
+
+def _listen_exit_code(exc: OSError) -> ExitCode:
+    if exc.errno == errno.EADDRINUSE:
+        return ExitCode.ADDRESS_IN_USE
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ExitCode.PERMISSION_DENIED
+    return ExitCode.CONFIG  # e.g. a host name that does not resolve
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words without Python's ``[Errno N]`` decoration."""
+    return exc.strerror or str(exc)
