@@ -54,8 +54,22 @@ def render_dockerfile(project: Path, answers: Mapping[str, Any]) -> None:
     (project / "Dockerfile").write_text(text, encoding="utf-8")
 
 
+def record_answers(project: Path, answers: Mapping[str, Any]) -> None:
+    """Write ``.cookiecutter.json`` so the project can be regenerated or updated later.
+
+    It is a cookiecutter replay file (``cookiecutter --replay-file .cookiecutter.json
+    TEMPLATE``), also readable by cruft. Only the answers and the template's address are kept:
+    local paths of the machine that generated it would mean nothing anywhere else.
+    """
+    kept = {key: value for key, value in answers.items() if not key.startswith("_")}
+    kept["_template"] = answers["_template"]
+    text = json.dumps({"cookiecutter": kept}, indent=2, ensure_ascii=False)
+    (project / ".cookiecutter.json").write_text(text + "\n", encoding="utf-8")
+
+
 def main(project: Path, answers: Mapping[str, Any]) -> int:
     prune(project, answers)
+    record_answers(project, answers)
     if answers["use_docker"]:
         render_dockerfile(project, answers)
     return 0

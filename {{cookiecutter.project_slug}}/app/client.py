@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -19,18 +20,21 @@ class EchoError(Exception):
     """The exchange failed; the message says how."""
 
 
-async def echo(host: str, port: int, messages: Sequence[str], timeout: float) -> list[str]:
-    """Send each message as one line, return the replies in order."""
+async def echo(host: str, port: int, messages: Sequence[str], step_seconds: float) -> list[str]:
+    """Send each message as one line, return the replies in order.
+
+    Connecting, and the whole exchange, may each take ``step_seconds``.
+    """
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(step_seconds):
             reader, writer = await asyncio.open_connection(host, port)
     except OSError as exc:
         raise EchoError(f"nothing is listening on {host}:{port} ({exc.strerror or exc})") from None
     except TimeoutError:
-        raise EchoError(f"no answer from {host}:{port} within {timeout:g}s") from None
+        raise EchoError(f"no answer from {host}:{port} within {step_seconds:g}s") from None
     replies: list[str] = []
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(step_seconds):
             for message in messages:
                 writer.write(message.encode() + b"\n")
                 await writer.drain()
@@ -42,15 +46,13 @@ async def echo(host: str, port: int, messages: Sequence[str], timeout: float) ->
                     raise EchoError(f"refused by {host}:{port}: {text.removeprefix('error: ')}")
                 replies.append(text)
     except TimeoutError:
-        raise EchoError(f"no answer from {host}:{port} within {timeout:g}s") from None
+        raise EchoError(f"no answer from {host}:{port} within {step_seconds:g}s") from None
     except ConnectionError as exc:
         raise EchoError(f"connection to {host}:{port} lost ({exc})") from None
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
-        except OSError:
-            pass
     return replies
 
 

@@ -53,17 +53,17 @@ class Journal:
         self._pending.append(line)
         self._wakeup.set()
 
-    async def close(self, timeout: float) -> bool:
-        """Write everything queued, fsync and close; False if that took over ``timeout``.
+    async def close(self, grace: float) -> bool:
+        """Write everything queued, fsync and close; False if that took over ``grace``.
 
-        The writer keeps going after a timeout: it is still protected, and the runtime
+        The writer keeps going after that: it is still protected, and the runtime
         reports it if the shutdown budget runs out before it ends.
         """
         self._closing = True
         self._wakeup.set()
         if self._writer is None:
             return True
-        done, _ = await asyncio.wait({self._writer}, timeout=timeout)
+        done, _ = await asyncio.wait({self._writer}, timeout=grace)
         return bool(done)
 
     async def _write_until_closed(self) -> None:

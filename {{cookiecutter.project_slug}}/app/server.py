@@ -64,8 +64,8 @@ class EchoServer:
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 
-    async def drain(self, timeout: float) -> None:
-        """Stop accepting, answer what was received, then close every connection."""
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, answer what was received, close; abort what is left after ``grace``."""
         self._draining = True
         if self._server is not None:
             self._server.close()
@@ -79,11 +79,11 @@ class EchoServer:
                 connection.reading.reschedule(loop.time())
         tasks = {connection.task for connection in self._connections}
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout)
+            _, late = await asyncio.wait(tasks, timeout=grace)
             for connection in list(self._connections):
                 connection.writer.transport.abort()
             if late:
-                logger.warning("aborted %d connection(s) still busy after %.1fs", len(late), timeout)
+                logger.warning("aborted %d connection(s) still busy after %.1fs", len(late), grace)
                 await asyncio.wait(late, timeout=LINGER_SECONDS)
         if self._server is not None:
             await self._server.wait_closed()

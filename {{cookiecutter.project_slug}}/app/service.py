@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import time
 
 from app import notify
@@ -71,8 +72,8 @@ class EchoService:
             return
         budget = self.settings.shutdown_timeout * DRAIN_SHARE
         deadline = time.monotonic() + budget
-        await self.server.drain(timeout=budget)
-        if not await self.journal.close(timeout=max(deadline - time.monotonic(), 0.0)):
+        await self.server.drain(grace=budget)
+        if not await self.journal.close(grace=max(deadline - time.monotonic(), 0.0)):
             logger.warning("journal flush is taking longer than %.1fs", budget)
 
     def _fail(self, code: ExitCode, message: str) -> None:
@@ -90,5 +91,7 @@ def _listen_exit_code(exc: OSError) -> ExitCode:
 
 
 def _reason(exc: OSError) -> str:
-    """The OS's words without Python's ``[Errno N]`` decoration."""
-    return exc.strerror or str(exc)
+    """The OS's own words for the error, without asyncio's or Python's decoration."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)  # e.g. a resolver error, whose codes are negative

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite of the template, from a fresh clone: ./test.sh [pytest arguments]
+#
+# Creates .venv with Python 3.11+ if it is missing, installs requirements-dev.txt into it, and
+# runs pytest. Tests that need a Docker engine or Wine skip with a reason when those are absent;
+# --require-docker / --require-wine turn those skips into failures (CI uses both, after
+# scripts/docker-engine.sh and scripts/wine-python.sh have set them up).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "error: $python is older than 3.11; set PYTHON=/path/to/python3.11+" >&2
+    exit 2
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,166 @@
+"""Run the real service in a subprocess and synchronise on what it logs.
+
+Shutdown behaviour can only be trusted when it is seen in a real process receiving a real
+signal, so the service tests start ``python -m app`` and wait for log lines (never for a
+fixed time) before they act.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+HANG_GUARD = 20.0
+"""Seconds after which a wait is a failure, not a slow machine: far above any normal time."""
+
+
+def service_env(**overrides: str) -> dict[str, str]:
+    """The environment of a test child: ours minus every APP_ setting, plus the overrides."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("APP_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env.update(overrides)
+    return env
+
+
+class Process:
+    """A child process whose stderr is collected line by line in the background."""
+
+    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str]) -> None:
+        flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0
+        self.popen = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            creationflags=flags,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = HANG_GUARD) -> re.Match[str]:
+        """Block until a log line matches; fail with the log if the process ends first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                finished = not self._reader.is_alive()
+                remaining = deadline - time.monotonic()
+                if finished or remaining <= 0:
+                    state = "exited" if finished else "still running"
+                    pytest.fail(f"no log line matching {regex.pattern!r} ({state}):\n{self.log}")
+                self._changed.wait(remaining)
+
+    def send(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = HANG_GUARD) -> int:
+        """The exit status; kills the process and fails if it does not end in time."""
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            pytest.fail(f"process still running after {timeout}s:\n{self.log}")
+        self._reader.join(HANG_GUARD)
+        return code
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.send(signum)
+        return self.wait()
+
+
+class Service(Process):
+    """``python -m app`` started and ready: its address is parsed from ``listening on``."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], args: Sequence[str] = ("-m", "app")):
+        super().__init__([sys.executable, *args], cwd, env)
+        match = self.wait_for(LISTENING)
+        self.host, self.port = match[1], int(match[2])
+        self.journal = Path(cwd, env["APP_JOURNAL_PATH"])
+
+
+StartService = Callable[..., Service]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh working folder per test: its own .env, data/ and journal."""
+    folder = tmp_path / "service"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def start_service(workdir: Path) -> Iterator[StartService]:
+    """Start services on ephemeral ports; any left running at the end are killed."""
+    started: list[Service] = []
+
+    def start(*args: str, **settings: str) -> Service:
+        defaults = {"APP_HOST": "127.0.0.1", "APP_PORT": "0", "APP_JOURNAL_PATH": "data/journal.log"}
+        env = service_env(**{**defaults, **settings})
+        service = Service(workdir, env, args or ("-m", "app"))
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.popen.poll() is None:
+            service.popen.kill()
+            service.popen.wait()
+
+
+@pytest.fixture
+def run_app(workdir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m app`` (or a module given as ``module=``) to completion."""
+
+    def run(*args: str, module: str = "app", **settings: str) -> subprocess.CompletedProcess[str]:
+        defaults = {"APP_HOST": "127.0.0.1", "APP_JOURNAL_PATH": "data/journal.log"}
+        env = service_env(**{**defaults, **settings})
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD,
+            check=False,
+        )
+
+    return run

@@ -1,0 +1,219 @@
+"""The service as its users see it: echo, graceful stop, the journal, refusals, exit statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sys
+
+import pytest
+from conftest import HANG_GUARD, Process, Service, StartService, service_env
+
+from app.exitcodes import ExitCode
+
+SHUTDOWN_PHASES = (
+    "stopped accepting connections",
+    "draining",
+    "journal flushed",
+    "shutdown: complete",
+)
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def exchange(service: Service, payload: bytes, expect: int) -> bytes:
+    """Send bytes on a fresh connection and read until ``expect`` bytes or EOF."""
+    with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as sock:
+        sock.sendall(payload)
+        received = b""
+        while len(received) < expect:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+def test_client_round_trip(start_service: StartService, run_app) -> None:
+    service = start_service()
+    result = run_app("--port", str(service.port), "hello", "wörld", module="app.client")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hello", "wörld"]
+
+
+def test_client_reports_nothing_listening(run_app) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago and has no listener
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_app("--port", str(port), module="app.client")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: nothing is listening on 127.0.0.1:")
+    assert "Traceback" not in result.stderr
+
+
+@posix_only
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_gracefully_with_phases_logged(start_service: StartService, signum) -> None:
+    service = start_service()
+    assert exchange(service, b"before the signal\n", 18) == b"before the signal\n"
+    assert service.stop(signum) == ExitCode.OK
+    positions = [service.log.find(phase) for phase in SHUTDOWN_PHASES]
+    assert -1 not in positions, service.log
+    assert positions == sorted(positions), "phases out of order:\n" + service.log
+    assert "Traceback" not in service.log
+    assert service.journal.read_bytes() == b"before the signal\n"
+
+
+def test_ephemeral_port_is_reported(start_service: StartService) -> None:
+    service = start_service()
+    assert service.port != 0
+    assert exchange(service, b"x\n", 2) == b"x\n"
+
+
+@posix_only
+def test_journal_holds_exactly_what_was_echoed(start_service: StartService) -> None:
+    """Clients keep talking while SIGTERM arrives: every reply is journaled once, no more."""
+    service = start_service()
+    replies: list[bytes] = []
+    clients = 20
+
+    async def talk(client: int, started: asyncio.Event, ready: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(service.host, service.port)
+        for n in range(100_000):
+            writer.write(b"client %d line %d\n" % (client, n))
+            try:
+                reply = await reader.readuntil(b"\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            replies.append(reply)
+            if n == 10:
+                ready.append(client)
+                if len(ready) == clients:
+                    started.set()
+        writer.close()
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+        ready: list[int] = []
+        talkers = [asyncio.create_task(talk(c, started, ready)) for c in range(clients)]
+        await asyncio.wait_for(started.wait(), HANG_GUARD)
+        service.send(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*talkers), HANG_GUARD)
+
+    asyncio.run(scenario())
+    assert service.wait() == ExitCode.OK, service.log
+    journal = service.journal.read_bytes().splitlines(keepends=True)
+    assert len(journal) == len(set(journal)), "a line was journaled twice"
+    assert sorted(journal) == sorted(replies)
+    assert len(replies) > clients * 10
+
+
+def test_over_limit_line_is_refused_and_others_are_unaffected(start_service: StartService) -> None:
+    service = start_service(APP_MAX_LINE_BYTES="1024")
+    with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as bystander:
+        reply = exchange(service, b"y" * 4000 + b"\n", 10_000)
+        assert reply == b"error: line longer than 1024 bytes\n"
+        bystander.sendall(b"still here\n")
+        assert bystander.recv(100) == b"still here\n"
+    assert exchange(service, b"z" * 1023 + b"\n", 1024) == b"z" * 1023 + b"\n"
+
+
+def test_connections_past_the_limit_are_refused_politely(start_service: StartService) -> None:
+    service = start_service(APP_MAX_CONNECTIONS="2")
+    with (
+        socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as first,
+        socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as second,
+    ):
+        for sock in (first, second):  # both are accepted and served before the third comes
+            sock.sendall(b"ping\n")
+            assert sock.recv(10) == b"ping\n"
+        assert exchange(service, b"", 100) == b"error: too many connections\n"
+    assert exchange(service, b"room again\n", 11) == b"room again\n"
+
+
+def test_health_probe(start_service: StartService, run_app) -> None:
+    service = start_service()
+    assert run_app("--port", str(service.port), module="app.health").returncode == 0
+    assert service.stop() == ExitCode.OK
+    failed = run_app("--port", str(service.port), module="app.health")
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("unhealthy: ")
+    assert service.journal.read_bytes() == b"", "health pings must not be journaled"
+
+
+@pytest.mark.parametrize(
+    ("settings", "names"),
+    [
+        ({"APP_PORT": "abc"}, "APP_PORT"),
+        ({"APP_PORT": "70000"}, "APP_PORT"),
+        ({"APP_SHUTDOWN_TIMEOUT": "-1"}, "APP_SHUTDOWN_TIMEOUT"),
+        ({"APP_USE_UVLOOP": "maybe"}, "APP_USE_UVLOOP"),
+        ({"APP_LOG_LEVEL": "LOUD"}, "APP_LOG_LEVEL"),
+    ],
+)
+def test_bad_setting_exits_2_with_one_line(run_app, settings: dict[str, str], names: str) -> None:
+    result = run_app(**settings)
+    assert result.returncode == ExitCode.CONFIG
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {names}=")
+
+
+def test_malformed_env_file_exits_2(run_app, workdir) -> None:
+    (workdir / ".env").write_text("APP_PORT=1234\nthis line is not an assignment\n")
+    result = run_app()
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.splitlines() == [
+        "error: .env line 2 is not KEY=VALUE: 'this line is not an assignment\\n'"
+    ]
+
+
+def test_env_file_is_read_and_real_environment_wins(start_service: StartService, workdir) -> None:
+    (workdir / ".env").write_text("APP_PORT=1\nAPP_JOURNAL_PATH=from-dotenv.log\n")
+    service = start_service()  # APP_PORT=0 and the journal path come from the environment
+    assert service.port != 1
+    assert exchange(service, b"dotenv\n", 7) == b"dotenv\n"
+    assert service.stop() == ExitCode.OK
+    assert not (workdir / "from-dotenv.log").exists()
+
+
+def test_unknown_setting_is_warned_about(start_service: StartService) -> None:
+    service = start_service(APP_PROT="9999")
+    assert "unknown setting APP_PROT ignored (did you mean APP_PORT?)" in service.log
+    assert service.stop() == ExitCode.OK
+
+
+def test_port_in_use_exits_69(run_app) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_app(APP_PORT=str(taken.getsockname()[1]))
+    assert result.returncode == ExitCode.ADDRESS_IN_USE, result.stderr
+    assert "cannot listen on 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_journal_exits_73(run_app, workdir) -> None:
+    (workdir / "blocker").write_text("a file where a folder should be")
+    result = run_app(APP_PORT="0", APP_JOURNAL_PATH="blocker/journal.log")
+    assert result.returncode == ExitCode.JOURNAL_UNWRITABLE, result.stderr
+    assert "cannot write journal" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux capabilities or a non-root user")
+def test_low_port_without_permission_exits_77(workdir) -> None:
+    """A real EACCES: as root, drop CAP_NET_BIND_SERVICE with setpriv first."""
+    command = [sys.executable, "-m", "app"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv to drop CAP_NET_BIND_SERVICE")
+        command = [setpriv, "--bounding-set", "-net_bind_service", "--", *command]
+    env = service_env(APP_HOST="127.0.0.1", APP_PORT="1", APP_JOURNAL_PATH="data/journal.log")
+    process = Process(command, workdir, env)
+    assert process.wait() == ExitCode.PERMISSION_DENIED, process.log
+    assert "cannot listen on 127.0.0.1:1: Permission denied" in process.log
+    assert "Traceback" not in process.log
