@@ -41,8 +41,8 @@ def main() -> int:
             timeout_task_shutdown=settings.shutdown_timeout * (1 - DRAIN_SHARE),
             force_exit_on_second_signal=True,
         )
-    except Exception:
-        logger.exception("stopped by an unhandled error")
+    except Exception as exc:  # already logged with its traceback by the runtime
+        logger.error("stopped by an unhandled error: %s", exc)
         return ExitCode.ERROR
     if service.exit_code != ExitCode.OK:
         return service.exit_code

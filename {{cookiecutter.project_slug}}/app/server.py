@@ -25,6 +25,8 @@ from app.journal import Journal
 logger = logging.getLogger(__name__)
 
 TOO_MANY = b"error: too many connections\n"
+BACKLOG = 1024
+"""Connections the kernel may queue before they are accepted: enough for a reconnect storm."""
 LINGER_SECONDS = 2.0
 """How long a closing connection may take to deliver its last bytes before it is reset."""
 
@@ -59,7 +61,7 @@ class EchoServer:
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; return the bound address (the real port if 0)."""
         self._server = await asyncio.start_server(
-            self._handle, host, port, limit=self._max_line_bytes
+            self._handle, host, port, limit=self._max_line_bytes, backlog=BACKLOG
         )
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])

@@ -7,6 +7,7 @@ fixed time) before they act.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -69,7 +70,9 @@ class Process:
         with self._changed:
             return "\n".join(self.lines)
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = HANG_GUARD) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float = HANG_GUARD
+    ) -> re.Match[str]:
         """Block until a log line matches; fail with the log if the process ends first."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -133,7 +136,11 @@ def start_service(workdir: Path) -> Iterator[StartService]:
     started: list[Service] = []
 
     def start(*args: str, **settings: str) -> Service:
-        defaults = {"APP_HOST": "127.0.0.1", "APP_PORT": "0", "APP_JOURNAL_PATH": "data/journal.log"}
+        defaults = {
+            "APP_HOST": "127.0.0.1",
+            "APP_PORT": "0",
+            "APP_JOURNAL_PATH": "data/journal.log",
+        }
         env = service_env(**{**defaults, **settings})
         service = Service(workdir, env, args or ("-m", "app"))
         started.append(service)
@@ -164,3 +171,16 @@ def run_app(workdir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+@pytest.fixture
+def figure() -> Callable[[str, str], None]:
+    """Record one figure for the README's reliability table, if RELIABILITY_FIGURES is set."""
+
+    def record(key: str, text: str) -> None:
+        path = os.environ.get("RELIABILITY_FIGURES")
+        if path:
+            with open(path, "a", encoding="utf-8") as figures:
+                figures.write(json.dumps({"key": key, "text": text}) + "\n")
+
+    return record
