@@ -1,0 +1,528 @@
+"""The generated image against a real Docker Engine: `docker stop` is a graceful, fast exit.
+
+What is proven here, on every base (Debian bookworm with Python 3.11, trixie with 3.13):
+
+* the image builds from the baked project with nothing but the package index;
+* it runs as a non-root user, and neither `.env` nor a secret in it reaches any layer, the
+  history or the configuration;
+* the service answers through the project's own client and Docker's health probe;
+* with several connections open, `docker stop -t 10` ends it with exit 0, far inside the grace
+  period; `docker logs` show the shutdown phases; the journal on the volume has every line;
+* negative control: the same service behind a shell-form CMD with no signal handler ignores
+  SIGTERM and is SIGKILLed at the end of a short grace period, exit 137;
+* the project's own test suite passes inside the 3.13 image.
+
+The tests talk to whatever engine DOCKER_HOST points at, through the `docker` SDK. Without one
+they skip, naming `scripts/docker-engine.sh`, which starts a private engine and builds the local
+base images (no registry is needed). `pytest --require-docker` (or REQUIRE_DOCKER=1) turns the
+skip into a failure, as CI does. Containers use the host's network, and the service is bound to
+127.0.0.1 in them, so every byte stays on loopback.
+
+The figures (build time, image size, stop time) are printed in the test output; with
+AIORUN_DOCKER_FIGURES=path they are also written there as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+docker = pytest.importorskip(
+    "docker", reason="the docker SDK is not installed (pip install docker)"
+)
+
+FIXTURES = Path(__file__).resolve().parent / "docker_fixtures"
+ENGINE_SCRIPT = "scripts/docker-engine.sh"
+SETUP_HINT = (
+    f"start one with `sudo {ENGINE_SCRIPT}` and export the DOCKER_HOST line it prints "
+    f"(or `source {ENGINE_SCRIPT}`)"
+)
+
+# Base images per Python version; scripts/docker-engine.sh builds these with debootstrap.
+# AIORUN_DOCKER_BASES="3.11=python:3.11-slim,3.13=python:3.13-slim" uses others instead.
+DEFAULT_BASES = {"3.11": "aiorun-template/python:3.11", "3.13": "aiorun-template/python:3.13"}
+SELFTEST_VERSION = "3.13"
+
+STOP_TIMEOUT = 10  # the explicit `docker stop -t`, Docker's default grace period
+STOP_TARGET = 1.5  # seconds; the graceful stop should take a fraction of the grace period
+CONTROL_TIMEOUT = 2  # the short `-t` of the negative control
+CONNECTIONS = 5
+WAIT_LIMIT = 30.0  # bound on waiting for a log line or a health status; catches hangs only
+
+FIGURES: dict[str, Any] = {}
+
+
+def _bases() -> dict[str, str]:
+    raw = os.environ.get("AIORUN_DOCKER_BASES", "")
+    if not raw:
+        return dict(DEFAULT_BASES)
+    pairs = (item.split("=", 1) for item in raw.split(",") if item.strip())
+    return {version.strip(): image.strip() for version, image in pairs}
+
+
+def _required(config: pytest.Config) -> bool:
+    return bool(config.getoption("--require-docker", default=False)) or (
+        os.environ.get("REQUIRE_DOCKER") == "1"
+    )
+
+
+def _unavailable(config: pytest.Config, why: str) -> None:
+    message = f"{why}; {SETUP_HINT}"
+    if _required(config):
+        pytest.fail(f"Docker tests are required here but cannot run: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def _report(config: pytest.Config, key: str, value: Any, text: str) -> None:
+    """Put a measured figure in the test output, and in the figures file if one is asked for."""
+    FIGURES[key] = value
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    line = f"[docker] {text}"
+    if reporter is None or capture is None:
+        print(line, file=sys.stderr)
+        return
+    with capture.global_and_fixture_disabled():  # shown even when output is captured
+        reporter.write_line(line)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _logs(container: Any) -> str:
+    return container.logs(stdout=True, stderr=True).decode(errors="replace")
+
+
+def _wait_for(what: str, check: Callable[[], bool], container: Any | None = None) -> None:
+    """Poll a condition (a log line, a health status) until it holds; fail after WAIT_LIMIT."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while not check():
+        if container is not None:
+            container.reload()
+            if container.status not in ("created", "running"):
+                pytest.fail(f"container exited before {what}:\n{_logs(container)}")
+        if time.monotonic() > deadline:
+            logs = _logs(container) if container is not None else ""
+            pytest.fail(f"no {what} within {WAIT_LIMIT:g}s\n{logs}")
+        time.sleep(0.05)
+
+
+def _build(client: Any, tag: str, **kwargs: Any) -> tuple[Any, float, str]:
+    """Build with the engine's classic builder on the host network; return image, secs, log."""
+    started = time.monotonic()
+    log: list[str] = []
+    for chunk in client.api.build(
+        tag=tag, network_mode="host", rm=True, forcerm=True, pull=False, decode=True, **kwargs
+    ):
+        if "stream" in chunk:
+            log.append(chunk["stream"])
+        if "error" in chunk:
+            pytest.fail(f"docker build of {tag} failed: {chunk['error']}\n{''.join(log)[-4000:]}")
+    return client.images.get(tag), time.monotonic() - started, "".join(log)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def docker_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A client for the engine at DOCKER_HOST, or a skip (a failure with --require-docker)."""
+    where = os.environ.get("DOCKER_HOST", "the default socket")
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:  # requests errors are OSErrors
+        _unavailable(request.config, f"no Docker engine answers at {where} ({exc})")
+    yield client
+    path = os.environ.get("AIORUN_DOCKER_FIGURES")
+    if path and FIGURES:
+        Path(path).write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def secret() -> str:
+    """A fake secret, written to the baked project's .env; it must reach no image."""
+    return f"fake-secret-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def baked(bake: Callable[..., Path], secret: str) -> Path:
+    """A project baked with Docker on, with a .env that holds a (fake) secret."""
+    project = bake(project_name="Docker Echo", use_docker=True)
+    (project / ".env").write_text(f"APP_LOG_LEVEL=INFO\nDEPLOY_TOKEN={secret}\n")
+    return project
+
+
+@pytest.fixture(scope="session", params=sorted(_bases()))
+def python_version(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def app_image(
+    request: pytest.FixtureRequest, docker_client: Any, baked: Path, python_version: str
+) -> Iterator[Any]:
+    """The baked project's image on one base, built once per session."""
+    base = _bases()[python_version]
+    try:
+        docker_client.images.get(base)
+    except docker.errors.ImageNotFound:
+        _unavailable(request.config, f"base image {base} is missing")
+    tag = f"aiorun-template-test/app:{python_version}-{uuid.uuid4().hex[:8]}"
+    image, seconds, _ = _build(
+        docker_client, tag, path=str(baked), buildargs={"PYTHON_IMAGE": base}
+    )
+    size_mb = image.attrs["Size"] / 1e6
+    _report(
+        request.config,
+        f"build_seconds_{python_version}",
+        round(seconds, 1),
+        f"python {python_version}: image built in {seconds:.1f}s from {base}",
+    )
+    _report(
+        request.config,
+        f"image_mb_{python_version}",
+        round(size_mb, 1),
+        f"python {python_version}: image size {size_mb:.1f} MB",
+    )
+    yield image
+    docker_client.images.remove(image.id, force=True)
+
+
+@pytest.fixture
+def run_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
+    """Start containers on the host network; remove them and their volumes afterwards."""
+    started: list[Any] = []
+    volumes: list[str] = []
+
+    def run(image: Any, port: int, **kwargs: Any) -> Any:
+        volume = f"aiorun-test-{uuid.uuid4().hex[:12]}"
+        volumes.append(volume)
+        environment = {"APP_HOST": "127.0.0.1", "APP_PORT": str(port), "APP_LOG_LEVEL": "INFO"}
+        container = docker_client.containers.run(
+            image.id,
+            detach=True,
+            network_mode="host",
+            environment=environment,
+            volumes={volume: {"bind": "/data", "mode": "rw"}},
+            **kwargs,
+        )
+        started.append(container)
+        return container
+
+    yield run
+    for container in started:
+        container.remove(force=True, v=True)
+    for volume in volumes:
+        try:
+            docker_client.volumes.get(volume).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _client(project: Path, port: int, *messages: str, count: int = 1) -> list[str]:
+    """Echo through the project's own client, from the host, as a user would."""
+    env = {**os.environ, "APP_PORT": str(port), "PYTHONPATH": str(project)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--count",
+            str(count),
+            *messages,
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def _exchange(sock: socket.socket, line: bytes) -> None:
+    sock.sendall(line)
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed before the echo of {line!r}"
+        reply += chunk
+    assert reply == line
+
+
+def _read_file(container: Any, path: str) -> bytes:
+    """A file from a (stopped) container's filesystem or volume, through the archive API."""
+    stream, _ = container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.getmembers()[0]
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        return extracted.read()
+
+
+def _stop(container: Any, timeout: int) -> tuple[float, int]:
+    """`docker stop -t timeout`; return how long it took and the exit status."""
+    started = time.monotonic()
+    container.stop(timeout=timeout)
+    seconds = time.monotonic() - started
+    status = container.wait(timeout=30)["StatusCode"]
+    return seconds, int(status)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_image_config(app_image: Any) -> None:
+    """The settings that make `docker stop` work and keep the image safe are in the image."""
+    config = app_image.attrs["Config"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert config["User"] == "app"
+    assert config["StopSignal"] == "SIGTERM"
+    assert config["Entrypoint"] == ["python", "-m", "app"]  # exec form: no /bin/sh -c
+    assert not config.get("Cmd")
+    assert config["Healthcheck"]["Test"] == ["CMD", "python", "-m", "app.health"]
+    assert "/data" in config["Volumes"]
+    assert env["APP_HOST"] == "0.0.0.0"
+    assert env["APP_JOURNAL_PATH"].startswith("/data/")
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_docker_stop_is_graceful(
+    request: pytest.FixtureRequest,
+    app_image: Any,
+    baked: Path,
+    run_container: Callable[..., Any],
+    python_version: str,
+) -> None:
+    """Echo, hold connections open, `docker stop -t 10`: exit 0, fast, drained, all journaled."""
+    port = _free_port()
+    # Docker's own health machinery, with the image's probe command, polled often for the test.
+    container = run_container(
+        app_image,
+        port,
+        healthcheck={
+            "interval": 200_000_000,
+            "timeout": 3_000_000_000,
+            "retries": 3,
+            "start_period": 0,
+        },
+    )
+    _wait_for(
+        "'listening on' line",
+        lambda: f"listening on 127.0.0.1:{port}" in _logs(container),
+        container,
+    )
+
+    uid = container.exec_run(["sh", "-c", "stat -c %u /proc/1"]).output.decode().strip()
+    assert uid not in ("", "0"), f"PID 1 runs as uid {uid!r}"
+
+    echoed = [f"{python_version}-client-{i}" for i in range(3)]
+    assert _client(baked, port, *echoed) == echoed
+
+    def healthy() -> bool:
+        container.reload()
+        return bool(container.attrs["State"].get("Health", {}).get("Status") == "healthy")
+
+    _wait_for("healthy status", healthy, container)
+
+    sockets = [
+        socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(CONNECTIONS)
+    ]
+    try:
+        for i, sock in enumerate(sockets):
+            line = f"{python_version}-held-{i}"
+            _exchange(sock, line.encode() + b"\n")
+            echoed.append(line)
+        seconds, status = _stop(container, STOP_TIMEOUT)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+    logs = _logs(container)
+    _report(
+        request.config,
+        f"stop_seconds_{python_version}",
+        round(seconds, 3),
+        f"python {python_version}: docker stop -t {STOP_TIMEOUT} took {seconds:.3f}s "
+        f"with {CONNECTIONS} connections open, exit {status}",
+    )
+    assert status == 0, logs
+    assert seconds < STOP_TARGET, f"stop took {seconds:.2f}s\n{logs}"
+    for phase in ("stopped accepting connections", "journal flushed:", "shutdown: complete in"):
+        assert phase in logs, f"no {phase!r} in docker logs:\n{logs}"
+    draining = re.search(r"draining (\d+) connection\(s\)", logs)
+    assert draining and int(draining.group(1)) >= CONNECTIONS, logs
+    assert "Traceback" not in logs, logs
+
+    journal = _read_file(container, "/data/journal.log").decode().splitlines()
+    assert sorted(journal) == sorted(echoed)
+
+
+def test_shell_form_without_handler_is_killed(
+    request: pytest.FixtureRequest,
+    docker_client: Any,
+    app_image: Any,
+    run_container: Callable[..., Any],
+    python_version: str,
+) -> None:
+    """Negative control: shell-form CMD, no SIGTERM handler -> SIGKILL after -t, exit 137."""
+    tag = f"{app_image.tags[0]}-no-handler"
+    image, _, _ = _build(
+        docker_client,
+        tag,
+        path=str(FIXTURES),
+        dockerfile="Dockerfile.no-handler",
+        buildargs={"APP_IMAGE": app_image.id},
+    )
+    try:
+        assert image.attrs["Config"]["Cmd"][:2] == ["/bin/sh", "-c"]  # shell form
+        port = _free_port()
+        container = run_container(image, port)
+        _wait_for(
+            "'listening on' line",
+            lambda: f"listening on 127.0.0.1:{port}" in _logs(container),
+            container,
+        )
+        pid1 = container.exec_run(["cat", "/proc/1/cmdline"]).output.replace(b"\0", b" ")
+        seconds, status = _stop(container, CONTROL_TIMEOUT)
+        _report(
+            request.config,
+            f"control_stop_seconds_{python_version}",
+            round(seconds, 3),
+            f"python {python_version}: negative control (PID 1: {pid1.decode().strip()}), "
+            f"docker stop -t {CONTROL_TIMEOUT} took {seconds:.3f}s, exit {status}",
+        )
+        assert status == 137, _logs(container)
+        assert seconds >= CONTROL_TIMEOUT - 0.1
+        assert "journal flushed" not in _logs(container)
+    finally:
+        docker_client.images.remove(image.id, force=True)
+
+
+def test_no_secret_in_image(app_image: Any, secret: str) -> None:
+    """`.env` and its secret are in no layer, not in the history, not in the configuration."""
+    found: list[str] = []
+    saved = io.BytesIO(b"".join(app_image.save(named=False)))
+    with tarfile.open(fileobj=saved) as outer:
+        for member in outer.getmembers():
+            data = outer.extractfile(member).read() if member.isfile() else b""  # type: ignore[union-attr]
+            if member.name.endswith("layer.tar"):
+                with tarfile.open(fileobj=io.BytesIO(data)) as layer:
+                    for entry in layer.getmembers():
+                        if Path(entry.name).name == ".env":
+                            found.append(f"{member.name}: {entry.name}")
+                        if entry.isfile():
+                            content = layer.extractfile(entry).read()  # type: ignore[union-attr]
+                            if secret.encode() in content:
+                                found.append(f"{member.name}: secret in {entry.name}")
+            elif secret.encode() in data:
+                found.append(f"secret in {member.name}")
+    history = json.dumps(app_image.history())
+    assert secret not in history
+    assert secret not in json.dumps(app_image.attrs)
+    assert not found, found
+
+
+def test_project_suite_in_container(
+    request: pytest.FixtureRequest,
+    docker_client: Any,
+    app_image: Any,
+    baked: Path,
+    python_version: str,
+) -> None:
+    """The generated project's own tests pass on the image's Python (3.13), not only the host's."""
+    if python_version != SELFTEST_VERSION:
+        pytest.skip(f"the project's suite runs in the {SELFTEST_VERSION} image only")
+    if not any((baked / "tests").glob("test_*.py")):
+        pytest.skip("the baked project has no tests yet")
+    tag = f"{app_image.tags[0]}-selftest"
+    image, build_seconds, _ = _build(
+        docker_client,
+        tag,
+        path=str(baked),
+        dockerfile=str(FIXTURES / "Dockerfile.selftest"),
+        buildargs={"APP_IMAGE": app_image.id},
+    )
+    container = docker_client.containers.run(image.id, detach=True, network_mode="host")
+    try:
+        started = time.monotonic()
+        status = container.wait(timeout=900)["StatusCode"]
+        seconds = time.monotonic() - started
+        output = _logs(container)
+    finally:
+        container.remove(force=True, v=True)
+        docker_client.images.remove(image.id, force=True)
+    summary = output.strip().splitlines()[-1] if output.strip() else "(no output)"
+    _report(
+        request.config,
+        f"project_suite_seconds_{python_version}",
+        round(seconds, 1),
+        f"python {python_version}: project suite in the image: {summary} "
+        f"(build {build_seconds:.1f}s, run {seconds:.1f}s)",
+    )
+    assert status == 0, output[-8000:]
+
+
+# --------------------------------------------------------------------------- no engine needed
+
+
+def test_compose_grace_period_covers_shutdown(baked: Path) -> None:
+    """compose.yaml: the grace period before SIGKILL exceeds the service's shutdown timeout."""
+    compose = yaml.safe_load((baked / "compose.yaml").read_text())
+    service = compose["services"]["app"]
+    grace = _seconds(service["stop_grace_period"])
+    timeout = float(service["environment"]["APP_SHUTDOWN_TIMEOUT"])
+    assert grace > timeout
+    assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
+    assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "app.health"]
+    assert any(str(v).endswith(":/data") for v in service["volumes"])
+    assert "network_mode" not in service
+
+
+def test_dockerfile_builds_with_either_builder(baked: Path) -> None:
+    """No BuildKit-only syntax and no frontend to pull, so the classic builder works too."""
+    text = (baked / "Dockerfile").read_text()
+    instructions = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in instructions if "--mount" in line]
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:\d\.\d+-slim$", text, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT \["python", "-m", "app"\]$', text, re.MULTILINE)
+    ignored = (baked / ".dockerignore").read_text().splitlines()
+    for entry in (".env", ".git", ".venv", "data"):
+        assert entry in ignored
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as '15s', '1m30s' or '500ms', in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", str(duration))
+    assert parts, duration
+    return sum(float(value) * units[unit] for value, unit in parts)
