@@ -25,13 +25,19 @@ OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
 }
 
 
+TOOL_CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis")
+"""Left in the template folder by running tools in a working copy; never part of a project."""
+
+
 def paths_to_remove(answers: Mapping[str, Any]) -> list[str]:
     """The project-relative paths that the answers turned off."""
     return [path for answer, paths in OWNED_BY_ANSWER.items() if not answers[answer] for path in paths]
 
 
 def prune(project: Path, answers: Mapping[str, Any]) -> None:
-    """Delete what the answers turned off, and folders left empty by that."""
+    """Delete what the answers turned off, folders left empty by that, and tool caches."""
+    for cache in [p for name in TOOL_CACHES for p in project.rglob(name) if p.is_dir()]:
+        shutil.rmtree(cache, ignore_errors=True)
     for relative in paths_to_remove(answers):
         path = project / relative
         if path.is_dir():

@@ -160,3 +160,15 @@ def test_answers_are_recorded_without_local_paths(tmp_path: Path) -> None:
     assert recorded["project_slug"] == "echo-service"
     assert recorded["_template"] == "gh:org/aiorun-template"
     assert "_repo_dir" not in recorded and "_output_dir" not in recorded
+
+
+def test_prune_drops_tool_caches(tmp_path: Path) -> None:
+    for cache in ("app/__pycache__/x.pyc", ".ruff_cache/0.1/y", ".pytest_cache/v/z"):
+        (tmp_path / cache).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / cache).write_bytes(b"\x8b")
+    (tmp_path / "app/server.py").write_text("x")
+    post.prune(tmp_path, {"use_docker": True, "windows_scripts": True})
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "app",
+        "app/server.py",
+    ]

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 from app.journal import Journal
 
 logger = logging.getLogger(__name__)
 
 TOO_MANY = b"error: too many connections\n"
+SHUTTING_DOWN = b"error: shutting down\n"
 BACKLOG = 1024
 """Connections the kernel may queue before they are accepted: enough for a reconnect storm."""
 LINGER_SECONDS = 2.0
@@ -35,6 +37,12 @@ LINGER_SECONDS = 2.0
 class _Connection:
     writer: asyncio.StreamWriter
     task: asyncio.Task[None]
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        """The socket transport, which reads too (the stream API types it write-only)."""
+        return cast(asyncio.Transport, self.writer.transport)
+
     reading: asyncio.Timeout | None = field(default=None)
     """The deadline of the read in progress, if the handler is waiting for a line."""
 
@@ -75,7 +83,7 @@ class EchoServer:
         logger.info("draining %d connection(s)", len(self._connections))
         loop = asyncio.get_running_loop()
         for connection in self._connections:
-            connection.writer.transport.pause_reading()
+            connection.transport.pause_reading()
             if connection.reading is not None and not connection.reading.expired():
                 # Waiting in readuntil() means no complete line is buffered: stop now.
                 connection.reading.reschedule(loop.time())
@@ -92,7 +100,8 @@ class EchoServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._draining or len(self._connections) >= self._max_connections:
-            writer.write(TOO_MANY)
+            # Accepted in the same instant the drain began, or one too many: say why, close.
+            writer.write(SHUTTING_DOWN if self._draining else TOO_MANY)
             await _close(writer)
             return
         task = asyncio.current_task()
