@@ -92,7 +92,7 @@ _aiorun_docker_main() {
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -q >&2
         # docker.io twice in the list is harmless for apt.
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+        apt-get install -y -q "${missing[@]}" >&2
         log "packages installed in $(since "$t0") s"
     fi
 
@@ -199,9 +199,9 @@ build_base() {
     # Smaller image: package caches and lists are not needed at run time.
     rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/* \
         "$tree"/var/log/* "$tree"/usr/share/doc/* "$tree"/usr/share/man/* "$tree"/tmp/*
-    pyver="$(basename "$(ls -d "$tree"/usr/lib/python3.[0-9]* | sort -V | tail -n 1)")"
-    pyver="${pyver#python}"
-    [ -n "$pyver" ] || die "no python3.X in the $suite tree"
+    # The tag names the Python the suite really ships, as its own interpreter reports it.
+    pyver="$(chroot "$tree" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
+        die "python3 does not run in the $suite tree"
 
     t0="$(now)"
     tar --numeric-owner -C "$tree" -cf - . |
