@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 LEFTOVER_JINJA = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
 DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml")
+FIGURES = TEMPLATE / "build" / "reliability.jsonl"
 WINDOWS_FILES = ("app/launcher.py", "scripts/windows/run.bat", "scripts/windows/run.ps1")
 
 
@@ -68,6 +69,10 @@ def test_ruff_is_clean(variant: tuple[str, Path]) -> None:
 def test_generated_suite_passes(variant: tuple[str, Path]) -> None:
     name, project = variant
     env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
+    if name == "all-on":  # its reliability figures feed scripts/reliability_table.py
+        FIGURES.parent.mkdir(exist_ok=True)
+        FIGURES.write_text("")
+        env["RELIABILITY_FIGURES"] = str(FIGURES)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=project,
@@ -86,6 +91,11 @@ def test_mypy_strict_is_clean(bake: Bake, platform: str) -> None:
     project = bake()
     result = run(sys.executable, "-m", "mypy", "--platform", platform, "app", cwd=project)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_runtime_is_copied_verbatim(bake: Bake) -> None:
+    vendored = TEMPLATE / "{{cookiecutter.project_slug}}" / "app" / "aiorun.py"
+    assert (bake() / "app" / "aiorun.py").read_bytes() == vendored.read_bytes()
 
 
 def test_options_prune_their_files(bake: Bake) -> None:

@@ -1,0 +1,53 @@
+"""Rewrite the README's reliability table from the figures of the last test run.
+
+The generated project's reliability tests record what they tried and what held (via the
+``figure`` fixture) into ``build/reliability.jsonl`` when the template's suite runs them
+(tests/test_bake.py). This script turns that file into the table between the
+``reliability:begin`` and ``reliability:end`` markers of README.md, so the published figures
+are the measured ones:
+
+    ./test.sh -k "generated_suite and all-on" && .venv/bin/python scripts/reliability_table.py
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "build" / "reliability.jsonl"
+README = ROOT / "README.md"
+SECTION = re.compile(r"(<!-- reliability:begin -->\n).*?(<!-- reliability:end -->)", re.S)
+
+
+def render(lines: list[str]) -> str:
+    figures: dict[str, list[str]] = {}
+    for line in lines:
+        record = json.loads(line)
+        figures.setdefault(record["key"], []).append(record["text"])
+    rows = [f"| {key} | {'; '.join(dict.fromkeys(texts))} |" for key, texts in figures.items()]
+    machine = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    header = f"Measured {date.today()} on {machine} by the generated project's tests.\n\n"
+    return header + "| Test | Result |\n|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    if not FIGURES.exists():
+        print(f"error: {FIGURES} is missing: run the tests first (see this file's docstring)")
+        return 1
+    readme = README.read_text(encoding="utf-8")
+    if not SECTION.search(readme):
+        print("error: README.md has no reliability:begin/end markers")
+        return 1
+    table = render(FIGURES.read_text(encoding="utf-8").splitlines())
+    README.write_text(SECTION.sub(lambda m: m[1] + table + m[2], readme), encoding="utf-8")
+    print(f"README.md: reliability table updated from {FIGURES}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
