@@ -473,7 +473,8 @@ def test_project_suite_in_container(
         dockerfile=str(FIXTURES / "Dockerfile.selftest"),
         buildargs={"APP_IMAGE": app_image.id},
     )
-    container = docker_client.containers.run(image.id, detach=True, network_mode="host")
+    # --init: pytest is not meant to be PID 1 (the reaper of every orphan its tests leave).
+    container = docker_client.containers.run(image.id, detach=True, network_mode="host", init=True)
     try:
         started = time.monotonic()
         status = container.wait(timeout=900)["StatusCode"]
