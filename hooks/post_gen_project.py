@@ -2,8 +2,8 @@
 
 cookiecutter runs this inside the new project folder. Whole files and folders that an answer
 turns off are deleted here, in one list, so what each answer owns is visible in one place;
-single lines (the uvloop dependency, for instance) are switched by Jinja conditions in the
-files themselves.
+so is the uvloop dependency line of ``pyproject.toml``, which stays valid TOML before rendering
+that way (tools such as ruff read it in the template folder too).
 
 The Dockerfile is kept at the template's top level (``Dockerfile.template``), outside the
 project folder, so the template's own tooling never mistakes it for a project file; it is
@@ -31,7 +31,9 @@ TOOL_CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".h
 
 def paths_to_remove(answers: Mapping[str, Any]) -> list[str]:
     """The project-relative paths that the answers turned off."""
-    return [path for answer, paths in OWNED_BY_ANSWER.items() if not answers[answer] for path in paths]
+    return [
+        path for answer, paths in OWNED_BY_ANSWER.items() if not answers[answer] for path in paths
+    ]
 
 
 def prune(project: Path, answers: Mapping[str, Any]) -> None:
@@ -55,9 +57,20 @@ def render_dockerfile(project: Path, answers: Mapping[str, Any]) -> None:
     from cookiecutter.environment import StrictEnvironment  # the interpreter running us
 
     template = Path(answers["_repo_dir"], "Dockerfile.template").read_text(encoding="utf-8")
-    environment = StrictEnvironment(context={"cookiecutter": dict(answers)}, keep_trailing_newline=True)
+    environment = StrictEnvironment(
+        context={"cookiecutter": dict(answers)}, keep_trailing_newline=True
+    )
     text = environment.from_string(template).render(cookiecutter=answers)
     (project / "Dockerfile").write_text(text, encoding="utf-8")
+
+
+def drop_uvloop_dependency(project: Path) -> None:
+    """Remove the uvloop requirement line from pyproject.toml."""
+    pyproject = project / "pyproject.toml"
+    lines = pyproject.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if not line.lstrip().startswith('"uvloop')]
+    assert len(kept) == len(lines) - 1, "expected exactly one uvloop dependency line"
+    pyproject.write_text("".join(kept), encoding="utf-8")
 
 
 def record_answers(project: Path, answers: Mapping[str, Any]) -> None:
@@ -75,6 +88,8 @@ def record_answers(project: Path, answers: Mapping[str, Any]) -> None:
 
 def main(project: Path, answers: Mapping[str, Any]) -> int:
     prune(project, answers)
+    if not answers["use_uvloop"]:
+        drop_uvloop_dependency(project)
     record_answers(project, answers)
     if answers["use_docker"]:
         render_dockerfile(project, answers)
@@ -82,4 +97,4 @@ def main(project: Path, answers: Mapping[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path.cwd(), json.loads(r'''{{ cookiecutter | tojson }}''')))
+    sys.exit(main(Path.cwd(), json.loads(r"""{{ cookiecutter | tojson }}""")))

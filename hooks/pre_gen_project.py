@@ -22,7 +22,9 @@ MAX_NAME = 100
 MAX_DESCRIPTION = 300
 PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
-WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{n}" for p in ("com", "lpt") for n in "123456789"}
+WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
+    f"{p}{n}" for p in ("com", "lpt") for n in "123456789"
+}
 FORBIDDEN_IN_TEXT = {'"': "double quote", "\\": "backslash", "`": "backtick"}
 
 
@@ -122,4 +124,4 @@ def main(answers: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}''')))
+    sys.exit(main(json.loads(r"""{{ cookiecutter | tojson }}""")))

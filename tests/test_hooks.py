@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import json
 import importlib.util
+import json
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -101,7 +101,7 @@ def test_accepted_slug_is_one_plain_folder(slug: str) -> None:
         return
     assert Path(slug).name == slug
     assert slug not in {".", ".."}
-    assert not set(slug) & set("/\\:*?\"<>| ")
+    assert not set(slug) & set('/\\:*?"<>| ')
 
 
 @given(st.one_of(st.integers(), st.text(max_size=8)))
@@ -172,3 +172,12 @@ def test_prune_drops_tool_caches(tmp_path: Path) -> None:
         "app",
         "app/server.py",
     ]
+
+
+def test_uvloop_dependency_line_is_dropped(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        'dependencies = [\n    "python-dotenv>=1.0",\n    "uvloop>=0.19; x",  # note\n]\n'
+    )
+    post.drop_uvloop_dependency(tmp_path)
+    parsed = tomllib.loads((tmp_path / "pyproject.toml").read_text())
+    assert parsed["dependencies"] == ["python-dotenv>=1.0"]
