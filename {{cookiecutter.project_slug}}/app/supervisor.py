@@ -1,0 +1,392 @@
+"""Multi-worker mode: with ``APP_WORKERS=N`` (N > 1), N copies of the service share one port.
+
+One asyncio process is bound to one core; a machine with more cores serves more with more
+processes. Rather than a pre-fork server, this supervisor starts N ordinary ``python -m app``
+processes ("workers") and lets the kernel spread connections over them: each worker binds the
+same port with ``SO_REUSEPORT``, so every worker has its own accept queue and a worker that
+dies takes nobody else's connections with it. With ``APP_WORKERS=1`` (the default) there is
+no supervisor process at all.
+
+What the supervisor does, and why:
+
+- **One port for all.** It resolves ``APP_HOST``/``APP_PORT`` itself and binds that address
+  with ``SO_REUSEPORT``, without listening, before any worker starts. With ``APP_PORT=0``
+  this picks the one concrete port every worker then binds; for any port it fails fast (exit
+  69 or 77) if the port is taken, and it keeps the port reserved while workers restart. A
+  bound socket that does not listen receives no connections.
+- **Workers are told who they are** through their environment: ``APP_WORKER_INDEX=i`` (1..N,
+  which makes the service bind with ``SO_REUSEPORT``), ``APP_WORKERS=1`` (a worker never
+  supervises), the concrete ``APP_PORT`` and the worker's own ``APP_JOURNAL_PATH``.
+- **Journals: one file per worker.** ``APP_JOURNAL_PATH=data/journal.log`` becomes
+  ``data/journal.worker-1.log`` ... ``data/journal.worker-N.log``; a restarted worker appends
+  to the file of the worker it replaces. The service's journal is the union of those files:
+  lines keep their order within a file; across files there is no order, as there is none
+  between connections. Separate files, rather than one shared file, because appends from
+  several processes interleave safely only for small single ``write()`` calls on local disks,
+  and a batch is neither.
+- **One log.** Each worker's stderr is relayed line by line, prefixed with ``[worker i]``.
+  A worker's own ``listening on`` line is replaced by ``worker i ready (pid P)``, so the only
+  ``listening on HOST:PORT`` line is the supervisor's, logged once every worker is ready:
+  tests and people wait for one line, as with one process. Under systemd (``NOTIFY_SOCKET``)
+  the supervisor, not the workers, reports READY=1 and STOPPING=1.
+- **Signals.** SIGTERM and SIGINT are forwarded to every worker; each drains and flushes its
+  journal within ``APP_SHUTDOWN_TIMEOUT``. The supervisor waits that long plus
+  ``STOP_MARGIN`` seconds, then kills what is left. A second signal is forwarded too, which
+  makes the workers force-exit (status 128 + signal). Workers run in their own process group,
+  so a Ctrl-C in a terminal reaches them once, through the supervisor, not twice. (Under
+  systemd, use ``KillMode=mixed`` for the same reason.)
+- **Restarts.** A worker that exits while nobody asked it to (a crash, an OOM kill, a stray
+  ``kill``) is restarted after a delay that doubles with each consecutive failure, from
+  ``BACKOFF_FIRST`` to ``BACKOFF_MAX`` seconds; a worker that ran ``STABLE_AFTER`` seconds
+  starts the count over. A worker that exits before the service was ever ready stops the
+  whole service instead: a bad port or an unwritable journal will not fix itself.
+
+Exit status of the supervisor: 0 when every worker of the last generation exited 0; otherwise
+the first non-zero status among them in the order they exited, with 128 + N for a worker
+killed by signal N, and 75 for a worker that outlived the shutdown budget and was killed. A
+worker that was stopped by the forwarded signal before it had started serving counts as
+clean. Crashes that were recovered by a restart are logged, not reflected in the status: a
+later clean stop is still a clean stop. If startup fails, the failing worker's status is the
+exit status (e.g. 73 for an unwritable journal).
+
+Where the OS has no ``SO_REUSEPORT`` (Windows), ``APP_WORKERS`` above 1 is refused as a
+configuration error (exit 2). On Linux the kernel balances new connections across the
+workers; macOS and the BSDs share the port too, but may hand most connections to one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app import notify
+from app.config import Settings
+from app.exitcodes import ExitCode
+
+logger = logging.getLogger(__name__)
+
+WORKER_INDEX_VARIABLE = "APP_WORKER_INDEX"
+"""Set to 1..N in each worker's environment; absent (or 0) in a process started by a user."""
+STOP_MARGIN = 2.0
+"""Seconds the supervisor waits beyond APP_SHUTDOWN_TIMEOUT for workers to end: process exit
+and interpreter teardown come after the service's own budget."""
+KILL_WAIT = 5.0
+"""Seconds to wait for killed workers to be reaped; SIGKILL cannot be ignored, so this only
+guards against a wedged kernel or a lost child."""
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 10.0
+"""A worker that ran this many seconds before it exited is restarted after BACKOFF_FIRST again."""
+_READY = re.compile(r"listening on (\S+):(\d+)\s*$")
+_LINE_LIMIT = 1 << 20
+"""Longest worker log line relayed whole; a longer one is dropped rather than buffered."""
+
+
+def worker_journal(path: Path, index: int) -> Path:
+    """Worker ``index``'s journal: ``data/journal.log`` -> ``data/journal.worker-1.log``."""
+    return path.with_name(f"{path.stem}.worker-{index}{path.suffix}")
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before restarting a worker after ``failures`` (>= 1) consecutive failures."""
+    return min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
+
+
+def describe_status(returncode: int) -> str:
+    """``status 3`` for an exit, ``SIGKILL`` for a death by signal."""
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"status {returncode}"
+
+
+def main(settings: Settings) -> int:
+    """Run ``settings.workers`` workers until stopped; return the exit status (see above).
+
+    Called by ``python -m app`` when APP_WORKERS > 1, after logging is configured.
+    """
+    # Settings.workers is APP_WORKERS as parsed and range-checked by app/config.py; the
+    # environment is read only under a config.py that predates the setting.
+    workers = int(getattr(settings, "workers", os.environ.get("APP_WORKERS", "1")))
+    reuse_port = getattr(socket, "SO_REUSEPORT", None)
+    if reuse_port is None:
+        print(
+            f"error: APP_WORKERS={workers}: several workers share a port through SO_REUSEPORT,"
+            " which this platform does not have; use APP_WORKERS=1 and run one service per port",
+            file=sys.stderr,
+        )
+        return ExitCode.CONFIG
+    try:
+        reserved = _reserve(settings.host, settings.port, reuse_port)
+    except _ListenError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.reason)
+        return exc.code
+    try:
+        return asyncio.run(_Supervisor(settings, workers, reserved).run())
+    finally:
+        for sock in reserved.sockets:
+            sock.close()
+
+
+@dataclass
+class _Reserved:
+    sockets: list[socket.socket]
+    host: str
+    port: int
+
+
+class _ListenError(Exception):
+    def __init__(self, code: ExitCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
+    """Bind (without listening) every address the workers will listen on, on one port.
+
+    The addresses are the ones asyncio's ``start_server`` resolves for the same host; an
+    IPv6 socket is made IPv6-only, as asyncio makes it. With port 0 the first bind picks the
+    port and the others must get the same one; if one of them cannot, another is tried.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _ListenError(ExitCode.CONFIG, str(exc.strerror or exc)) from None
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    for _attempt in range(20 if port == 0 else 1):
+        chosen = port
+        sockets: list[socket.socket] = []
+        try:
+            for family, address in addresses:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], chosen, *address[2:]))
+                chosen = int(sock.getsockname()[1])
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            if exc.errno == errno.EADDRINUSE and port == 0:
+                continue  # the port picked for the first address is taken on another one
+            raise _ListenError(_bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
+        shown = str(sockets[0].getsockname()[0])
+        return _Reserved(sockets, shown, chosen)
+    raise _ListenError(ExitCode.ADDRESS_IN_USE, "no port is free on every address")
+
+
+def _bind_exit_code(exc: OSError) -> ExitCode:
+    if exc.errno == errno.EADDRINUSE:
+        return ExitCode.ADDRESS_IN_USE
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ExitCode.PERMISSION_DENIED
+    return ExitCode.CONFIG  # e.g. an address this machine does not have
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    journal: Path
+    process: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    started_at: float = 0.0
+    failures: int = 0
+    killed: bool = False
+    """Killed by the supervisor because it outlived the shutdown budget."""
+
+
+class _Supervisor:
+    def __init__(self, settings: Settings, count: int, reserved: _Reserved) -> None:
+        self._settings = settings
+        self._reserved = reserved
+        self._workers = [
+            _Worker(i, worker_journal(settings.journal_path, i)) for i in range(1, count + 1)
+        ]
+        self._stopping = asyncio.Event()
+        self._signals: list[int] = []
+        self._announced = False
+        self._statuses: list[int] = []
+        """Final status of each worker of the last generation, in the order they exited."""
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._forward, signum)
+        tasks = [asyncio.create_task(self._keep_running(worker)) for worker in self._workers]
+        await self._stopping.wait()
+        began = time.monotonic()
+        budget = self._settings.shutdown_timeout + STOP_MARGIN
+        _, late = await asyncio.wait(tasks, timeout=budget)
+        if late:
+            for worker in self._workers:
+                if worker.process is not None and worker.process.returncode is None:
+                    logger.warning(
+                        "worker %d (pid %d) still running after %.1fs: killing it",
+                        worker.index,
+                        worker.process.pid,
+                        budget,
+                    )
+                    worker.killed = True
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.kill()
+            await asyncio.wait(late, timeout=KILL_WAIT)
+        status = next((code for code in self._statuses if code != ExitCode.OK), ExitCode.OK)
+        logger.info(
+            "%d worker(s) stopped in %.3fs: exit status %d",
+            len(self._workers),
+            time.monotonic() - began,
+            status,
+        )
+        return status
+
+    def _forward(self, signum: int) -> None:
+        """Signal handler: pass the signal on to every worker; the first one starts the stop."""
+        name = signal.Signals(signum).name
+        if self._signals:
+            logger.warning("%s received again: workers will exit at once", name)
+        self._stop(signum, f"{name} received")
+
+    def _stop(self, signum: int, why: str) -> None:
+        if not self._signals:
+            logger.info("stopping %d worker(s): %s", len(self._workers), why)
+            notify.send("STOPPING=1")
+        self._signals.append(signum)
+        self._stopping.set()
+        for worker in self._workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signum)
+
+    async def _keep_running(self, worker: _Worker) -> None:
+        """Run one worker slot: start, relay its log, restart it until the stop."""
+        while not self._stopping.is_set():
+            returncode = await self._run_once(worker)
+            if self._stopping.is_set():
+                self._statuses.append(self._final_status(worker, returncode))
+                return
+            if not self._announced:
+                logger.error(
+                    "worker %d exited with %s before the service was ready: stopping",
+                    worker.index,
+                    describe_status(returncode),
+                )
+                self._statuses.append(_failure_status(returncode))
+                self._stop(signal.SIGTERM, f"worker {worker.index} failed to start")
+                return
+            ran = time.monotonic() - worker.started_at
+            worker.failures = 1 if ran >= STABLE_AFTER else worker.failures + 1
+            delay = restart_delay(worker.failures)
+            logger.warning(
+                "worker %d exited with %s, restarting in %.1f s",
+                worker.index,
+                describe_status(returncode),
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        # Stopped while waiting to restart: this slot has no process, so nothing to report.
+
+    async def _run_once(self, worker: _Worker) -> int:
+        """Start the worker, relay its stderr until it closes, return its exit status."""
+        worker.ready = False
+        worker.killed = False
+        worker.started_at = time.monotonic()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "app",
+                env=self._worker_environment(worker),
+                stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                limit=_LINE_LIMIT,
+                # Its own process group: a terminal's Ctrl-C reaches it only through us.
+                process_group=0,
+            )
+        except OSError as exc:
+            logger.error("cannot start worker %d: %s", worker.index, exc)
+            return ExitCode.ERROR
+        worker.process = process
+        logger.info("worker %d started (pid %d)", worker.index, process.pid)
+        for signum in self._signals:  # a stop began while it was being started
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+        assert process.stderr is not None
+        await self._relay(worker, process.stderr)
+        returncode = await process.wait()
+        if self._stopping.is_set():
+            logger.info("worker %d exited with %s", worker.index, describe_status(returncode))
+        return returncode
+
+    def _worker_environment(self, worker: _Worker) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "APP_WORKERS": "1",
+                WORKER_INDEX_VARIABLE: str(worker.index),
+                "APP_PORT": str(self._reserved.port),
+                "APP_JOURNAL_PATH": str(worker.journal),
+            }
+        )
+        env.pop("NOTIFY_SOCKET", None)  # readiness is announced once, by the supervisor
+        return env
+
+    async def _relay(self, worker: _Worker, stream: asyncio.StreamReader) -> None:
+        """Copy the worker's log lines to our stderr, tagged; notice when it is ready."""
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:
+                continue  # a line over _LINE_LIMIT: dropped, the next one is read
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if not worker.ready and _READY.search(line):
+                self._mark_ready(worker)
+                continue
+            sys.stderr.write(f"[worker {worker.index}] {line}\n")
+            sys.stderr.flush()
+
+    def _mark_ready(self, worker: _Worker) -> None:
+        worker.ready = True
+        assert worker.process is not None
+        logger.info("worker %d ready (pid %d)", worker.index, worker.process.pid)
+        if not self._announced and all(w.ready for w in self._workers):
+            self._announced = True
+            logger.info(
+                "listening on %s:%d (%d workers)",
+                self._reserved.host,
+                self._reserved.port,
+                len(self._workers),
+            )
+            notify.send("READY=1")
+
+    def _final_status(self, worker: _Worker, returncode: int) -> int:
+        """The status a worker contributes to the supervisor's exit status at the stop."""
+        if worker.killed:
+            return ExitCode.SHUTDOWN_TIMEOUT
+        if returncode < 0 and not worker.ready and -returncode in self._signals:
+            return ExitCode.OK  # stopped by our signal before it had handlers or clients
+        return _failure_status(returncode) if returncode else ExitCode.OK
+
+
+def _failure_status(returncode: int) -> int:
+    """A worker's exit as a status of ours: 128 + N for signal N, 1 for an unexpected 0."""
+    if returncode < 0:
+        return 128 - returncode
+    return returncode or ExitCode.ERROR
