@@ -1,0 +1,239 @@
+"""Multi-worker mode (APP_WORKERS > 1) in real processes: replacement after a crash, a
+graceful stop of every worker with nothing lost, and startup failures that stop it all.
+
+Which worker holds a connection is read from Linux's /proc (the socket's inode in the
+worker's file table), so the kill test knows which connections must die with the killed
+worker and which must carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HANG_GUARD, Service, StartService
+
+from app import supervisor
+from app.config import Settings
+from app.exitcodes import ExitCode
+
+pytestmark = [
+    pytest.mark.skipif(
+        not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT"
+    ),
+    pytest.mark.skipif(
+        "workers" not in {f.name for f in dataclasses.fields(Settings)},
+        reason="APP_WORKERS is not wired into app/config.py yet",
+    ),
+]
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads socket owners from /proc"
+)
+STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+
+
+def echo(sock: socket.socket, line: bytes) -> bytes:
+    """Send one line and read its reply (or whatever arrives before EOF)."""
+    sock.sendall(line)
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def connect(service: Service) -> socket.socket:
+    return socket.create_connection((service.host, service.port), timeout=HANG_GUARD)
+
+
+def started_workers(service: Service) -> dict[int, int]:
+    """Worker index -> pid of its latest start, from the supervisor's log."""
+    return {int(m[1]): int(m[2]) for m in STARTED.finditer(service.log)}
+
+
+def socket_inodes(pid: int) -> set[str]:
+    folder = Path(f"/proc/{pid}/fd")
+    links = set()
+    for fd in folder.iterdir():
+        try:
+            links.add(os.readlink(fd))
+        except OSError:
+            continue  # closed since the listing
+    return links
+
+
+def server_side_inode(client: socket.socket) -> str:
+    """The inode of the server's end of ``client``'s connection, from /proc/net/tcp(6)."""
+    client_port = client.getsockname()[1]
+    server_port = client.getpeername()[1]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if (
+                int(local.rsplit(":", 1)[1], 16) == server_port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+            ):
+                return f"socket:[{inode}]"
+    raise AssertionError(f"no server socket for client port {client_port}")
+
+
+def owner(client: socket.socket, pids: list[int]) -> int:
+    """The pid of the worker that accepted ``client`` (call after it answered once)."""
+    inode = server_side_inode(client)
+    owners = [pid for pid in pids if inode in socket_inodes(pid)]
+    assert len(owners) == 1, (inode, owners)
+    return owners[0]
+
+
+def journal_lines(folder: Path) -> list[bytes]:
+    lines: list[bytes] = []
+    for path in sorted(folder.glob("journal.worker-*.log")):
+        lines += path.read_bytes().splitlines(keepends=True)
+    return lines
+
+
+def test_worker_journal_names() -> None:
+    assert supervisor.worker_journal(Path("data/journal.log"), 2) == Path(
+        "data/journal.worker-2.log"
+    )
+    assert supervisor.worker_journal(Path("/data/journal"), 1) == Path("/data/journal.worker-1")
+
+
+def test_restart_delay_doubles_up_to_a_cap() -> None:
+    delays = [supervisor.restart_delay(n) for n in range(1, 12)]
+    assert delays[:3] == [supervisor.BACKOFF_FIRST, 2 * supervisor.BACKOFF_FIRST, 4 * 0.5]
+    assert delays == sorted(delays)
+    assert delays[-1] == supervisor.BACKOFF_MAX
+
+
+def test_without_so_reuseport_workers_are_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delattr(socket, "SO_REUSEPORT")  # as on Windows
+    assert supervisor.main(Settings(workers=3)) == ExitCode.CONFIG
+    error = capsys.readouterr().err
+    assert error.startswith("error: APP_WORKERS=3: ")
+    assert "SO_REUSEPORT" in error
+
+
+@linux_only
+def test_killed_worker_is_replaced_while_the_others_keep_serving(
+    start_service: StartService,
+) -> None:
+    service = start_service(APP_WORKERS="2")
+    assert service.log.count("listening on") == 1, service.log
+    pids = started_workers(service)
+    assert sorted(pids) == [1, 2]
+
+    clients = [connect(service) for _ in range(8)]
+    for n, client in enumerate(clients):
+        assert echo(client, b"before %d\n" % n) == b"before %d\n" % n
+    owners = [owner(client, list(pids.values())) for client in clients]
+    victim = owners[0]  # the worker holding the first connection: it has at least one
+    index = next(i for i, pid in pids.items() if pid == victim)
+
+    os.kill(victim, signal.SIGKILL)
+    service.wait_for(rf"worker {index} exited with SIGKILL, restarting in \d")
+    for n, (client, pid) in enumerate(zip(clients, owners, strict=True)):
+        line = b"after %d\n" % n
+        if pid == victim:  # died with its worker: closed or reset, never answered
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                assert echo(client, line) == b""
+        else:  # on a surviving worker: untouched
+            assert echo(client, line) == line
+        client.close()
+    for n in range(4):  # while the slot is empty, new connections go to the others
+        with connect(service) as client:
+            assert echo(client, b"meanwhile %d\n" % n) == b"meanwhile %d\n" % n
+
+    started = service.wait_for(rf"worker {index} started \(pid (?!{victim}\))(\d+)\)")
+    replacement = int(started[1])
+    service.wait_for(rf"worker {index} ready \(pid {replacement}\)")
+    survivors = [pid for pid in pids.values() if pid != victim]
+    for n in range(100):  # the kernel spreads new connections: the replacement gets some
+        with connect(service) as client:
+            assert echo(client, b"again %d\n" % n) == b"again %d\n" % n
+            if owner(client, [*survivors, replacement]) == replacement:
+                break
+    else:
+        pytest.fail("100 connections and none reached the replacement worker")
+
+    assert service.stop() == ExitCode.OK, service.log
+    assert "Traceback" not in service.log
+
+
+def test_sigterm_stops_every_worker_gracefully_and_the_journals_are_complete(
+    start_service: StartService, workdir: Path
+) -> None:
+    """Clients keep talking while SIGTERM arrives: each reply is journaled once, by one worker."""
+    service = start_service(APP_WORKERS="2")
+    replies: list[bytes] = []
+    clients = 12
+
+    async def talk(client: int, started: asyncio.Event, ready: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(service.host, service.port)
+        for n in range(100_000):
+            writer.write(b"client %d line %d\n" % (client, n))
+            try:
+                reply = await reader.readuntil(b"\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            replies.append(reply)
+            if n == 10:
+                ready.append(client)
+                if len(ready) == clients:
+                    started.set()
+        writer.close()
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+        ready: list[int] = []
+        talkers = [asyncio.create_task(talk(c, started, ready)) for c in range(clients)]
+        await asyncio.wait_for(started.wait(), HANG_GUARD)
+        service.send(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*talkers), HANG_GUARD)
+
+    asyncio.run(scenario())
+    assert service.wait() == ExitCode.OK, service.log
+    for index in (1, 2):
+        assert re.search(rf"\[worker {index}\] .*journal flushed", service.log), service.log
+        assert re.search(rf"\[worker {index}\] .*shutdown: complete", service.log), service.log
+    assert "restarting" not in service.log
+    assert "Traceback" not in service.log
+
+    journal = journal_lines(workdir / "data")
+    assert len(journal) == len(set(journal)), "a line was journaled twice"
+    assert sorted(journal) == sorted(replies)
+    assert len(replies) > clients * 10
+    assert not (workdir / "data" / "journal.log").exists(), "workers write their own files"
+
+
+def test_worker_failing_at_start_stops_the_service_with_its_status(run_app, workdir) -> None:
+    (workdir / "blocker").write_text("a file where a folder should be")
+    result = run_app(APP_PORT="0", APP_WORKERS="2", APP_JOURNAL_PATH="blocker/journal.log")
+    assert result.returncode == ExitCode.JOURNAL_UNWRITABLE, result.stderr
+    assert "before the service was ready" in result.stderr
+    assert "restarting" not in result.stderr
+    assert "listening on" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_taken_exits_69_before_any_worker_starts(run_app) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_app(APP_PORT=str(taken.getsockname()[1]), APP_WORKERS="2")
+    assert result.returncode == ExitCode.ADDRESS_IN_USE, result.stderr
+    assert "cannot listen on 127.0.0.1:" in result.stderr
+    assert "started" not in result.stderr
