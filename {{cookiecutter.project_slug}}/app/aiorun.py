@@ -1,0 +1,758 @@
+"""Run an asyncio service until it is told to stop, then stop it gracefully.
+
+A stdlib-only drop-in for the public API of aiorun 2025.1.1: ``run()`` and
+``shutdown_waits_for()``; swap ``from aiorun import ...`` for ``from app.aiorun import ...``.
+``run()`` keeps the loop running until a signal (SIGINT/SIGTERM, on Windows Ctrl-C and
+Ctrl-Break) or ``loop.stop()``, then shuts down in this order: run the shutdown callback,
+cancel every task that is not protected by ``shutdown_waits_for()``, wait for all of them
+and then for the executor within one time budget, close the loop it created, put the
+previous signal handlers back, and re-raise the error that stopped the loop, if any.
+Unlike aiorun it returns a ``ShutdownReport`` saying what, if anything, was left behind.
+
+SPDX-License-Identifier: MIT
+Copyright (c) 2026 the aiorun-template authors
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import contextlib
+import importlib
+import inspect
+import io
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any, TypeVar, cast
+
+__all__ = ["ShutdownReport", "run", "shutdown_waits_for"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+ShutdownCallback = Awaitable[object] | Callable[[asyncio.AbstractEventLoop], object] | None
+"""A function taking the loop, an async function taking the loop, or a coroutine object."""
+
+_CANCEL_MESSAGE = "cancelled by run() shutdown"
+"""Every task the shutdown cancels gets this message, so the reports it causes are known."""
+
+_GRACE = 0.05
+"""Seconds a late phase still gets when the budget is spent: idle threads need a moment."""
+
+_EXIT_WATCHDOG = 2.0
+"""Seconds the force exit may spend logging before it exits regardless."""
+
+_STACKS_SHOWN = 20
+"""How many task stacks one log line shows; the rest are only counted."""
+
+
+# --- What run() hands back ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What the shutdown left behind. Our extension: aiorun's ``run()`` returns None.
+
+    Callers that ignore the return value see no difference. A service uses it to choose its
+    exit status, for instance to say "work was abandoned" when ``unfinished`` is not empty.
+    """
+
+    signal: int | None
+    """The signal that started the shutdown; None for ``loop.stop()`` or an unhandled error."""
+    unfinished: tuple[str, ...]
+    """Names of the tasks, protected ones included, still running when the budget ran out."""
+    duration: float
+    """Seconds from the shutdown request to the end of ``run()``."""
+    busy_threads: tuple[str, ...] = field(default=())
+    """Names of executor threads still busy when the budget ran out."""
+
+    @property
+    def timed_out(self) -> bool:
+        """True when the budget ran out with tasks or executor threads still busy."""
+        return bool(self.unfinished or self.busy_threads)
+
+
+# --- Work the shutdown waits for ------------------------------------------------------------
+
+_protected: set[asyncio.Future[Any]] = set()
+"""Protected work, held strongly until it is done so it cannot be garbage-collected midway."""
+
+
+# PEP 695 type parameters need Python 3.12 and this module runs on 3.11: keep the TypeVar.
+def shutdown_waits_for(  # noqa: RUF100, UP047
+    coro: Awaitable[_T], loop: asyncio.AbstractEventLoop | None = None
+) -> Coroutine[Any, Any, _T]:
+    """Start ``coro`` as work that the shutdown waits for instead of cancelling.
+
+    The work starts at once. Await the returned object for its result, hand it to
+    ``create_task()`` or ``ensure_future()``, or drop it to fire and forget: all three work
+    and none leaves a "never awaited" warning. Cancelling the caller does not cancel the
+    work, as with ``asyncio.shield()``; cancelling the work itself reaches the caller as
+    ``CancelledError``. A failure nobody is waiting for goes to the loop's exception handler.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "shutdown_waits_for() needs a running event loop, or pass loop="
+            ) from None
+    work = asyncio.ensure_future(coro, loop=loop)
+    _protected.add(work)
+    call = _ProtectedCall(work)
+    work.add_done_callback(call.work_done)
+    return call
+
+
+class _ProtectedCall(Coroutine[Any, Any, _T]):
+    """The handle ``shutdown_waits_for()`` returns: a coroutine that waits for the work.
+
+    It is a ``collections.abc.Coroutine``, so await, ``create_task()`` and
+    ``ensure_future()`` accept it, yet no coroutine object exists until someone drives it.
+    That is why a bare call leaves no "coroutine was never awaited" warning behind.
+    """
+
+    def __init__(self, work: asyncio.Future[_T]) -> None:
+        self._work = work
+        self._receiver: Coroutine[Any, Any, _T] | None = None
+        self._waiting = 0
+
+    async def _receive(self) -> _T:
+        self._waiting += 1
+        try:
+            return await asyncio.shield(self._work)
+        finally:
+            self._waiting -= 1
+
+    def _driver(self) -> Coroutine[Any, Any, _T]:
+        if self._receiver is None:
+            self._receiver = self._receive()
+        return self._receiver
+
+    def __await__(self) -> Generator[Any, None, _T]:
+        return self._driver().__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._driver().send(value)
+
+    def throw(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: object = None,
+        tb: TracebackType | None = None,
+        /,
+    ) -> Any:
+        # Always pass one exception instance on: the (type, value, tb) form is deprecated.
+        if isinstance(typ, BaseException):
+            error = typ
+        elif isinstance(val, BaseException):
+            error = val
+        else:
+            error = typ() if val is None else typ(val)
+        if tb is not None:
+            error = error.with_traceback(tb)
+        return self._driver().throw(error)
+
+    def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.close()
+
+    @property
+    def cr_frame(self) -> FrameType | None:
+        """The frame of the waiting coroutine, so task stacks show where it waits."""
+        return getattr(self._receiver, "cr_frame", None)
+
+    @property
+    def __name__(self) -> str:
+        return "shutdown_waits_for"
+
+    def work_done(self, work: asyncio.Future[_T]) -> None:
+        """Release the work and report a failure that no caller is there to receive."""
+        _protected.discard(work)
+        if work.cancelled():
+            return
+        error = work.exception()
+        if error is not None and self._waiting == 0:
+            work.get_loop().call_exception_handler(
+                {
+                    "message": "shutdown_waits_for() work failed and nobody was waiting for it",
+                    "exception": error,
+                    "future": work,
+                }
+            )
+
+
+# --- run(): the whole story -----------------------------------------------------------------
+
+
+def run(
+    coro: Awaitable[object] | None = None,
+    *,
+    loop: asyncio.AbstractEventLoop | None = None,
+    shutdown_handler: Callable[[asyncio.AbstractEventLoop], object] | None = None,
+    shutdown_callback: ShutdownCallback = None,
+    executor_workers: int | None = None,
+    executor: Executor | None = None,
+    use_uvloop: bool = False,
+    stop_on_unhandled_errors: bool = False,
+    timeout_task_shutdown: float = 60.0,
+    force_exit_on_second_signal: bool = False,
+) -> ShutdownReport:
+    """Run the loop until a signal or ``loop.stop()``, then shut down gracefully.
+
+    The loop keeps running after ``coro`` returns. A signal calls ``shutdown_handler(loop)``
+    (default: stop the loop); further signals are ignored, or with
+    ``force_exit_on_second_signal`` the second one logs the unfinished tasks and exits the
+    process at once with status 128 + signal number. Once the loop stops:
+
+    1. ``shutdown_callback`` runs, while every task is still alive;
+    2. every task not protected by ``shutdown_waits_for()`` is cancelled;
+    3. all tasks get up to ``timeout_task_shutdown`` seconds; the stacks of those still
+       running then are logged, and the executor gets whatever is left of that budget;
+    4. a loop that ``run()`` created has its async generators closed and is closed;
+    5. the signal handlers that were there before are restored;
+    6. an unhandled error that stopped the loop (``stop_on_unhandled_errors``) is re-raised.
+
+    Returns a ``ShutdownReport``; aiorun returns None, so existing callers are unaffected.
+    """
+    platform = _this_platform()
+    _check_arguments(loop, use_uvloop, stop_on_unhandled_errors)
+    owns_loop = loop is None
+    if loop is None:
+        loop = _new_loop(use_uvloop, platform)
+        asyncio.set_event_loop(loop)
+    handler_before = loop.get_exception_handler()
+    if executor is None:
+        executor = ThreadPoolExecutor(max_workers=executor_workers, thread_name_prefix="aiorun")
+    shutdown = _Shutdown(loop, shutdown_handler, force_exit_on_second_signal)
+    hooks = _SignalHooks(platform, loop, shutdown.on_signal)
+    shutdown.hooks = hooks
+    unfinished: tuple[str, ...] = ()
+    busy_threads: tuple[str, ...] = ()
+    try:
+        loop.set_default_executor(executor)
+        if stop_on_unhandled_errors:
+            loop.set_exception_handler(shutdown.stop_on_error)
+        if coro is not None:
+            shutdown.start_main(coro)
+        hooks.install()
+
+        shutdown.run_until_stopped()
+
+        if shutdown_callback is not None:
+            shutdown.run_callback(shutdown_callback)
+        deadline = loop.time() + max(timeout_task_shutdown, 0.0)
+        stuck = shutdown.drive(_cancel_and_wait(timeout_task_shutdown, deadline))
+        shutdown.abandoned.update(id(task) for task in stuck)
+        unfinished = tuple(task.get_name() for task in stuck)
+        del stuck
+        busy_threads = shutdown.drive(_stop_executor(executor, deadline))
+        if owns_loop:
+            shutdown.drive(_close_async_generators(deadline))
+    finally:
+        hooks.restore()
+        if owns_loop:
+            _forget_protected_work(loop)
+            loop.close()
+            asyncio.set_event_loop(None)
+        else:
+            loop.set_exception_handler(handler_before)
+
+    report = ShutdownReport(
+        signal=shutdown.signal,
+        unfinished=unfinished,
+        duration=time.monotonic() - shutdown.requested_at,
+        busy_threads=busy_threads,
+    )
+    logger.info("shutdown: complete in %.3fs", report.duration)
+    if shutdown.pending is not None:
+        raise shutdown.pending
+    return report
+
+
+# --- Before the loop runs -------------------------------------------------------------------
+
+
+def _check_arguments(
+    loop: asyncio.AbstractEventLoop | None, use_uvloop: bool, stop_on_unhandled_errors: bool
+) -> None:
+    """Refuse combinations that cannot do what they promise, before anything starts."""
+    if loop is not None and use_uvloop:
+        raise ValueError(
+            "run(): pass either loop= or use_uvloop=True, not both "
+            "(to use uvloop with your own loop, create it with uvloop.new_event_loop())"
+        )
+    if loop is not None and stop_on_unhandled_errors and loop.get_exception_handler():
+        raise ValueError(
+            "run(stop_on_unhandled_errors=True) cannot be used with a loop that already has "
+            "a custom exception handler: that handler would decide what an error does"
+        )
+
+
+def _new_loop(use_uvloop: bool, platform: _Platform) -> asyncio.AbstractEventLoop:
+    """Create the loop directly, without the event-loop-policy API Python 3.14 deprecates."""
+    if not use_uvloop:
+        return asyncio.new_event_loop()
+    name = "winloop" if platform.windows else "uvloop"
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        hint = " (uvloop does not support Windows; winloop is its port)" if platform.windows else ""
+        raise ImportError(f"run(use_uvloop=True) needs {name}: pip install {name}{hint}") from exc
+    return cast(asyncio.AbstractEventLoop, module.new_event_loop())
+
+
+# --- While it runs: hearing the request to stop ---------------------------------------------
+
+
+class _Shutdown:
+    """One run()'s shutdown: who asked for it and when, and the error to re-raise at the end."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        handler: Callable[[asyncio.AbstractEventLoop], object] | None,
+        force_exit: bool,
+    ) -> None:
+        self.loop = loop
+        self.handler = handler
+        self.force_exit = force_exit
+        self.hooks: _SignalHooks | None = None
+        self.main: asyncio.Future[object] | None = None
+        self.phase: asyncio.Future[Any] | None = None
+        self.requested_at = 0.0
+        self.requested = False
+        self.signal: int | None = None
+        self.pending: BaseException | None = None
+        self.signals_seen = 0
+        self.abandoned: set[int] = set()
+
+    def start_main(self, coro: Awaitable[object]) -> None:
+        """Start the caller's coroutine; its failure is reported at once, not when collected."""
+        if asyncio.iscoroutine(coro):
+            self.main = self.loop.create_task(coro, name="main")
+        else:
+            self.main = asyncio.ensure_future(coro, loop=self.loop)
+        self.main.add_done_callback(self._main_done)
+
+    def _main_done(self, main: asyncio.Future[object]) -> None:
+        if main.cancelled():
+            return
+        error = main.exception()
+        # KeyboardInterrupt and SystemExit already left run_forever(); report real errors only.
+        if isinstance(error, Exception):
+            self.loop.call_exception_handler(
+                {"message": "the coroutine given to run() failed", "exception": error, "task": main}
+            )
+
+    def request(self, signum: int | None = None) -> bool:
+        """Mark the shutdown as begun; False if it already had. Disarms stop_on_error."""
+        if self.requested:
+            return False
+        self.requested = True
+        self.requested_at = time.monotonic()
+        self.signal = signum
+        if self.force_exit and self.hooks is not None:
+            self.hooks.go_direct()
+        return True
+
+    def on_signal(self, signum: int) -> None:
+        """Handle a shutdown signal; may run inside a Python signal handler, not the loop."""
+        self.signals_seen += 1
+        if self.signals_seen == 1:
+            self._call_in_loop(self._first_signal, signum)
+        elif self.force_exit and self.signals_seen == 2:
+            # Not here: a signal handler that logs can re-enter a stream write it interrupted.
+            _thread.start_new_thread(self._exit_now, (signum,))
+        elif self.force_exit:
+            os._exit(128 + signum)  # a third signal while the second one is being reported
+        else:
+            self._call_in_loop(
+                logger.info,
+                "shutdown: %s received again; ignored, already shutting down",
+                _signal_name(signum),
+            )
+
+    def _call_in_loop(self, callback: Callable[..., object], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to stop
+            self.loop.call_soon_threadsafe(callback, *args)
+
+    def _first_signal(self, signum: int) -> None:
+        if not self.request(signum):
+            logger.info("shutdown: %s received; already shutting down", _signal_name(signum))
+            return
+        logger.info("shutdown: %s received", _signal_name(signum))
+        if self.handler is None:
+            self.loop.stop()
+            return
+        try:
+            self.handler(self.loop)
+        except Exception:
+            logger.exception("shutdown: shutdown_handler failed; stopping the loop instead")
+            self.loop.stop()
+
+    def stop_on_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The stop_on_unhandled_errors handler: the first error stops the loop, and is kept.
+
+        Once the shutdown has begun it only logs: the cancellations the shutdown causes must
+        not stop the loop again halfway through the shutdown.
+        """
+        error = context.get("exception")
+        if self.requested or not isinstance(error, BaseException):
+            loop.default_exception_handler(context)
+            return
+        self.request()
+        self.pending = error
+        logger.error(
+            "shutdown: unhandled error stops the loop: %s",
+            context.get("message", "(no message)"),
+            exc_info=error,
+        )
+        loop.stop()
+
+    def run_until_stopped(self) -> None:
+        """Run the loop until something stops it; then silence what the shutdown causes."""
+        try:
+            self.loop.run_forever()
+        except KeyboardInterrupt:  # only if someone put the default SIGINT handler back
+            if self.request(signal.SIGINT):
+                logger.info("shutdown: SIGINT received (KeyboardInterrupt)")
+        except SystemExit as exc:
+            if self.request():
+                logger.info("shutdown: SystemExit raised")
+            self.pending = self.pending or exc
+        if self.request():
+            logger.info("shutdown: loop stopped")
+        self._quieten_exception_handler()
+
+    def _quieten_exception_handler(self) -> None:
+        """Drop the CancelledError reports the shutdown itself causes; pass on the rest.
+
+        On Python 3.11 and 3.12.0-3.12.x every cancelled ``asyncio.start_server`` handler
+        task makes asyncio report "Exception in callback StreamReaderProtocol..." with a
+        CancelledError. Those carry our cancel message; real errors go on as before.
+        """
+        previous = self.loop.get_exception_handler()
+
+        def quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            error = context.get("exception")
+            if isinstance(error, asyncio.CancelledError) and error.args[:1] == (_CANCEL_MESSAGE,):
+                return
+            if id(context.get("task")) in self.abandoned and str(
+                context.get("message", "")
+            ).startswith("Task was destroyed"):
+                return  # a task already named in the "still running" warning
+            if previous is None:
+                loop.default_exception_handler(context)
+            else:
+                previous(loop, context)
+
+        self.loop.set_exception_handler(quiet)
+
+    def drive(self, awaitable: Awaitable[Any]) -> Any:
+        """Run the loop until ``awaitable`` is done, even if something calls loop.stop().
+
+        ``run_until_complete()`` would give up with "Event loop stopped before Future
+        completed" when a task's cancellation handler stops the loop.
+        """
+        loop = self.loop
+        self.phase = asyncio.ensure_future(awaitable, loop=loop)
+        self.phase.add_done_callback(lambda _: loop.stop())
+        while not self.phase.done():
+            loop.run_forever()
+        return self.phase.result()
+
+    def run_callback(self, callback: ShutdownCallback) -> None:
+        """Run shutdown_callback with every task alive; its error is re-raised unless one is."""
+        logger.info("shutdown: running shutdown callback")
+        try:
+            if inspect.isawaitable(callback):
+                self.drive(callback)
+            elif callable(callback):
+                result = callback(self.loop)
+                if inspect.isawaitable(result):
+                    self.drive(result)
+            else:
+                raise TypeError(f"shutdown_callback must be callable or awaitable: {callback!r}")
+        except BaseException as exc:
+            if self.pending is None:
+                self.pending = exc
+            else:
+                logger.exception(
+                    "shutdown: shutdown callback failed; the earlier error is re-raised instead"
+                )
+
+    def _exit_now(self, signum: int) -> None:
+        """The second signal: say what is still running, then leave without waiting.
+
+        Runs in a thread of its own. A watchdog exits anyway if a log handler blocks.
+        """
+        status = 128 + signum
+        watchdog = threading.Timer(_EXIT_WATCHDOG, os._exit, (status,))
+        watchdog.daemon = True
+        watchdog.start()
+        running = [task for task in asyncio.all_tasks(self.loop) if task is not self.phase]
+        logger.warning(
+            "shutdown: second %s received; exiting now with status %d; %d task(s) still running%s",
+            _signal_name(signum),
+            status,
+            len(running),
+            _describe_tasks(running),
+        )
+        logging.shutdown()  # flushes every handler: os._exit() below skips atexit
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
+        os._exit(status)
+
+
+# --- While it runs: the platform seam and the signal handlers -------------------------------
+
+
+@dataclass(frozen=True)
+class _Platform:
+    """Which signals mean "shut down" and how to hear them: the one seam tests drive."""
+
+    windows: bool
+    signals: tuple[int, ...]
+    proactor_types: tuple[type, ...] = ()
+    """Loop types whose wake-up fd lets a signal wake them (Windows' ProactorEventLoop)."""
+    wakeup_interval: float = 0.1
+
+
+def _this_platform() -> _Platform:
+    """The platform run() is on. Tests replace this function, never ``sys.platform``."""
+    if sys.platform == "win32":
+        return _Platform(
+            windows=True,
+            signals=(signal.SIGINT, signal.SIGBREAK),
+            proactor_types=(asyncio.ProactorEventLoop,),
+        )
+    return _Platform(windows=False, signals=(signal.SIGINT, signal.SIGTERM))
+
+
+class _SignalHooks:
+    """Installs the handlers that turn signals into shutdown requests, and removes them.
+
+    POSIX: ``loop.add_signal_handler``, or ``signal.signal`` where the loop cannot (it
+    raises NotImplementedError). Windows: ``signal.signal`` for SIGINT and SIGBREAK, plus
+    a periodic wake-up where a signal cannot wake the loop by itself, so Ctrl-C is noticed
+    while the loop waits in ``select()``. Off the main thread nothing is installed.
+    """
+
+    def __init__(
+        self,
+        platform: _Platform,
+        loop: asyncio.AbstractEventLoop,
+        on_signal: Callable[[int], None],
+    ) -> None:
+        self._platform = platform
+        self._loop = loop
+        self._on_signal = on_signal
+        self._previous: dict[int, Any] = {}
+        self._via_loop: list[int] = []
+        self._wakeup: asyncio.TimerHandle | None = None
+
+    @property
+    def waking_up(self) -> bool:
+        """True while the periodic wake-up is scheduled."""
+        return self._wakeup is not None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.debug("signals: not installed, run() is not in the main thread")
+            return
+        for sig in self._platform.signals:
+            self._previous[sig] = signal.getsignal(sig)
+        if self._platform.windows:
+            for sig in self._platform.signals:
+                signal.signal(sig, self._direct)
+            if not self._signals_wake_loop():
+                self._tick()
+            return
+        for sig in self._platform.signals:
+            try:
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+            except NotImplementedError:
+                logger.debug("signals: loop cannot add signal handlers, using signal.signal")
+                signal.signal(sig, self._direct)
+            else:
+                self._via_loop.append(sig)
+
+    def _direct(self, signum: int, frame: FrameType | None) -> None:
+        self._on_signal(signum)
+
+    def _signals_wake_loop(self) -> bool:
+        """True for a Proactor loop whose wake-up fd is in place (set when it was created)."""
+        if not isinstance(self._loop, self._platform.proactor_types):
+            return False
+        fd = signal.set_wakeup_fd(-1)  # there is no read-only query: peek, then put it back
+        signal.set_wakeup_fd(fd)
+        return fd != -1
+
+    def _tick(self) -> None:
+        self._wakeup = self._loop.call_later(self._platform.wakeup_interval, self._tick)
+
+    def go_direct(self) -> None:
+        """Hear further signals without the loop, so a blocked loop cannot delay a force exit."""
+        for sig in self._via_loop:
+            self._loop.remove_signal_handler(sig)
+            signal.signal(sig, self._direct)
+        self._via_loop.clear()
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before run(); aiorun leaves SIG_IGN."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        for sig in self._via_loop:
+            self._loop.remove_signal_handler(sig)
+        self._via_loop.clear()
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+# --- After it stops: the shutdown phases ----------------------------------------------------
+
+
+async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[Any]]:
+    """Cancel every unprotected task in one pass and wait for all tasks until the deadline.
+
+    Tasks started meanwhile (by a ``finally:`` block, say) are cancelled in the next pass.
+    Returns the tasks still running when the deadline passed, after logging their stacks.
+    """
+    loop = asyncio.get_running_loop()
+    myself = asyncio.current_task()
+    cancelled: set[asyncio.Task[Any]] = set()
+    passes = 0
+    while True:
+        pending = asyncio.all_tasks(loop)
+        pending.discard(cast("asyncio.Task[Any]", myself))
+        if not pending:
+            return []
+        fresh = [task for task in pending if task not in _protected and task not in cancelled]
+        for task in fresh:
+            task.cancel(_CANCEL_MESSAGE)
+        cancelled.update(fresh)
+        if passes == 0:
+            logger.info(
+                "shutdown: cancelling %d task(s); waiting for %d protected task(s)",
+                len(fresh),
+                len(pending) - len(fresh),
+            )
+        passes += 1
+        remaining = deadline - loop.time()
+        if remaining > 0 or passes == 1:
+            # Even a zero budget lets the cancelled tasks take the step that ends them.
+            _, still_running = await asyncio.wait(pending, timeout=max(remaining, 0.0))
+            if not still_running:
+                continue
+        else:
+            still_running = pending
+        stuck = sorted(still_running, key=lambda task: task.get_name())
+        logger.warning(
+            "shutdown: %d task(s) still running after %.1fs%s",
+            len(stuck),
+            budget,
+            _describe_tasks(stuck),
+        )
+        return stuck
+
+
+async def _stop_executor(executor: Executor, deadline: float) -> tuple[str, ...]:
+    """Cancel queued work and wait for the threads with what is left of the budget.
+
+    Returns the names of the threads still busy then; the interpreter joins them at exit.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        executor.shutdown(wait=False, cancel_futures=True)
+    except TypeError:  # an Executor written before cancel_futures existed
+        executor.shutdown(wait=False)
+    joined = loop.create_future()
+
+    def join() -> None:
+        executor.shutdown(wait=True)
+        with contextlib.suppress(RuntimeError):  # run() gave up and closed the loop already
+            loop.call_soon_threadsafe(_resolve, joined)
+
+    threading.Thread(target=join, name="aiorun-executor-join", daemon=True).start()
+    budget = max(deadline - loop.time(), _GRACE)
+    await asyncio.wait({joined}, timeout=budget)
+    if joined.done():
+        logger.info("shutdown: executor stopped")
+        return ()
+    threads = [thread for thread in getattr(executor, "_threads", ()) if thread.is_alive()]
+    logger.warning(
+        "shutdown: executor still busy after %.1fs; %d thread(s) left running%s",
+        budget,
+        len(threads),
+        _describe_threads(threads),
+    )
+    return tuple(sorted(thread.name for thread in threads))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _close_async_generators(deadline: float) -> None:
+    """Finalise async generators still suspended, as asyncio.run() does, within the budget."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.shutdown_asyncgens(), max(deadline - loop.time(), _GRACE))
+    except TimeoutError:
+        logger.warning("shutdown: async generators still closing; left behind")
+
+
+# --- After it stops: what was left behind ---------------------------------------------------
+
+
+def _forget_protected_work(loop: asyncio.AbstractEventLoop) -> None:
+    """Release protected work of a loop run() closes: it can never finish now."""
+    for work in [work for work in _protected if work.get_loop() is loop]:
+        _protected.discard(work)
+
+
+def _describe_tasks(tasks: Iterable[asyncio.Task[Any]]) -> str:
+    """Each task's name and stack, one block per task, for a log message."""
+    ordered = list(tasks)
+    blocks = []
+    for task in ordered[:_STACKS_SHOWN]:
+        buffer = io.StringIO()
+        task.print_stack(file=buffer)
+        blocks.append(f"\n  task {task.get_name()!r}:\n{buffer.getvalue().rstrip()}")
+    if len(ordered) > _STACKS_SHOWN:
+        blocks.append(f"\n  ... and {len(ordered) - _STACKS_SHOWN} more task(s)")
+    return "".join(blocks)
+
+
+def _describe_threads(threads: Iterable[threading.Thread]) -> str:
+    """Each thread's name and current stack, for a log message."""
+    frames = sys._current_frames()
+    blocks = []
+    for thread in threads:
+        frame = frames.get(thread.ident or -1)
+        stack = "".join(traceback.format_stack(frame)).rstrip() if frame else "  (no stack)"
+        blocks.append(f"\n  thread {thread.name!r}:\n{stack}")
+    return "".join(blocks)
