@@ -1,0 +1,953 @@
+"""The runtime's API, in process: shutdown order, protected work, errors, executor, signals.
+
+Every test drives ``run()`` to a real shutdown (``loop.stop()`` or ``signal.raise_signal``)
+and checks what happened, in which order, and what was logged. Synchronisation uses events
+and callbacks, never sleeps. Where a check runs inside the loop, ``stop_on_unhandled_errors``
+makes a failing assert stop the loop and fail the test instead of hanging it. Real
+subprocesses with real signals are in ``test_aiorun_signals.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import gc
+import logging
+import signal
+import socket
+import sys
+import threading
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from app import aiorun
+from app.aiorun import ShutdownReport, run, shutdown_waits_for
+
+HANG_GUARD = 30
+"""Seconds after which a hung test dumps every stack and ends the run: a failure, not a wait."""
+
+
+@pytest.fixture(autouse=True)
+def hang_guard() -> Iterator[None]:
+    faulthandler.dump_traceback_later(HANG_GUARD, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(autouse=True)
+def runtime_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="app.aiorun")
+    return caplog
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> list[str]:
+    """What the runtime logged at ``level`` or above, in order."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "app.aiorun" and record.levelno >= level
+    ]
+
+
+def stop_soon() -> None:
+    asyncio.get_running_loop().stop()
+
+
+KEPT: set[asyncio.Future[Any]] = set()
+"""Tasks held for the test: one that only awaits a throwaway Event could be garbage-collected."""
+
+
+@pytest.fixture(autouse=True)
+def release_kept_tasks() -> Iterator[None]:
+    yield
+    KEPT.clear()
+
+
+def keep(awaitable: Any, name: str | None = None) -> asyncio.Future[Any]:
+    """Start ``awaitable`` as a task and hold it, as real code must hold its tasks."""
+    if name is None:
+        task = asyncio.ensure_future(awaitable)
+    else:
+        task = asyncio.get_running_loop().create_task(awaitable, name=name)
+    KEPT.add(task)
+    return task
+
+
+# --- run() keeps the loop running, and stops -------------------------------------------------
+
+
+def test_loop_keeps_running_after_the_coroutine_returns() -> None:
+    events: list[str] = []
+
+    async def later() -> None:
+        await asyncio.sleep(0)
+        events.append("later ran after main returned")
+        stop_soon()
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(asyncio.ensure_future, later())
+        events.append("main returned")
+
+    report = run(main())
+    assert events == ["main returned", "later ran after main returned"]
+    assert isinstance(report, ShutdownReport)
+    assert report.signal is None
+    assert report.unfinished == ()
+    assert report.busy_threads == ()
+    assert not report.timed_out
+    assert 0 <= report.duration < HANG_GUARD
+
+
+def test_run_without_a_coroutine_stops_on_a_signal(runtime_log: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_soon(signal.raise_signal, signal.SIGTERM)
+        report = run(loop=loop)
+        assert not loop.is_closed(), "a loop the caller supplied is the caller's to close"
+    finally:
+        loop.close()
+    assert report.signal == signal.SIGTERM
+    assert messages(runtime_log, logging.INFO)[0] == "shutdown: SIGTERM received"
+
+
+# --- The shutdown order -----------------------------------------------------------------------
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(max_workers=1)
+        self.events = events
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if "executor shut down" not in self.events:
+            self.events.append("executor shut down")
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+@pytest.mark.parametrize("kind", ["function", "async function", "coroutine object"])
+def test_shutdown_runs_its_phases_in_order(
+    kind: str, runtime_log: pytest.LogCaptureFixture
+) -> None:
+    events: list[str] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+    generators: list[AsyncIterator[int]] = []
+    worker_state: list[str] = []
+
+    async def worker() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            worker_state.append("cancelled")
+            events.append("task cancelled")
+            raise
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            yield 1
+            yield 2
+        finally:
+            events.append("async generator closed")
+
+    async def main() -> None:
+        loops.append(asyncio.get_running_loop())
+        keep(worker())
+        generator = numbers()
+        generators.append(generator)
+        await generator.__anext__()
+        events.append("loop stopped")
+        stop_soon()
+
+    def callback(loop: asyncio.AbstractEventLoop) -> None:
+        assert loop is loops[0]
+        assert worker_state == [], "tasks must still be alive while the callback runs"
+        events.append("callback ran")
+
+    async def async_callback(loop: asyncio.AbstractEventLoop) -> None:
+        await asyncio.sleep(0)
+        callback(loop)
+
+    async def callback_coroutine() -> None:
+        await asyncio.sleep(0)
+        callback(loops[0])
+
+    shutdown_callback: Any = {
+        "function": lambda: callback,
+        "async function": lambda: async_callback,
+        "coroutine object": callback_coroutine,
+    }[kind]()
+    run(main(), shutdown_callback=shutdown_callback, executor=RecordingExecutor(events))
+
+    assert events == [
+        "loop stopped",
+        "callback ran",
+        "task cancelled",
+        "executor shut down",
+        "async generator closed",
+    ]
+    assert loops[0].is_closed()
+    phases = messages(runtime_log, logging.INFO)
+    assert phases == [
+        "shutdown: loop stopped",
+        "shutdown: running shutdown callback",
+        "shutdown: cancelling 1 task(s); waiting for 0 protected task(s)",
+        "shutdown: executor stopped",
+        phases[-1],
+    ]
+    assert phases[-1].startswith("shutdown: complete in ")
+
+
+def test_shutdown_handler_replaces_stopping_the_loop() -> None:
+    calls: list[asyncio.AbstractEventLoop] = []
+    events: list[str] = []
+
+    def handler(loop: asyncio.AbstractEventLoop) -> None:
+        calls.append(loop)
+        loop.call_soon(events.append, "handler let the loop run on")
+        loop.call_soon(loop.call_soon, loop.stop)
+
+    async def main() -> None:
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.Event().wait()
+
+    report = run(main(), shutdown_handler=handler)
+    assert len(calls) == 1
+    assert events == ["handler let the loop run on"]
+    assert report.signal == signal.SIGTERM
+
+
+def test_repeated_signals_are_ignored_during_the_shutdown(
+    runtime_log: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+
+    def handler(loop: asyncio.AbstractEventLoop) -> None:
+        calls.append(1)
+        loop.stop()
+
+    async def main() -> None:
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.Event().wait()
+
+    async def callback(loop: asyncio.AbstractEventLoop) -> None:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    report = run(main(), shutdown_handler=handler, shutdown_callback=callback)
+    assert calls == [1]
+    assert report.signal == signal.SIGTERM
+    logged = messages(runtime_log, logging.INFO)
+    assert "shutdown: SIGINT received again; ignored, already shutting down" in logged
+    assert "shutdown: SIGTERM received again; ignored, already shutting down" in logged
+
+
+def test_stuck_tasks_are_reported_with_their_stacks(runtime_log: pytest.LogCaptureFixture) -> None:
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                continue
+
+    async def never_done() -> None:
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        keep(shutdown_waits_for(never_done()))
+        keep(stubborn(), name="stubborn")
+        await asyncio.sleep(0)
+        stop_soon()
+
+    report = run(main(), timeout_task_shutdown=0.1)
+    assert len(report.unfinished) == 2
+    assert "stubborn" in report.unfinished
+    assert report.timed_out
+    warnings_logged = messages(runtime_log, logging.WARNING)
+    assert len(warnings_logged) == 1
+    warning = warnings_logged[0]
+    assert warning.startswith("shutdown: 2 task(s) still running after 0.1s\n")
+    assert "task 'stubborn':" in warning
+    assert ", in stubborn" in warning
+    assert ", in never_done" in warning
+    gc.collect()  # the abandoned tasks die with their closed loop: already reported, no noise
+    assert [r for r in runtime_log.records if r.levelno >= logging.ERROR] == []
+
+
+# --- shutdown_waits_for() ---------------------------------------------------------------------
+
+USAGES: dict[str, Callable[[Any], Any]] = {
+    "awaited": lambda call: asyncio.ensure_future(_await(call)),
+    "create_task": lambda call: asyncio.get_running_loop().create_task(call),
+    "ensure_future": lambda call: asyncio.ensure_future(call),
+    "bare call": lambda call: None,
+}
+
+
+async def _await(call: Any) -> Any:
+    return await call
+
+
+@pytest.mark.parametrize("usage", list(USAGES))
+def test_shutdown_waits_for_protected_work_in_every_usage(usage: str) -> None:
+    events: list[str] = []
+    release = asyncio.Event()
+
+    async def protected() -> str:
+        await release.wait()  # set only once the shutdown has cancelled the canary
+        events.append("protected work done")
+        return "result"
+
+    async def canary() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events.append("canary cancelled")
+            release.set()
+            raise
+
+    async def main() -> None:
+        keep(canary())
+        caller = USAGES[usage](shutdown_waits_for(protected()))
+        await asyncio.sleep(0)
+        if caller is not None:
+            assert not caller.done()
+        stop_soon()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = run(main(), stop_on_unhandled_errors=True, timeout_task_shutdown=HANG_GUARD / 2)
+        gc.collect()
+    assert events == ["canary cancelled", "protected work done"]
+    assert report.unfinished == ()
+    assert [str(w.message) for w in caught] == []
+
+
+def test_shutdown_waits_for_returns_the_result_like_shield() -> None:
+    results: list[object] = []
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def main() -> None:
+        results.append(await shutdown_waits_for(answer()))
+        results.append(await asyncio.get_running_loop().create_task(shutdown_waits_for(answer())))
+        results.append(await asyncio.ensure_future(shutdown_waits_for(answer())))
+        stop_soon()
+
+    run(main(), stop_on_unhandled_errors=True)
+    assert results == [42, 42, 42]
+
+
+def test_cancelling_the_caller_leaves_the_protected_work_running() -> None:
+    events: list[str] = []
+
+    async def main() -> None:
+        go_on = asyncio.Event()
+
+        async def protected() -> None:
+            await go_on.wait()
+            events.append("protected work finished")
+            stop_soon()
+
+        async def caller() -> None:
+            await shutdown_waits_for(protected())
+
+        task = asyncio.ensure_future(caller())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        events.append("caller cancelled")
+        go_on.set()
+
+    report = run(main(), stop_on_unhandled_errors=True)
+    assert events == ["caller cancelled", "protected work finished"]
+    assert report.unfinished == ()
+
+
+def test_cancelling_the_protected_work_reaches_the_caller() -> None:
+    outcome: list[str] = []
+
+    async def main() -> None:
+        work: list[asyncio.Task[Any]] = []
+        started = asyncio.Event()
+
+        async def protected() -> None:
+            work.append(asyncio.current_task())  # type: ignore[arg-type]
+            started.set()
+            await asyncio.Event().wait()
+
+        async def caller() -> None:
+            try:
+                await shutdown_waits_for(protected())
+            except asyncio.CancelledError:
+                outcome.append("caller got CancelledError")
+                raise
+
+        task = asyncio.ensure_future(caller())
+        await started.wait()
+        work[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stop_soon()
+
+    run(main(), stop_on_unhandled_errors=True)
+    assert outcome == ["caller got CancelledError"]
+
+
+def test_protected_work_errors_reach_the_caller_or_the_exception_handler(
+    runtime_log: pytest.LogCaptureFixture,
+) -> None:
+    outcome: list[str] = []
+
+    async def fail(text: str) -> None:
+        await asyncio.sleep(0)
+        raise ValueError(text)
+
+    async def main() -> None:
+        try:
+            await shutdown_waits_for(fail("awaited"))
+        except ValueError as exc:
+            outcome.append(str(exc))
+        shutdown_waits_for(fail("nobody waits"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        stop_soon()
+
+    run(main())
+    assert outcome == ["awaited"]
+    errors = [r for r in runtime_log.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "shutdown_waits_for() work failed and nobody was waiting for it" in errors[0].message
+    assert errors[0].exc_info is not None
+    assert str(errors[0].exc_info[1]) == "nobody waits"
+
+
+def test_protected_work_is_strongly_referenced_until_done() -> None:
+    events: list[str] = []
+    futures: list[weakref.ref[asyncio.Future[None]]] = []
+
+    async def protected() -> None:
+        # Awaits a future nothing else holds: only a strong reference keeps this task alive.
+        future = asyncio.get_running_loop().create_future()
+        futures.append(weakref.ref(future))
+        await future
+        events.append("protected work done")
+        stop_soon()
+
+    async def main() -> None:
+        shutdown_waits_for(protected())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        gc.collect()
+        future = futures[0]()
+        assert future is not None, "the protected task was garbage-collected"
+        future.set_result(None)
+
+    run(main(), stop_on_unhandled_errors=True)
+    assert events == ["protected work done"]
+
+
+def test_shutdown_waits_for_needs_a_loop() -> None:
+    async def nothing() -> None:
+        pass
+
+    coro = nothing()
+    with pytest.raises(RuntimeError, match="running event loop"):
+        shutdown_waits_for(coro)
+    coro.close()
+
+
+# --- Errors -----------------------------------------------------------------------------------
+
+
+def test_unhandled_error_stops_the_loop_and_is_raised_after_the_full_shutdown(
+    runtime_log: pytest.LogCaptureFixture,
+) -> None:
+    events: list[str] = []
+
+    async def bystander() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events.append("bystander cancelled")
+            raise
+
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("boom")
+
+    async def main() -> None:
+        keep(bystander())
+        asyncio.ensure_future(failing())  # noqa: RUF006 (unheld on purpose: nobody awaits it)
+        await asyncio.Event().wait()
+
+    with pytest.raises(ValueError, match="boom"):
+        run(
+            main(),
+            stop_on_unhandled_errors=True,
+            shutdown_callback=lambda loop: events.append("callback"),
+        )
+    assert events == ["callback", "bystander cancelled"]
+    logged = messages(runtime_log, logging.INFO)
+    assert logged[0].startswith("shutdown: unhandled error stops the loop: ")
+    assert logged[-1].startswith("shutdown: complete in ")
+
+
+def test_an_error_in_the_main_coroutine_is_reported_at_once() -> None:
+    contexts: list[dict[str, Any]] = []
+    loop = asyncio.new_event_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        contexts.append(context)
+        loop.stop()
+
+    async def main() -> None:
+        raise ValueError("main failed")
+
+    loop.set_exception_handler(handler)
+    try:
+        run(main(), loop=loop)
+    finally:
+        loop.close()
+    assert len(contexts) == 1
+    assert isinstance(contexts[0]["exception"], ValueError)
+    assert contexts[0]["task"].get_name() == "main"
+    assert loop.get_exception_handler() is handler, "the caller's handler is put back"
+
+
+def test_an_error_in_the_main_coroutine_is_reraised_with_stop_on_unhandled_errors() -> None:
+    async def main() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("main failed")
+
+    with pytest.raises(KeyError, match="main failed"):
+        run(main(), stop_on_unhandled_errors=True)
+
+
+def test_a_failing_shutdown_callback_is_raised(runtime_log: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        stop_soon()
+
+    def callback(loop: asyncio.AbstractEventLoop) -> None:
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        run(main(), shutdown_callback=callback)
+    assert messages(runtime_log, logging.INFO)[-1].startswith("shutdown: complete in ")
+
+
+def test_a_failing_callback_is_only_logged_when_an_error_is_pending(
+    runtime_log: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        raise ValueError("first")
+
+    async def callback(loop: asyncio.AbstractEventLoop) -> None:
+        raise RuntimeError("second")
+
+    with pytest.raises(ValueError, match="first"):
+        run(main(), stop_on_unhandled_errors=True, shutdown_callback=callback)
+    logged = [r for r in runtime_log.records if r.name == "app.aiorun" and r.exc_info]
+    assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["first", "second"]
+    assert "the earlier error is re-raised instead" in logged[1].getMessage()
+
+
+def test_the_stop_on_error_handler_is_disarmed_once_the_shutdown_begins(
+    runtime_log: pytest.LogCaptureFixture,
+) -> None:
+    events: list[str] = []
+
+    def fail_in_a_callback() -> None:
+        raise ValueError("reported during the shutdown")
+
+    async def worker() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            asyncio.get_running_loop().call_soon(fail_in_a_callback)
+            for _ in range(3):
+                await asyncio.sleep(0)  # the error is reported while this task still runs
+            events.append("worker finished its cleanup")
+            raise
+
+    async def main() -> None:
+        keep(worker())
+        await asyncio.sleep(0)
+        stop_soon()
+
+    report = run(main(), stop_on_unhandled_errors=True)
+    assert events == ["worker finished its cleanup"]
+    assert report.unfinished == ()
+    errors = [r for r in runtime_log.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert str(errors[0].exc_info[1]) == "reported during the shutdown"
+
+
+def test_system_exit_from_a_task_is_raised_after_the_shutdown() -> None:
+    events: list[str] = []
+
+    async def main() -> None:
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit) as raised:
+        run(main(), shutdown_callback=lambda loop: events.append("callback"))
+    assert raised.value.code == 3
+    assert events == ["callback"]
+
+
+# --- Arguments refused before anything starts ---------------------------------------------
+
+
+def test_custom_exception_handler_with_stop_on_unhandled_errors_is_refused() -> None:
+    loop = asyncio.new_event_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        pass
+
+    loop.set_exception_handler(handler)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(ValueError, match="custom exception handler"):
+            run(loop=loop, stop_on_unhandled_errors=True)
+        assert loop.get_exception_handler() is handler
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        loop.close()
+
+
+def test_loop_with_use_uvloop_is_refused() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="loop= or use_uvloop=True"):
+            run(loop=loop, use_uvloop=True)
+    finally:
+        loop.close()
+
+
+def test_missing_uvloop_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    with pytest.raises(ImportError, match="pip install uvloop"):
+        run(use_uvloop=True)
+
+
+def test_missing_winloop_on_windows_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    windows = aiorun._Platform(windows=True, signals=(signal.SIGINT,))
+    monkeypatch.setattr(aiorun, "_this_platform", lambda: windows)
+    monkeypatch.setitem(sys.modules, "winloop", None)
+    with pytest.raises(ImportError, match="pip install winloop"):
+        run(use_uvloop=True)
+
+
+def test_uvloop_is_created_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    loop_types: list[type] = []
+
+    async def main() -> None:
+        loop_types.append(type(asyncio.get_running_loop()))
+        signal.raise_signal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # no event-loop-policy API
+        report = run(main(), use_uvloop=True)
+    assert loop_types == [uvloop.Loop]
+    assert report.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- The executor -----------------------------------------------------------------------------
+
+
+def test_default_executor_is_created_with_executor_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[RecordingPool] = []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def __init__(self, max_workers: int | None = None, **kwargs: Any) -> None:
+            super().__init__(max_workers, **kwargs)
+            self.max_workers_asked = max_workers
+            created.append(self)
+
+    monkeypatch.setattr(aiorun, "ThreadPoolExecutor", RecordingPool)
+    names: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        names.append(await loop.run_in_executor(None, lambda: threading.current_thread().name))
+        stop_soon()
+
+    run(main(), stop_on_unhandled_errors=True, executor_workers=3)
+    assert len(created) == 1
+    assert created[0].max_workers_asked == 3
+    assert names[0].startswith("aiorun")
+    with pytest.raises(RuntimeError):
+        created[0].submit(print)  # shut down with the loop
+
+
+def test_a_supplied_executor_is_used_and_shut_down() -> None:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mine")
+    names: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        names.append(await loop.run_in_executor(None, lambda: threading.current_thread().name))
+        stop_soon()
+
+    run(main(), stop_on_unhandled_errors=True, executor=executor, executor_workers=7)
+    assert names[0].startswith("mine")
+    with pytest.raises(RuntimeError):
+        executor.submit(print)
+
+
+def test_executor_shutdown_is_bounded_by_the_budget(runtime_log: pytest.LogCaptureFixture) -> None:
+    gate = threading.Event()
+    queued: list[Future[None]] = []
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slow")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+
+        def blocking_job() -> None:
+            loop.call_soon_threadsafe(started.set_result, None)
+            gate.wait(10)  # an unbounded shutdown would wait all of this
+
+        loop.run_in_executor(None, blocking_job)
+        await started
+        queued.append(executor.submit(print, "never runs"))  # waits for the only thread
+        stop_soon()
+
+    try:
+        report = run(
+            main(), stop_on_unhandled_errors=True, executor=executor, timeout_task_shutdown=0.2
+        )
+    finally:
+        gate.set()
+        executor.shutdown(wait=True)
+    assert report.duration < 5
+    assert queued[0].cancelled()
+    assert report.busy_threads == ("slow_0",)
+    assert report.timed_out
+    warning = messages(runtime_log, logging.WARNING)
+    assert len(warning) == 1
+    assert warning[0].startswith("shutdown: executor still busy after ")
+    assert "1 thread(s) left running" in warning[0]
+    assert "thread 'slow_0':" in warning[0]
+    assert "in blocking_job" in warning[0]
+
+
+# --- Signal handlers --------------------------------------------------------------------------
+
+
+def _sentinel_handler(signum: int, frame: Any) -> None:
+    raise AssertionError("the sentinel handler must not be called")
+
+
+@pytest.mark.parametrize(
+    "previous", [_sentinel_handler, signal.SIG_IGN, signal.SIG_DFL], ids=["func", "IGN", "DFL"]
+)
+def test_previous_signal_handlers_are_restored(previous: Any) -> None:
+    old_term = signal.signal(signal.SIGTERM, previous)
+    old_int = signal.signal(signal.SIGINT, previous)
+    try:
+
+        async def main() -> None:
+            assert signal.getsignal(signal.SIGTERM) is not previous
+            signal.raise_signal(signal.SIGINT)
+
+        report = run(main(), stop_on_unhandled_errors=True)
+        assert report.signal == signal.SIGINT
+        assert signal.getsignal(signal.SIGTERM) is previous
+        assert signal.getsignal(signal.SIGINT) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def test_run_twice_in_one_process_and_ctrl_c_still_works() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    async def main() -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    assert run(main()).signal == signal.SIGINT
+    assert run(main()).signal == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_run_off_the_main_thread_installs_no_signals(runtime_log: pytest.LogCaptureFixture) -> None:
+    reports: list[ShutdownReport] = []
+    seen: list[Any] = []
+
+    async def main() -> None:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        stop_soon()
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(
+        target=lambda: reports.append(run(main(), stop_on_unhandled_errors=True))
+    )
+    thread.start()
+    thread.join(HANG_GUARD)
+    assert len(reports) == 1
+    assert reports[0].signal is None
+    assert seen == [before]
+    assert "signals: not installed, run() is not in the main thread" in messages(runtime_log)
+
+
+def test_sigint_is_heard_through_add_signal_handler() -> None:
+    handlers: list[Any] = []
+
+    async def main() -> None:
+        handlers.append(signal.getsignal(signal.SIGINT))
+        signal.raise_signal(signal.SIGINT)
+
+    report = run(main(), stop_on_unhandled_errors=True)
+    assert report.signal == signal.SIGINT
+    # asyncio's own C-level stand-in, not a Python handler of ours
+    assert getattr(handlers[0], "__self__", None) is None
+
+
+class NoSignalHandlersLoop(asyncio.SelectorEventLoop):
+    """A loop like some third-party ones: it cannot add signal handlers."""
+
+    def add_signal_handler(self, sig: int, callback: Any, *args: Any) -> None:
+        raise NotImplementedError
+
+
+def test_signal_signal_is_the_fallback_when_the_loop_cannot(
+    runtime_log: pytest.LogCaptureFixture,
+) -> None:
+    handlers: list[Any] = []
+
+    async def main() -> None:
+        handlers.append(signal.getsignal(signal.SIGINT))
+        signal.raise_signal(signal.SIGINT)
+
+    loop = NoSignalHandlersLoop()
+    try:
+        report = run(main(), stop_on_unhandled_errors=True, loop=loop)
+    finally:
+        loop.close()
+    assert report.signal == signal.SIGINT
+    assert isinstance(getattr(handlers[0], "__self__", None), aiorun._SignalHooks)
+    assert "signals: loop cannot add signal handlers, using signal.signal" in messages(runtime_log)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+SIGBREAK_STAND_IN = signal.SIGUSR1 if sys.platform != "win32" else signal.SIGINT
+
+
+class StandInProactor(asyncio.SelectorEventLoop):
+    """Plays Windows' ProactorEventLoop for the seam: signals can wake it via its fd."""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGUSR1 stands in for SIGBREAK")
+@pytest.mark.parametrize(
+    ("loop_type", "wakeup_fd_set", "wakes_up"),
+    [
+        (asyncio.SelectorEventLoop, False, True),
+        (StandInProactor, False, True),
+        (StandInProactor, True, False),
+    ],
+    ids=["selector", "proactor-without-fd", "proactor-with-fd"],
+)
+def test_windows_branch_of_the_signal_seam(
+    monkeypatch: pytest.MonkeyPatch, loop_type: type, wakeup_fd_set: bool, wakes_up: bool
+) -> None:
+    windows = aiorun._Platform(
+        windows=True,
+        signals=(signal.SIGINT, SIGBREAK_STAND_IN),
+        proactor_types=(StandInProactor,),
+        wakeup_interval=0.01,
+    )
+    monkeypatch.setattr(aiorun, "_this_platform", lambda: windows)
+    seen: list[bool] = []
+
+    async def main() -> None:
+        hooks = signal.getsignal(SIGBREAK_STAND_IN).__self__  # type: ignore[union-attr]
+        assert isinstance(hooks, aiorun._SignalHooks)
+        seen.append(hooks.waking_up)
+        signal.raise_signal(SIGBREAK_STAND_IN)
+
+    loop = loop_type()
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(writer.fileno() if wakeup_fd_set else -1)
+    try:
+        report = run(main(), stop_on_unhandled_errors=True, loop=loop)
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        loop.close()
+        reader.close()
+        writer.close()
+    assert seen == [wakes_up]
+    assert report.signal == SIGBREAK_STAND_IN
+    assert signal.getsignal(SIGBREAK_STAND_IN) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --- Clean logs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_on_unhandled_errors", [False, True])
+def test_cancelled_stream_handlers_leave_the_log_clean(
+    stop_on_unhandled_errors: bool, runtime_log: pytest.LogCaptureFixture
+) -> None:
+    """On 3.11 each cancelled handler made asyncio log "Exception in callback ..."."""
+    clients = 200
+    listener = socket.create_server(("127.0.0.1", 0), backlog=clients)
+    connections = [
+        socket.create_connection(listener.getsockname()[:2], timeout=HANG_GUARD)
+        for _ in range(clients)
+    ]
+
+    async def main() -> None:
+        connected = asyncio.Event()
+        count = 0
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal count
+            count += 1
+            number = count
+            if number == clients:
+                connected.set()
+            try:
+                await reader.read()
+            except asyncio.CancelledError:
+                if number == 1:  # one handler has a real problem while it is cancelled
+                    raise RuntimeError("a real error") from None
+                raise
+            finally:
+                writer.close()
+
+        servers.append(await asyncio.start_server(handle, sock=listener))
+        await connected.wait()
+        stop_soon()
+
+    servers: list[asyncio.Server] = []
+    try:
+        report = run(
+            main(),
+            stop_on_unhandled_errors=stop_on_unhandled_errors,
+            shutdown_callback=lambda loop: servers[0].close(),
+        )
+    finally:
+        for connection in connections:
+            connection.close()
+        listener.close()
+    assert report.unfinished == ()
+    problems = [r for r in runtime_log.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, [r.getMessage()[:200] for r in problems]
+    assert problems[0].exc_info is not None
+    assert str(problems[0].exc_info[1]) == "a real error"
