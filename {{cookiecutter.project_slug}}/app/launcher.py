@@ -300,6 +300,11 @@ class Launcher:
         """
         self._requests.append((reason, relay))
 
+    def on_signal(self, signum: int, frame: FrameType | None = None) -> None:
+        """The launcher's signal handler: a stop request, relayed unless the child shares it."""
+        name = _signal_name(signum)
+        self.request_stop(f"{name} received", relay=signum not in self.platform.shared_signals)
+
     def run(self, *, handle_signals: bool = True) -> int:
         """Start the child, wait for it, return its exit status (or KILLED, or REFUSED)."""
         owner = running_launcher(self.platform, self.files)
@@ -404,13 +409,8 @@ class Launcher:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous: dict[int, Any] = {}
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            name = _signal_name(signum)
-            self.request_stop(f"{name} received", relay=signum not in self.platform.shared_signals)
-
         for signum in (*self.platform.relayed_signals, *self.platform.shared_signals):
-            previous[signum] = signal.signal(signum, handler)
+            previous[signum] = signal.signal(signum, self.on_signal)
 
         def restore() -> None:
             for signum, old in previous.items():
