@@ -1,0 +1,298 @@
+"""The deployment files of a baked project, checked offline: no cluster, no Docker engine.
+
+- ``deploy/kubernetes`` is rendered with kustomize (built into kubectl) exactly as
+  ``kubectl apply -k`` would send it, and every resource is validated against the Kubernetes
+  OpenAPI schemas shipped by PyPI ``kubernetes-validate``, in strict mode (unknown fields are
+  errors), for the oldest and the newest Kubernetes the manifests are meant for.
+- The shutdown budget holds: preStop delay + APP_SHUTDOWN_TIMEOUT + margin fits in
+  terminationGracePeriodSeconds, with the numbers read from the rendered manifests, and the
+  check is shown to fail on a budget that does not fit.
+- ``compose.yaml`` is validated by Docker Compose itself (``docker compose config``, or the
+  Debian ``docker-compose`` package), which is shown to reject a broken file.
+
+kubectl and Compose are not Python packages: without them these tests skip, except under CI
+(``CI`` set), where a missing tool is a failure. ``.ci/run`` installs Debian's
+``docker-compose``; kubectl comes with the CI machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import Bake
+
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+"""1.30 is the first release with the preStop ``sleep`` action on by default; 1.37 the newest
+schema kubernetes-validate ships."""
+MARGIN = 2.0
+"""Seconds the grace period must leave after preStop + APP_SHUTDOWN_TIMEOUT: the interpreter's
+exit, and the multi-worker supervisor's wait beyond the timeout (app/supervisor.py)."""
+KUBERNETES = Path("deploy/kubernetes")
+RAW_MANIFESTS = ("deployment.yaml", "service.yaml", "poddisruptionbudget.yaml")
+Resource = dict[str, Any]
+
+
+def require_tool(command: list[str] | None, what: str, install: str) -> list[str]:
+    """The command, or a skip (a failure under CI) that says how to get it."""
+    if command is not None:
+        return command
+    message = f"{what} is not installed ({install})"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def kustomize_command() -> list[str] | None:
+    if kubectl := shutil.which("kubectl"):
+        return [kubectl, "kustomize"]
+    if kustomize := shutil.which("kustomize"):
+        return [kustomize, "build"]
+    return None
+
+
+def compose_command() -> list[str] | None:
+    """Compose v2 (the docker CLI plugin) if present, else the standalone docker-compose."""
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, check=False, timeout=60
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    if legacy := shutil.which("docker-compose"):
+        return [legacy]
+    return None
+
+
+def render(folder: Path) -> list[Resource]:
+    """What ``kubectl apply -k folder`` would send to the cluster."""
+    command = require_tool(kustomize_command(), "kubectl", "it ships kustomize")
+    result = subprocess.run(
+        [*command, str(folder)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(resources: list[Resource]) -> dict[str, Resource]:
+    kinds = {resource["kind"]: resource for resource in resources}
+    assert len(kinds) == len(resources), "one resource of each kind expected"
+    return kinds
+
+
+def app_container(deployment: Resource) -> Resource:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "app")
+
+
+def budget(resources: list[Resource]) -> tuple[float, float, float]:
+    """(preStop seconds, APP_SHUTDOWN_TIMEOUT, terminationGracePeriodSeconds) as deployed."""
+    kinds = by_kind(resources)
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    container = app_container(kinds["Deployment"])
+    pre_stop = float(container["lifecycle"]["preStop"]["sleep"]["seconds"])
+    config = kinds["ConfigMap"]
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+    timeout = float(config["data"]["APP_SHUTDOWN_TIMEOUT"])
+    return pre_stop, timeout, float(pod["terminationGracePeriodSeconds"])
+
+
+def budget_problem(resources: list[Resource]) -> str | None:
+    """Why the shutdown does not fit in the grace period, or None if it does."""
+    pre_stop, timeout, grace = budget(resources)
+    if pre_stop <= 0:
+        return f"no preStop delay ({pre_stop}s): the endpoints-removal race is uncovered"
+    if pre_stop + timeout + MARGIN > grace:
+        return (
+            f"preStop {pre_stop}s + APP_SHUTDOWN_TIMEOUT {timeout}s + margin {MARGIN}s"
+            f" > terminationGracePeriodSeconds {grace}s"
+        )
+    return None
+
+
+def seconds(duration: str | int | float) -> float:
+    """A Compose duration (``15s``, ``1m30s``, or a bare number of seconds) in seconds."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+@pytest.fixture(scope="module")
+def project(bake: Bake) -> Path:
+    return bake()  # the defaults have use_docker on
+
+
+@pytest.fixture(scope="module")
+def rendered(project: Path) -> list[Resource]:
+    return render(project / KUBERNETES)
+
+
+def test_manifests_exist_only_with_docker(project: Path, bake: Bake) -> None:
+    for name in ("kustomization.yaml", *RAW_MANIFESTS, "README.md"):
+        assert (project / KUBERNETES / name).is_file(), name
+    assert not (bake(use_docker=False) / "deploy").exists()
+
+
+def test_rendered_manifests_are_the_expected_resources(rendered: list[Resource]) -> None:
+    assert sorted(r["kind"] for r in rendered) == [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+    ]
+    assert all(r["metadata"]["name"].startswith("echo-service") for r in rendered)
+    # the shutdown-budget ConfigMap is kustomize's own input, never sent to the cluster
+    assert not any(r["metadata"]["name"] == "shutdown-budget" for r in rendered)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_validate_against_the_kubernetes_schemas(
+    project: Path, rendered: list[Resource], version: str
+) -> None:
+    raw = [
+        doc
+        for name in RAW_MANIFESTS
+        for doc in yaml.safe_load_all((project / KUBERNETES / name).read_text())
+        if doc
+    ]
+    for resource in [*rendered, *raw]:
+        name = f"{resource['kind']}/{resource['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{name} is invalid for Kubernetes {version}: {exc.message}")
+
+
+def test_schema_validation_can_fail(rendered: list[Resource]) -> None:
+    deployment = by_kind(rendered)["Deployment"]
+    broken = yaml.safe_load(yaml.safe_dump(deployment))
+    app_container(broken)["securityContext"]["readOnlyRootFileSystem"] = True  # typo: wrong case
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_shutdown_fits_in_the_grace_period(rendered: list[Resource]) -> None:
+    assert budget_problem(rendered) is None
+    pre_stop, timeout, grace = budget(rendered)
+    print(f"kubernetes budget: preStop {pre_stop}s + shutdown {timeout}s < grace {grace}s")
+
+
+def test_budget_check_catches_a_grace_period_that_is_too_short(
+    project: Path, tmp_path: Path
+) -> None:
+    """Edit the one place the numbers live; the rendered manifests must follow, and fail."""
+    folder = tmp_path / "kubernetes"
+    shutil.copytree(project / KUBERNETES, folder)
+    kustomization = folder / "kustomization.yaml"
+    text = kustomization.read_text()
+    edited = re.sub(r"terminationGracePeriodSeconds=\d+", "terminationGracePeriodSeconds=12", text)
+    assert edited != text
+    kustomization.write_text(edited)
+    resources = render(folder)
+    assert budget(resources)[2] == 12.0, "the grace period is not wired from the budget"
+    problem = budget_problem(resources)
+    assert problem is not None
+    assert "> terminationGracePeriodSeconds 12.0s" in problem
+
+
+def test_pods_are_wired_to_the_service_the_budget_and_the_volume(
+    rendered: list[Resource],
+) -> None:
+    kinds = by_kind(rendered)
+    deployment, service = kinds["Deployment"], kinds["Service"]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    for selector in (
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"],
+        kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+    ):
+        assert selector.items() <= labels.items()
+
+    container = app_container(deployment)
+    config = kinds["ConfigMap"]["data"]
+    assert config["APP_HOST"] == "0.0.0.0"
+    assert config["APP_JOURNAL_PATH"] == "/data/journal.log"
+    port = int(config["APP_PORT"])
+    assert container["ports"] == [{"name": "echo", "containerPort": port, "protocol": "TCP"}]
+    assert service["spec"]["ports"][0]["targetPort"] == "echo"
+
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "app.health"]
+    liveness = container["livenessProbe"]
+    _, _, grace = budget(rendered)
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= grace, (
+        "liveness could restart a pod that is only draining"
+    )
+    assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+    assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
+
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert "/data" in mounts
+    assert "emptyDir" in volumes[mounts["/data"]]
+
+
+def test_answers_flow_into_the_manifests(bake: Bake) -> None:
+    project = bake(project_name="Ping Pong", port="9999", author="Ada O'Hara")
+    kinds = by_kind(render(project / KUBERNETES))
+    assert app_container(kinds["Deployment"])["ports"][0]["containerPort"] == 9999
+    assert kinds["Service"]["spec"]["ports"][0]["port"] == 9999
+    assert app_container(kinds["Deployment"])["image"] == "ping-pong:latest"
+    assert {r["metadata"]["name"] for r in kinds.values() if r["kind"] != "ConfigMap"} == {
+        "ping-pong"
+    }
+
+
+@pytest.fixture(scope="module")
+def compose() -> Iterator[list[str]]:
+    yield require_tool(
+        compose_command(), "Docker Compose", "apt-get install docker-compose, or the compose plugin"
+    )
+
+
+def run_compose(compose: list[str], folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "APP_"))}
+    return subprocess.run(
+        [*compose, "--project-directory", str(folder), "-f", str(folder / "compose.yaml"), *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_compose_file_validates(project: Path, compose: list[str]) -> None:
+    result = run_compose(compose, project, "config")
+    assert result.returncode == 0, result.stderr
+    service = yaml.safe_load(result.stdout)["services"]["app"]
+    timeout = float(service["environment"]["APP_SHUTDOWN_TIMEOUT"])
+    grace = seconds(service["stop_grace_period"])
+    assert timeout + MARGIN <= grace, f"compose: shutdown {timeout}s vs stop_grace_period {grace}s"
+
+
+def test_compose_validation_can_fail(project: Path, compose: list[str], tmp_path: Path) -> None:
+    text = (project / "compose.yaml").read_text()
+    broken = text.replace("    stop_signal:", "    stop_signals:", 1)
+    assert broken != text
+    (tmp_path / "compose.yaml").write_text(broken)
+    result = run_compose(compose, tmp_path, "config", "--quiet")
+    assert result.returncode != 0
+    assert "stop_signals" in result.stderr
