@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +26,39 @@ from app import supervisor
 from app.config import Settings
 from app.exitcodes import ExitCode
 
-pytestmark = [
-    pytest.mark.skipif(
-        not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT"
-    ),
-    pytest.mark.skipif(
-        "workers" not in {f.name for f in dataclasses.fields(Settings)},
-        reason="APP_WORKERS is not wired into app/config.py yet",
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    "workers" not in {f.name for f in dataclasses.fields(Settings)},
+    reason="APP_WORKERS is not wired into app/config.py yet",
+)
+reuse_port_only = pytest.mark.skipif(
+    not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT"
+)
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads socket owners from /proc"
 )
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
+
+
+@pytest.fixture
+def start_workers(start_service: StartService) -> Iterator[StartService]:
+    """``start_service``, plus cleanup of the workers: they run in their own process group,
+    so a supervisor killed by a failing test would leave them running."""
+    services: list[Service] = []
+
+    def start(*args: str, **settings: str) -> Service:
+        service = start_service(*args, **settings)
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        if service.popen.poll() is not None:
+            continue  # it ended by itself, after reaping its workers
+        service.popen.kill()
+        service.popen.wait()
+        for pid in {int(m[2]) for m in STARTED.finditer(service.log)}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def echo(sock: socket.socket, line: bytes) -> bytes:
@@ -120,7 +141,7 @@ def test_restart_delay_doubles_up_to_a_cap() -> None:
 def test_without_so_reuseport_workers_are_a_config_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delattr(socket, "SO_REUSEPORT")  # as on Windows
+    monkeypatch.delattr(socket, "SO_REUSEPORT", raising=False)  # as on Windows
     assert supervisor.main(Settings(workers=3)) == ExitCode.CONFIG
     error = capsys.readouterr().err
     assert error.startswith("error: APP_WORKERS=3: ")
@@ -129,9 +150,9 @@ def test_without_so_reuseport_workers_are_a_config_error(
 
 @linux_only
 def test_killed_worker_is_replaced_while_the_others_keep_serving(
-    start_service: StartService,
+    start_workers: StartService,
 ) -> None:
-    service = start_service(APP_WORKERS="2")
+    service = start_workers(APP_WORKERS="2")
     assert service.log.count("listening on") == 1, service.log
     pids = started_workers(service)
     assert sorted(pids) == [1, 2]
@@ -173,11 +194,12 @@ def test_killed_worker_is_replaced_while_the_others_keep_serving(
     assert "Traceback" not in service.log
 
 
+@reuse_port_only
 def test_sigterm_stops_every_worker_gracefully_and_the_journals_are_complete(
-    start_service: StartService, workdir: Path
+    start_workers: StartService, workdir: Path
 ) -> None:
     """Clients keep talking while SIGTERM arrives: each reply is journaled once, by one worker."""
-    service = start_service(APP_WORKERS="2")
+    service = start_workers(APP_WORKERS="2")
     replies: list[bytes] = []
     clients = 12
 
@@ -219,6 +241,7 @@ def test_sigterm_stops_every_worker_gracefully_and_the_journals_are_complete(
     assert not (workdir / "data" / "journal.log").exists(), "workers write their own files"
 
 
+@reuse_port_only
 def test_worker_failing_at_start_stops_the_service_with_its_status(run_app, workdir) -> None:
     (workdir / "blocker").write_text("a file where a folder should be")
     result = run_app(APP_PORT="0", APP_WORKERS="2", APP_JOURNAL_PATH="blocker/journal.log")
@@ -229,6 +252,7 @@ def test_worker_failing_at_start_stops_the_service_with_its_status(run_app, work
     assert "Traceback" not in result.stderr
 
 
+@reuse_port_only
 def test_port_taken_exits_69_before_any_worker_starts(run_app) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -237,3 +261,46 @@ def test_port_taken_exits_69_before_any_worker_starts(run_app) -> None:
     assert result.returncode == ExitCode.ADDRESS_IN_USE, result.stderr
     assert "cannot listen on 127.0.0.1:" in result.stderr
     assert "started" not in result.stderr
+
+
+@reuse_port_only
+def test_sigint_reaches_each_worker_once(start_workers: StartService) -> None:
+    """Workers are in their own process group: only the supervisor's forward reaches them."""
+    service = start_workers(APP_WORKERS="2")
+    assert service.stop(signal.SIGINT) == ExitCode.OK, service.log
+    for index in (1, 2):
+        received = re.findall(rf"\[worker {index}\] .*shutdown: SIGINT received", service.log)
+        assert len(received) == 1, service.log
+
+
+@reuse_port_only
+def test_second_signal_is_forwarded_and_its_status_is_the_exit_status(
+    start_workers: StartService,
+) -> None:
+    """A client that never reads its replies holds one worker in its drain; a second SIGTERM
+    makes that worker force-exit with 128 + 15, and the supervisor reports that status."""
+    service = start_workers(APP_WORKERS="2", APP_SHUTDOWN_TIMEOUT="30")
+    with connect(service) as stubborn:
+        stubborn.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # until both sides' buffers are full
+                stubborn.send(b"never read\n" * 4096)
+        service.send(signal.SIGTERM)
+        service.wait_for(r"\[worker \d\] .*draining 1 connection")
+        service.send(signal.SIGTERM)
+        assert service.wait() == 128 + signal.SIGTERM, service.log
+    assert "SIGTERM received again" in service.log
+
+
+@reuse_port_only
+def test_worker_outliving_the_budget_is_killed_and_reported(start_workers: StartService) -> None:
+    """A frozen worker (SIGSTOP) cannot shut down; after APP_SHUTDOWN_TIMEOUT + the margin
+    the supervisor kills it and exits 75, the status for abandoned work."""
+    service = start_workers(APP_WORKERS="2", APP_SHUTDOWN_TIMEOUT="0.5")
+    frozen = started_workers(service)[1]
+    os.kill(frozen, signal.SIGSTOP)
+    assert service.stop() == ExitCode.SHUTDOWN_TIMEOUT, service.log
+    assert re.search(
+        rf"worker 1 \(pid {frozen}\) still running after [\d.]+s: killing", service.log
+    )
+    assert re.search(r"\[worker 2\] .*shutdown: complete", service.log)
