@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from app import supervisor
 from app.aiorun import run
 from app.config import ConfigError, load_settings
 from app.exitcodes import ExitCode
@@ -30,6 +31,8 @@ def main() -> int:
     )
     for warning in warnings:
         logger.warning("%s", warning)
+    if settings.workers > 1:
+        return supervisor.main(settings)
 
     service = EchoService(settings)
     try:

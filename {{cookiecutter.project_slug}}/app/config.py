@@ -69,6 +69,12 @@ class Settings:
     stop_on_error: bool = True
     """Stop gracefully (exit 1) on an unhandled error instead of running on half-broken."""
     journal_path: Path = Path("data/journal.log")
+    workers: int = 1
+    """Processes serving the port (1..64). Above 1, ``python -m app`` becomes a supervisor
+    of that many workers sharing the port (``app/supervisor.py``); POSIX only."""
+    worker_index: int = 0
+    """Set by the supervisor in each worker's environment (1..N); 0 in a process started by
+    hand. A worker binds its port with SO_REUSEPORT so that all workers can share it."""
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -134,6 +140,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "idle_timeout": _parse_seconds,
     "stop_on_error": _parse_bool,
     "journal_path": _parse_path,
+    "workers": _parse_int(1, 64),
+    "worker_index": _parse_int(0, 64),
 }
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 

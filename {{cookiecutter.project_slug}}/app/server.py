@@ -66,10 +66,18 @@ class EchoServer:
         self._server: asyncio.Server | None = None
         self._draining = False
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
-        """Bind and start accepting; return the bound address (the real port if 0)."""
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Bind and start accepting; return the bound address (the real port if 0).
+
+        ``reuse_port`` lets the workers of ``APP_WORKERS`` bind the same port (SO_REUSEPORT).
+        """
         self._server = await asyncio.start_server(
-            self._handle, host, port, limit=self._max_line_bytes, backlog=BACKLOG
+            self._handle,
+            host,
+            port,
+            limit=self._max_line_bytes,
+            backlog=BACKLOG,
+            reuse_port=reuse_port or None,
         )
         address = self._server.sockets[0].getsockname()
         return str(address[0]), int(address[1])

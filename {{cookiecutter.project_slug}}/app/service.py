@@ -57,7 +57,9 @@ class EchoService:
         self.journal.start()
         self._started = True
         try:
-            host, port = await self.server.listen(self.settings.host, self.settings.port)
+            host, port = await self.server.listen(
+                self.settings.host, self.settings.port, reuse_port=self.settings.worker_index > 0
+            )
         except OSError as exc:
             where = f"{self.settings.host}:{self.settings.port}"
             self._fail(_listen_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}")
