@@ -1,0 +1,60 @@
+"""Bake a project from the template at the repository root, with every default answer.
+
+Why copy first: the working tree may hold build debris (``__pycache__/*.pyc``, venvs) that
+cookiecutter would try to render as templates. The files git knows about (tracked, plus new
+files not ignored) are copied to a scratch folder and baked from there, so the bench measures
+exactly the template as it stands in the working tree, uncommitted edits included.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _template_files(root: Path) -> list[str]:
+    listing = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    files = [name for name in listing.split("\0") if name]
+    return [name for name in files if not name.startswith("bench/") and (root / name).is_file()]
+
+
+def describe_template(root: Path = REPO_ROOT) -> str:
+    """The commit the template is at, marked '+dirty' when the working tree differs."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", ".", ":!bench"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def bake(workdir: Path, root: Path = REPO_ROOT) -> Path:
+    """Render the template with defaults into `workdir`; return the project folder."""
+    from cookiecutter.main import cookiecutter  # bench venv only
+
+    template = workdir / "template"
+    for name in _template_files(root):
+        target = template / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+    project = cookiecutter(
+        str(template), no_input=True, output_dir=str(workdir / "baked"), overwrite_if_exists=True
+    )
+    return Path(project)

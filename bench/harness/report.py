@@ -1,0 +1,486 @@
+"""Turn the raw samples into bench/RESULTS.md: machine, method, headline with goals, details.
+
+Why generated from results.json: the report can be rebuilt (`run.py --report-only DIR`) without
+re-measuring, and every figure in it traces back to raw samples. Each goal row says "met" or
+states the gap next to the figure with what limits it, computed from the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .stats import fmt_number, fmt_seconds, median, ratio
+
+HEAVY = (1000, 10000)
+RUNNER_NAMES = {
+    "vendored": "app.aiorun (vendored)",
+    "aiorun": "aiorun 2025.1.1",
+    "asyncio": "asyncio.run (SIGINT)",
+    "exit": "floor: os._exit",
+}
+SERVICE_DEFAULT = "service (default loop)"
+SERVICE_UVLOOP = "service (uvloop)"
+SAME_ASYNCIO = "same server, asyncio.run"
+PLAIN_STREAMS = "plain streams echo, uvloop"
+CEILING = "ceiling: uvloop Protocol"
+
+
+def _shutdown_values(
+    results: dict[str, Any], runner: str, conns: int, tasks: int, key: str = "seconds"
+) -> list[float]:
+    return [
+        s[key]
+        for s in results.get("shutdown", [])
+        if s["runner"] == runner and s["conns"] == conns and s["tasks"] == tasks
+    ]
+
+
+def _throughput(
+    results: dict[str, Any], variant: str, key: str = "roundtrips_per_s"
+) -> list[float]:
+    return [s[key] for s in results.get("throughput", []) if s["variant"] == variant]
+
+
+def _ms(values: Sequence[float]) -> str:
+    return f"{median(values) * 1000:.0f} ms" if values else "n/a"
+
+
+def _verdict(ok: bool | None, gap: str = "") -> str:
+    if ok is None:
+        return "not measured"
+    return "met" if ok else f"**not met**: {gap}"
+
+
+def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, result, goal, verdict) rows; also what the README shows."""
+    rows: list[tuple[str, str, str, str]] = []
+    conns, tasks = results.get("headline_cell", HEAVY)
+    cell = f"{conns:,} conns + {tasks:,} tasks"
+    ours = _shutdown_values(results, "vendored", conns, tasks)
+    theirs = _shutdown_values(results, "aiorun", conns, tasks)
+    plain = _shutdown_values(results, "asyncio", conns, tasks)
+    floor = _shutdown_values(results, "exit", conns, tasks)
+    if ours and theirs:
+        r = ratio(ours, theirs)
+        floor_ratio = ratio(floor, theirs) if floor else float("nan")
+        gap = (
+            f"{_ms(ours)} of which {_ms(floor)} is the process teardown floor "
+            f"(os._exit with the same load); a runtime adding nothing to the floor would score "
+            f"{floor_ratio:.2f}. The rest is cancelling and awaiting every task and closing "
+            f"each connection's transport in Python."
+        )
+        rows.append(
+            (
+                f"Shutdown, {cell}: vendored / aiorun",
+                f"**{r:.2f}** ({_ms(ours)} vs {_ms(theirs)})",
+                "≤ 0.35",
+                _verdict(r <= 0.35, gap),
+            )
+        )
+        if plain:
+            rows.append(
+                (
+                    f"Shutdown, {cell}: vendored / asyncio.run",
+                    f"**{ratio(ours, plain):.2f}** ({_ms(ours)} vs {_ms(plain)})",
+                    "—",
+                    "",
+                )
+            )
+    elif theirs:
+        rows.append(
+            (
+                f"Shutdown, {cell}: vendored / aiorun",
+                "n/a (no app/aiorun.py in the baked project)",
+                "≤ 0.35",
+                _verdict(None),
+            )
+        )
+    tb = {
+        r: _shutdown_values(results, r, conns, tasks, "tracebacks")
+        for r in ("vendored", "aiorun", "asyncio")
+    }
+    if any(tb.values()):
+        shown = " / ".join(f"{median(v):,.0f}" if v else "n/a" for v in tb.values())
+        worst_ours = max(tb["vendored"]) if tb["vendored"] else None
+        rows.append(
+            (
+                f"Tracebacks on stderr at {cell}: vendored / aiorun / asyncio.run (median per run)",
+                shown,
+                "0 for ours",
+                _verdict(
+                    None if worst_ours is None else worst_ours == 0,
+                    f"up to {worst_ours} in one run",
+                ),
+            )
+        )
+    drain = results.get("drain", [])
+    if drain:
+        lost = max(s["lost"] for s in drain)
+        statuses = sorted({s["returncode"] for s in drain})
+        after = [s["answered_after_signal"] for s in drain]
+        rows.append(
+            (
+                f"Drain, {drain[0]['clients']} clients mid-conversation: lines lost",
+                f"**{lost}** (exit in {fmt_seconds([s['seconds'] for s in drain])}, "
+                f"{median(after):,.0f} lines answered after SIGTERM, exit status "
+                f"{'/'.join(map(str, statuses))})",
+                "0",
+                _verdict(lost == 0, f"{lost} line(s) lost in the worst run"),
+            )
+        )
+    default, same = _throughput(results, SERVICE_DEFAULT), _throughput(results, SAME_ASYNCIO)
+    if default and same:
+        r = ratio(default, same)
+        rows.append(
+            (
+                "Echo throughput, runtime overhead: service / same server under asyncio.run "
+                "(default loop)",
+                f"**{r:.2f}** ({median(default):,.0f} vs {median(same):,.0f} round trips/s)",
+                "≥ 0.97",
+                _verdict(
+                    r >= 0.97,
+                    "within run-to-run noise of this shared machine, see "
+                    "min-max in section 3; the runtime does no work between start "
+                    "and stop",
+                ),
+            )
+        )
+    uv, ceil = _throughput(results, SERVICE_UVLOOP), _throughput(results, CEILING)
+    if uv and ceil:
+        r = ratio(uv, ceil)
+        streams = _throughput(results, PLAIN_STREAMS)
+        ceiling_client = median(_throughput(results, CEILING, "client_cpu"))
+        gap = (
+            f"a bare streams echo server on uvloop reaches only "
+            f"{ratio(streams, ceil):.2f} of the ceiling, so the asyncio streams layer "
+            f"(a task per connection, a readuntil() and a drain() per line) is most of the gap; "
+            f"the service adds two asyncio.timeout scopes and a journal append per line "
+            f"({ratio(uv, streams):.2f} of the bare streams server)."
+            if streams
+            else "see section 3"
+        )
+        if ceiling_client >= 0.9:
+            gap += (
+                f" The ceiling itself is client-bound (load generator at "
+                f"{ceiling_client:.0%} CPU), so the true ratio is lower still."
+            )
+        rows.append(
+            (
+                "Echo throughput: service on uvloop / uvloop Protocol ceiling",
+                f"**{r:.2f}** ({median(uv):,.0f} vs {median(ceil):,.0f} round trips/s)",
+                "≥ 0.8",
+                _verdict(r >= 0.8, gap),
+            )
+        )
+    start = results.get("startup", {})
+    if start.get("service"):
+        rows.append(
+            (
+                'Startup to `listening on` / `python -c "import asyncio"`',
+                f"**{ratio(start['service'], start['floor']):.2f}** "
+                f"({_ms(start['service'])} vs {_ms(start['floor'])})",
+                "—",
+                "",
+            )
+        )
+    box = results.get("container", {})
+    if box and not box.get("skipped"):
+        rows.append(
+            (
+                "`docker stop`: generated image / trivial exec-form image",
+                f"**{ratio(box['stop']['app'], box['stop']['floor']):.2f}** "
+                f"({_ms(box['stop']['app'])} vs {_ms(box['stop']['floor'])})",
+                "—",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "Image size over its base",
+                f"+{(box['app_bytes'] - box['base_bytes']) / 2**20:.0f} MiB "
+                f"({box['app_bytes'] / 2**20:.0f} MiB on {box['base']})",
+                "—",
+                "",
+            )
+        )
+    elif box:
+        rows.append(("`docker stop` and image size", "skipped", "—", box["skipped"]))
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
+    meta, cfg = results["meta"], results["config"]
+    out: list[str] = [
+        "# Benchmark results",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']} "
+        f"(template at `{meta['template']}`), in {meta['elapsed_s']:.0f} s.",
+        "",
+        f"Machine: {meta['cores']} cores ({meta['cpu']}), {meta['os']}, Python {meta['python']}, "
+        f"uvloop {meta['uvloop']}, aiorun {meta['aiorun']}. The machine is shared with other "
+        f"jobs (load average {meta['load_before']} before, {meta['load_after']} after), so "
+        "every figure is a median of alternated runs taken in this same run, given with its "
+        "min-max, and compared as a ratio.",
+        "",
+        "## Headline",
+        "",
+        *_table(("Measure", "Result", "Goal", "Verdict"), headline_rows(results)),
+        "",
+    ]
+    out += _shutdown_section(results, cfg, plot_name)
+    out += _drain_section(results, cfg)
+    out += _throughput_section(results, cfg)
+    out += _startup_section(results, cfg)
+    out += _container_section(results)
+    out += [
+        "## Reproduce",
+        "",
+        "```sh",
+        "python bench/run.py            # full run, writes "
+        "bench/RESULTS.md, bench/shutdown.png, bench/results.json",
+        "python bench/run.py --quick    # < 1 min smoke run, writes bench/.quick/",
+        "```",
+        "",
+        "The first run builds bench/.venv (aiorun 2025.1.1, uvloop, matplotlib, cookiecutter, "
+        "python-dotenv from the package index). Section 5 needs a Docker engine at "
+        "`DOCKER_HOST` (`source scripts/docker-engine.sh`).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _shutdown_section(results: dict[str, Any], cfg: dict[str, Any], plot: str) -> list[str]:
+    samples = results.get("shutdown", [])
+    if not samples:
+        return []
+    runners = [r for r in RUNNER_NAMES if any(s["runner"] == r for s in samples)]
+    rows = []
+    for tasks in cfg["shutdown_tasks"]:
+        for conns in cfg["shutdown_conns"]:
+            v = {r: _shutdown_values(results, r, conns, tasks) for r in runners}
+            tb = {r: _shutdown_values(results, r, conns, tasks, "tracebacks") for r in runners}
+            row = [f"{conns:,}", f"{tasks:,}"] + [fmt_seconds(v[r]) for r in runners]
+            if v.get("vendored") and v.get("aiorun"):
+                row.append(f"{ratio(v['vendored'], v['aiorun']):.2f}")
+            if v.get("vendored") and v.get("asyncio"):
+                row.append(f"{ratio(v['vendored'], v['asyncio']):.2f}")
+            row.append(" / ".join(f"{median(tb[r]):,.0f}" for r in runners if r != "exit"))
+            rows.append(row)
+    header = ["conns", "tasks"] + [RUNNER_NAMES[r] for r in runners]
+    if "vendored" in runners:
+        header += ["vendored / aiorun", "vendored / asyncio.run"]
+    header.append("tracebacks (" + " / ".join(r for r in runners if r != "exit") + ")")
+    return [
+        "## 1. Shutdown latency (SIGTERM → exit)",
+        "",
+        f"One streams echo server (`bench/procs/echo_server.py`) under each runner; "
+        f"{cfg['shutdown_reps']} alternated runs per cell, runner order rotated. Idle "
+        "connections are held by the bench process, each confirmed by an echo (so its handler "
+        "task is running) before the signal; the sleeping tasks exist before the `ready` line. "
+        "Time runs from `kill()` to the moment a pidfd reports the exit. asyncio.run gets "
+        "SIGINT (it has no SIGTERM handling); its program catches the KeyboardInterrupt. "
+        "Tracebacks are counted as `Traceback (most recent call last)` lines on stderr.",
+        "",
+        *_table(header, rows),
+        "",
+        f"![Shutdown latency vs idle connections]({plot})",
+        "",
+    ]
+
+
+def _drain_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    drain = results.get("drain", [])
+    if not drain:
+        return []
+    fields = [
+        ("exit after SIGTERM", fmt_seconds([s["seconds"] for s in drain])),
+        ("exit status", ", ".join(str(s["returncode"]) for s in drain)),
+        ("lines answered after SIGTERM", fmt_number([s["answered_after_signal"] for s in drain])),
+        ("lines sent after SIGTERM", fmt_number([s["sent_after_signal"] for s in drain])),
+        (
+            "**lost**: answered but not in the journal",
+            str(sum(s["lost_answered_not_journaled"] for s in drain)),
+        ),
+        (
+            "**lost**: sent before SIGTERM, neither answered nor journaled",
+            str(sum(s["lost_received_then_dropped"] for s in drain)),
+        ),
+        (
+            "sent before SIGTERM, unanswered (all runs)",
+            str(sum(s["unanswered_sent_before_signal"] for s in drain)),
+        ),
+        (
+            "journaled but never answered (all runs)",
+            str(sum(s["journaled_not_answered"] for s in drain)),
+        ),
+        ("duplicate journal lines (all runs)", str(sum(s["journal_duplicates"] for s in drain))),
+        ("wrong echoes (all runs)", str(sum(s["bad_echoes"] for s in drain))),
+        ("how client connections ended", _merge_counts([s["ends"] for s in drain])),
+    ]
+    log = drain[-1]["drain_log"]
+    return [
+        "## 2. Drain of the generated service",
+        "",
+        f"`python -m app` from the baked project (APP_PORT=0, default settings otherwise). "
+        f"{drain[0]['clients']} clients each run a strict ping-pong of numbered 64-byte lines; "
+        f"once every client has had {cfg['drain_warm']} answers, SIGTERM is sent while all are "
+        f"still talking. {len(drain)} runs. Afterwards every client's answered lines are "
+        "looked up in the journal file, and so are the lines each had sent before the signal.",
+        "",
+        *_table(("", "result"), fields),
+        "",
+        "Clients whose last line arrived after the service stopped reading see a connection "
+        "reset rather than an EOF: the service closes with that line unread, which the kernel "
+        "signals with a RST. Such a line was never answered nor journaled, so the client knows "
+        "it was not taken. The service's shutdown log from the last run:",
+        "",
+        "```",
+        *log,
+        "```",
+        "",
+    ]
+
+
+def _merge_counts(dicts: Sequence[dict[str, int]]) -> str:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return ", ".join(f"{k}: {v}" for k, v in sorted(total.items()))
+
+
+def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    samples = results.get("throughput", [])
+    if not samples:
+        return []
+    refs = {
+        SERVICE_DEFAULT: SAME_ASYNCIO,
+        SAME_ASYNCIO: SAME_ASYNCIO,
+        SERVICE_UVLOOP: CEILING,
+        PLAIN_STREAMS: CEILING,
+        CEILING: CEILING,
+    }
+    rows = []
+    for variant in results["throughput_variants"]:
+        values = _throughput(results, variant)
+        ref = refs.get(variant)
+        rel = (
+            f"{ratio(values, _throughput(results, ref)):.2f} of {ref}"
+            if ref and ref != variant and _throughput(results, ref)
+            else ""
+        )
+        rows.append(
+            [
+                variant,
+                fmt_number(values),
+                f"{median(_throughput(results, variant, 'mib_per_s')):.0f}",
+                f"{median(_throughput(results, variant, 'server_cpu')):.0%}",
+                f"{median(_throughput(results, variant, 'client_cpu')):.0%}",
+                rel,
+            ]
+        )
+    return [
+        "## 3. Echo throughput",
+        "",
+        f"{cfg['tp_conns']} connections, each a strict ping-pong of {cfg['tp_size']}-byte lines "
+        f"(one line in flight per connection, every echo checked byte for byte), "
+        f"{cfg['tp_warmup']} s warm-up then {cfg['tp_seconds']} s counted, {cfg['tp_reps']} "
+        "alternated runs per server.",
+        "",
+        "The load generator (`bench/procs/loadgen.py`) is one separate process: a bare "
+        "`asyncio.Protocol` on uvloop, no streams and no task per line, so a round trip costs it "
+        "far less than it costs any streams server. The machine has 2 cores: the server gets "
+        "one, the load generator the other. CPU columns are each process's user+system time "
+        "over the counted window (100% = one core); a server near 100% with the client well "
+        "below is server-bound, which is what the figures should measure. The generated "
+        "service journals every line (a write in a worker thread per batch), so its CPU "
+        "includes that thread.",
+        "",
+        *_table(
+            (
+                "server",
+                "round trips/s, median (min-max)",
+                "MiB/s both ways",
+                "server CPU",
+                "client CPU",
+                "ratio",
+            ),
+            rows,
+        ),
+        "",
+    ]
+
+
+def _startup_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    start = results.get("startup", {})
+    if not start.get("service"):
+        return []
+    return [
+        "## 4. Startup to ready",
+        "",
+        f"From just before the fork to the `listening on` line on stderr (default settings, "
+        f'uvloop on), against `python -c "import asyncio"` run to exit, the floor for any '
+        f"asyncio service. {cfg['startup_reps']} alternated runs each.",
+        "",
+        *_table(
+            ("", "time, median (min-max)"),
+            [
+                ("`python -m app` → `listening on`", fmt_seconds(start["service"])),
+                ('`python -c "import asyncio"` → exit', fmt_seconds(start["floor"])),
+                ("ratio", f"{ratio(start['service'], start['floor']):.2f}"),
+            ],
+        ),
+        "",
+    ]
+
+
+def _container_section(results: dict[str, Any]) -> list[str]:
+    box = results.get("container")
+    if not box:
+        return []
+    if box.get("skipped"):
+        return ["## 5. Container", "", f"Skipped: {box['skipped']}.", ""]
+    mib = 2**20
+    return [
+        "## 5. Container",
+        "",
+        f"The generated Dockerfile built on `{box['base']}` (a local Debian base from "
+        "scripts/docker-engine.sh when the registry's python image is not present; build took "
+        f"{box['build_seconds']:.0f} s). `docker stop -t 10` is timed with "
+        f"{box.get('idle_connections', 20)} idle connections open, against a trivial exec-form "
+        "image on the same base whose Python exits on SIGTERM (Docker's own stop overhead). "
+        "Containers use the host network, bound to 127.0.0.1.",
+        "",
+        *_table(
+            ("", "generated image", "trivial image", "ratio"),
+            [
+                (
+                    "`docker stop`",
+                    fmt_seconds(box["stop"]["app"]),
+                    fmt_seconds(box["stop"]["floor"]),
+                    f"{ratio(box['stop']['app'], box['stop']['floor']):.2f}",
+                ),
+                (
+                    "exit status",
+                    ", ".join(map(str, box["exit_codes"]["app"])),
+                    ", ".join(map(str, box["exit_codes"]["floor"])),
+                    "",
+                ),
+                (
+                    "image size",
+                    f"{box['app_bytes'] / mib:.0f} MiB",
+                    f"{box['floor_bytes'] / mib:.0f} MiB",
+                    f"base {box['base_bytes'] / mib:.0f} MiB, "
+                    f"+{(box['app_bytes'] - box['base_bytes']) / mib:.0f} MiB",
+                ),
+            ],
+        ),
+        "",
+    ]

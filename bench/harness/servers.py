@@ -1,0 +1,113 @@
+"""How to start each server the bench measures, and how to tell it is ready.
+
+Every server prints a ready line that carries its real port (all listen on 127.0.0.1 port 0):
+the bench's own scripts print `ready PORT` on stdout; the generated service logs
+`listening on HOST:PORT` on stderr, as its contract says.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procs import Child
+
+PROCS = Path(__file__).resolve().parent.parent / "procs"
+SERVICE_READY = r"listening on (?P<host>.+):(?P<port>\d+)\s*$"
+SCRIPT_READY = r"^ready (?P<port>\d+)$"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    argv: list[str]
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+    ready_stream: str = "stdout"
+    ready_pattern: str = SCRIPT_READY
+    stop_signal: int = signal.SIGTERM
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def start(spec: ServerSpec, timeout: float = 20.0) -> tuple[Child, int]:
+    """Start the server and block until its ready line; return it with its port."""
+    child = Child(spec.argv, cwd=spec.cwd, env=spec.env)
+    stream = child.stdout if spec.ready_stream == "stdout" else child.stderr
+    match = child.wait_line(stream, spec.ready_pattern, timeout)
+    return child, int(match.group("port"))
+
+
+def stop(child: Child, signum: int) -> int:
+    """Ask the server to stop and reap it (not timed)."""
+    child.signal_and_time_exit(signum)
+    return child.returncode if child.returncode is not None else -1
+
+
+def service_env(journal: Path, **settings: str) -> dict[str, str]:
+    """The environment for `python -m app`: ephemeral loopback port, a scratch journal, and
+    no APP_ variables leaking in from the caller's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APP_")}
+    env.update(
+        APP_HOST="127.0.0.1",
+        APP_PORT="0",
+        APP_JOURNAL_PATH=str(journal),
+        APP_LOG_LEVEL="INFO",
+    )
+    env.update(settings)
+    return env
+
+
+def generated_service(project: Path, journal: Path, **settings: str) -> ServerSpec:
+    """The baked project's `python -m app`, configured by APP_ variables."""
+    label = {"1": "uvloop", "0": "default loop"}.get(settings.get("APP_USE_UVLOOP", ""), "default")
+    return ServerSpec(
+        name=f"service ({label})",
+        argv=[sys.executable, "-m", "app"],
+        cwd=project,
+        env=service_env(journal, **settings),
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
+    )
+
+
+def service_under_asyncio_run(project: Path, journal: Path) -> ServerSpec:
+    """The same EchoService code, run by plain asyncio.run on the default loop."""
+    return ServerSpec(
+        name="same server, asyncio.run",
+        argv=[sys.executable, str(PROCS / "service_asyncio_run.py"), str(project)],
+        cwd=project,
+        env=service_env(journal, APP_USE_UVLOOP="0"),
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
+        stop_signal=signal.SIGINT,
+    )
+
+
+def ceiling() -> ServerSpec:
+    """A bare uvloop Protocol echo server: the most a line echo can do here."""
+    return ServerSpec(
+        name="ceiling: uvloop Protocol",
+        argv=[sys.executable, str(PROCS / "ceiling_server.py")],
+        stop_signal=signal.SIGINT,
+    )
+
+
+def plain_streams_uvloop() -> ServerSpec:
+    """The bench's own minimal streams echo server (procs/echo_server.py) on uvloop: no
+    journal, no limits, no timeouts. It splits the gap between the service and the ceiling
+    into what the streams API costs and what the service adds on top."""
+    return ServerSpec(
+        name="plain streams echo, uvloop",
+        argv=[
+            sys.executable,
+            str(PROCS / "echo_server.py"),
+            "--runner",
+            "asyncio",
+            "--loop",
+            "uvloop",
+        ],
+        stop_signal=signal.SIGINT,
+    )

@@ -1,0 +1,106 @@
+"""Benchmark 3: echo throughput, ping-pong of 1 KiB lines over 50 connections.
+
+Each server variant is started, loaded by procs/loadgen.py (a separate process: uvloop and a
+bare Protocol, see its docstring) for a warm-up and then a fixed window, and stopped. Variants
+are alternated, rotating the order every repetition. The machine has 2 cores: the server gets
+one and the load generator the other; both processes' CPU use over the window is recorded, so
+the report can say which side was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import servers
+
+LOADGEN = servers.PROCS / "loadgen.py"
+
+
+@dataclass
+class Sample:
+    variant: str
+    roundtrips_per_s: float
+    mib_per_s: float
+    server_cpu: float
+    client_cpu: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def measure_once(
+    spec: servers.ServerSpec, *, conns: int, size: int, warmup: float, seconds: float
+) -> Sample:
+    child, port = servers.start(spec)
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(LOADGEN),
+                "--port",
+                str(port),
+                "--conns",
+                str(conns),
+                "--size",
+                str(size),
+                "--warmup",
+                str(warmup),
+                "--seconds",
+                str(seconds),
+                "--server-pid",
+                str(child.pid),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=warmup + seconds + 60,
+        ).stdout
+    finally:
+        servers.stop(child, spec.stop_signal)
+    result = json.loads(out)
+    return Sample(
+        variant=spec.name,
+        roundtrips_per_s=result["roundtrips_per_s"],
+        mib_per_s=result["mib_per_s"],
+        server_cpu=result["server_cpu"],
+        client_cpu=result["client_cpu"],
+    )
+
+
+def run_all(
+    specs: Sequence[servers.ServerSpec],
+    *,
+    reps: int,
+    conns: int,
+    size: int,
+    warmup: float,
+    seconds: float,
+    log: Callable[[str], None],
+) -> list[Sample]:
+    samples: list[Sample] = []
+    for rep in range(reps):
+        shift = rep % len(specs)
+        for spec in [*specs[shift:], *specs[:shift]]:
+            sample = measure_once(spec, conns=conns, size=size, warmup=warmup, seconds=seconds)
+            samples.append(sample)
+            log(
+                f"throughput rep {rep + 1}/{reps} {spec.name}: "
+                f"{sample.roundtrips_per_s:,.0f} rt/s, server cpu {sample.server_cpu:.0%}, "
+                f"client cpu {sample.client_cpu:.0%}"
+            )
+    return samples
+
+
+def default_specs(project: Path, scratch: Path) -> list[servers.ServerSpec]:
+    return [
+        servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
+        servers.generated_service(project, scratch / "j-uvloop.log", APP_USE_UVLOOP="1"),
+        servers.service_under_asyncio_run(project, scratch / "j-asyncio.log"),
+        servers.plain_streams_uvloop(),
+        servers.ceiling(),
+    ]

@@ -1,0 +1,246 @@
+"""Run every benchmark side by side and write the report: `python bench/run.py [--quick]`.
+
+Why one command: the figures must be reproducible by anyone. This script builds its own venv
+(bench/.venv: aiorun 2025.1.1, uvloop, matplotlib, cookiecutter, python-dotenv) and re-runs
+itself inside it, bakes a project with default answers from the template at the repository
+root, runs the five benchmarks (see bench/harness/*.py), and writes into the output folder:
+RESULTS.md (the report), shutdown.png (the plot) and results.json (every raw sample).
+
+    python bench/run.py                # full run (< 10 min), writes into bench/
+    python bench/run.py --quick        # smoke run (< 1 min), writes into bench/.quick/
+    python bench/run.py --out DIR      # anywhere else
+    python bench/run.py --only shutdown,drain
+    python bench/run.py --report-only DIR   # rebuild RESULTS.md and the plot from DIR/results.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from harness import bootstrap  # noqa: E402  (stdlib only; must run before anything else)
+
+if __name__ == "__main__":
+    bootstrap.reexec_in_venv(Path(__file__).resolve(), sys.argv[1:])
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import importlib.metadata  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+SECTIONS = ("startup", "shutdown", "drain", "throughput", "container")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything to run; the two modes differ only here."""
+
+    shutdown_conns: tuple[int, ...]
+    shutdown_tasks: tuple[int, ...]
+    shutdown_reps: int
+    drain_clients: int
+    drain_reps: int
+    drain_warm: int
+    tp_conns: int
+    tp_size: int
+    tp_warmup: float
+    tp_seconds: float
+    tp_reps: int
+    startup_reps: int
+    docker_reps: int
+
+
+FULL = Plan(
+    shutdown_conns=(0, 100, 1000),
+    shutdown_tasks=(0, 10000),
+    shutdown_reps=9,
+    drain_clients=200,
+    drain_reps=7,
+    drain_warm=3,
+    tp_conns=50,
+    tp_size=1024,
+    tp_warmup=0.5,
+    tp_seconds=3.0,
+    tp_reps=5,
+    startup_reps=15,
+    docker_reps=5,
+)
+QUICK = Plan(
+    shutdown_conns=(0, 1000),
+    shutdown_tasks=(10000,),
+    shutdown_reps=2,
+    drain_clients=200,
+    drain_reps=1,
+    drain_warm=3,
+    tp_conns=50,
+    tp_size=1024,
+    tp_warmup=0.2,
+    tp_seconds=0.5,
+    tp_reps=1,
+    startup_reps=3,
+    docker_reps=0,
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.monotonic() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+STARTED = time.monotonic()
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "uvloop": importlib.metadata.version("uvloop"),
+        "aiorun": importlib.metadata.version("aiorun"),
+    }
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> dict[str, Any]:
+    from harness import bake, container, drain, shutdown, startup, throughput
+
+    results: dict[str, Any] = {
+        "headline_cell": [max(plan.shutdown_conns), max(plan.shutdown_tasks)]
+    }
+    log("baking the template with default answers")
+    project = bake.bake(scratch)
+    results["meta_template"] = bake.describe_template()
+    vendored = (project / "app" / "aiorun.py").exists()
+    if "startup" in only:
+        results["startup"] = startup.run_all(project, scratch, reps=plan.startup_reps, log=log)
+    if "shutdown" in only:
+        runners = [r for r in shutdown.RUNNERS if vendored or r != "vendored"]
+        grid = shutdown.run_grid(
+            runners=runners,
+            conns_grid=plan.shutdown_conns,
+            tasks_grid=plan.shutdown_tasks,
+            reps=plan.shutdown_reps,
+            project=project,
+            log=log,
+        )
+        results["shutdown"] = [s.as_dict() for s in grid]
+    if "drain" in only:
+        drained = drain.run_all(
+            project, scratch, reps=plan.drain_reps, clients=plan.drain_clients, log=log
+        )
+        results["drain"] = [s.as_dict() for s in drained]
+    if "throughput" in only:
+        specs = throughput.default_specs(project, scratch)
+        results["throughput_variants"] = [s.name for s in specs]
+        rates = throughput.run_all(
+            specs,
+            reps=plan.tp_reps,
+            conns=plan.tp_conns,
+            size=plan.tp_size,
+            warmup=plan.tp_warmup,
+            seconds=plan.tp_seconds,
+            log=log,
+        )
+        results["throughput"] = [s.as_dict() for s in rates]
+    if "container" in only:
+        if plan.docker_reps == 0:
+            results["container"] = {
+                "skipped": "not part of --quick (an image build takes "
+                "longer than the whole quick run)"
+            }
+        else:
+            box = container.run_all(
+                project, scratch, reps=plan.docker_reps, python_version=python_version, log=log
+            )
+            results["container"] = asdict(box)
+            if box.skipped:
+                log(f"container: skipped: {box.skipped}")
+    return results
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    from harness import plot, report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if results.get("shutdown"):
+        meta = results["meta"]
+        plot.shutdown_plot(
+            results["shutdown"],
+            out / "shutdown.png",
+            f"Shutdown latency, same echo server under each runner\n"
+            f"{meta['date']}, {meta['cores']} cores, Python {meta['python']}",
+        )
+    (out / "RESULTS.md").write_text(report.render(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run, under a minute")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: bench/, or bench/.quick/ with --quick)"
+    )
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="DIR",
+        help="rebuild RESULTS.md and the plot from DIR/results.json",
+    )
+    args = parser.parse_args(argv)
+
+    if args.report_only:
+        write_outputs(json.loads((args.report_only / "results.json").read_text()), args.report_only)
+        return 0
+    plan = QUICK if args.quick else FULL
+    out = args.out or (BENCH_DIR / ".quick" if args.quick else BENCH_DIR)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    unknown = only - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+
+    from cookiecutter.config import get_config  # noqa: F401  (fail early if the venv is broken)
+
+    defaults = json.loads((BENCH_DIR.parent / "cookiecutter.json").read_text())
+    python_version = defaults["python_version"][0]
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="aiorun-bench-") as tmp:
+        results = measure(plan, only, Path(tmp), python_version)
+    template = results.pop("meta_template")
+    results["meta"] = {
+        **machine(),
+        "command": "python bench/run.py" + (" --quick" if args.quick else ""),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "template": template,
+        "elapsed_s": time.monotonic() - STARTED,
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
+    results["config"] = asdict(plan)
+    write_outputs(results, out)
+    log(f"wrote {out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
