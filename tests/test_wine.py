@@ -38,6 +38,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import termios
 import threading
 import time
@@ -499,3 +500,21 @@ def test_wrappers_are_crlf_and_powershell_parses(bake: Bake) -> None:
         bat = (folder / f"{name}.bat").read_bytes()
         assert f"-m app.launcher {name} %*".encode() in bat
         assert b"exit /b %STATUS%" in bat
+
+
+def test_windows_workflow_is_valid_github_actions(bake: Bake) -> None:
+    """The workflow that carries the real-Windows proof cannot run here; it can be validated."""
+    schema = "vendor.github-workflows"  # shipped inside check-jsonschema: no network
+    pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema")
+    workflow = bake(windows_scripts=True) / ".github" / "workflows" / "ci.yml"
+    text = workflow.read_text(encoding="utf-8")
+    assert "windows-latest" in text
+    assert "scripts\\windows\\demo.bat" in text
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(workflow)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
