@@ -118,7 +118,11 @@ def _parse_log_level(raw: str) -> str:
 
 def _parse_host(raw: str) -> str:
     host = raw.strip()
-    if not host:
+    try:
+        host.encode("idna")  # also refuses empty labels and labels over 63 characters
+    except UnicodeError:
+        raise ValueError("expected a host name or address") from None
+    if not host or not host.isprintable():
         raise ValueError("expected a host name or address")
     return host
 
@@ -159,9 +163,11 @@ def read_env_file(path: Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
         if binding.error:
-            line = binding.original.line
             raise ConfigError(f"{path} line {line} is not KEY=VALUE: {binding.original.string!r}")
+        if binding.key is not None and binding.value is None:
+            raise ConfigError(f"{path} line {line}: {binding.key} has no value (KEY=VALUE)")
     values = dotenv_values(stream=io.StringIO(text))
     return {key: value for key, value in values.items() if value is not None}
 
@@ -196,8 +202,16 @@ def load_settings(
 
 
 def client_port() -> str:
-    """The port local tools (client, health probe) try first: APP_PORT, else the default."""
-    return os.environ.get("APP_PORT", str(DEFAULT_PORT))
+    """The port local tools (client, health probe) try first: APP_PORT, else the default.
+
+    Read like the service reads it (environment over ``.env``), so ``python -m app.client``
+    finds the service it sits next to. A broken ``.env`` is the service's to report.
+    """
+    try:
+        from_file = read_env_file(Path(".env"))
+    except ConfigError:
+        from_file = {}
+    return os.environ.get("APP_PORT") or from_file.get("APP_PORT") or str(DEFAULT_PORT)
 
 
 def _unknown_variable_warning(name: str) -> str:

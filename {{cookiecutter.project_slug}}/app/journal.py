@@ -7,6 +7,8 @@ the runtime does not cancel it, and the shutdown waits for its last write and it
 
 Each batch is flushed to the operating system as soon as it is written, so a killed process
 loses nothing the OS has; the fsync at the end makes the file durable across a power cut.
+If a write or the fsync fails, the journal stops taking lines and calls ``on_failure``: the
+service cannot keep its promise any more, so it stops (exit status 73).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,9 +28,11 @@ logger = logging.getLogger(__name__)
 class Journal:
     """Batched, ordered, append-only writer of echoed lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_failure: Callable[[OSError], None]) -> None:
         self.path = path
         self.lines_written = 0
+        self.failed = False
+        self._on_failure = on_failure
         self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
         self._wakeup = asyncio.Event()
@@ -46,10 +51,12 @@ class Journal:
     def start(self) -> None:
         """Start the background writer, protected from the shutdown's cancellation."""
         self._writer = asyncio.ensure_future(shutdown_waits_for(self._write_until_closed()))
-        self._writer.add_done_callback(self._report_failure)
+        self._writer.add_done_callback(self._check_failure)
 
     def append(self, line: bytes) -> None:
         """Queue one line (with its newline) for writing; never blocks."""
+        if self.failed:
+            return  # nothing more can be written; the service is stopping
         self._pending.append(line)
         self._wakeup.set()
 
@@ -87,18 +94,14 @@ class Journal:
         os.fsync(self._file.fileno())
         self._file.close()
 
-    def _report_failure(self, writer: asyncio.Future[None]) -> None:
-        """Hand a write error to the loop's exception handler.
-
-        The service holds this task for its whole life, so asyncio would never report the
-        error by itself; in stop-on-error mode this stops the service (exit status 1).
-        """
+    def _check_failure(self, writer: asyncio.Future[None]) -> None:
         if writer.cancelled() or writer.exception() is None:
             return
-        writer.get_loop().call_exception_handler(
-            {
-                "message": f"journal {self.path} cannot be written",
-                "exception": writer.exception(),
-                "future": writer,
-            }
-        )
+        error = writer.exception()
+        if not isinstance(error, OSError):
+            raise error  # a bug, not the disk: let the loop report it
+        self.failed = True
+        if self._pending:
+            logger.error("%d echoed line(s) could not be journaled", len(self._pending))
+            self._pending.clear()
+        self._on_failure(error)

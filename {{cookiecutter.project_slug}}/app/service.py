@@ -38,7 +38,7 @@ class EchoService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.exit_code = ExitCode.OK
-        self.journal = Journal(settings.journal_path)
+        self.journal = Journal(settings.journal_path, on_failure=self._journal_failed)
         self.server = EchoServer(
             self.journal,
             max_connections=settings.max_connections,
@@ -46,16 +46,14 @@ class EchoService:
             idle_timeout=settings.idle_timeout,
         )
         self._started = False
+        self._stopping = False
 
     async def start(self) -> None:
-        """Open the journal, listen, and announce readiness; then return (the loop runs on)."""
-        try:
-            self.journal.open()
-        except OSError as exc:
-            self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}")
-            return
-        self.journal.start()
-        self._started = True
+        """Listen, open the journal, announce readiness; then return (the loop runs on).
+
+        Nothing runs between listening and starting the journal writer (no ``await``), so
+        no connection is served before its lines can be journaled.
+        """
         try:
             host, port = await self.server.listen(
                 self.settings.host, self.settings.port, reuse_port=self.settings.worker_index > 0
@@ -64,24 +62,42 @@ class EchoService:
             where = f"{self.settings.host}:{self.settings.port}"
             self._fail(_listen_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}")
             return
+        self._started = True  # from here on, the shutdown has connections to drain
+        try:
+            self.journal.open()
+        except OSError as exc:
+            self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}")
+            return
+        self.journal.start()
         logger.info("listening on %s:%d", host, port)
         notify.send("READY=1")
 
     async def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Shutdown callback: drain connections, then flush the journal."""
+        self._stopping = True
         notify.send("STOPPING=1")
         if not self._started:
             return
         budget = self.settings.shutdown_timeout * DRAIN_SHARE
         deadline = time.monotonic() + budget
-        await self.server.drain(grace=budget)
+        if await self.server.drain(grace=budget):
+            self._set_exit_code(ExitCode.SHUTDOWN_TIMEOUT)
         if not await self.journal.close(grace=max(deadline - time.monotonic(), 0.0)):
-            logger.warning("journal flush is taking longer than %.1fs", budget)
+            logger.warning("journal flush still running after the drain's %.1fs", budget)
+
+    def _journal_failed(self, error: OSError) -> None:
+        self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {error}")
 
     def _fail(self, code: ExitCode, message: str) -> None:
+        """Log why, record the exit status, and start the shutdown unless it has begun."""
         logger.error("%s", message)
-        self.exit_code = code
-        asyncio.get_running_loop().stop()
+        self._set_exit_code(code)
+        if not self._stopping:
+            asyncio.get_running_loop().stop()
+
+    def _set_exit_code(self, code: ExitCode) -> None:
+        if self.exit_code == ExitCode.OK:  # the first problem is the one to report
+            self.exit_code = code
 
 
 def _listen_exit_code(exc: OSError) -> ExitCode:

@@ -8,6 +8,8 @@ import shutil
 import signal
 import socket
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 from conftest import HANG_GUARD, Process, Service, StartService, service_env
@@ -117,7 +119,9 @@ def test_over_limit_line_is_refused_and_others_are_unaffected(start_service: Sta
         assert reply == b"error: line longer than 1024 bytes\n"
         bystander.sendall(b"still here\n")
         assert bystander.recv(100) == b"still here\n"
-    assert exchange(service, b"z" * 1023 + b"\n", 1024) == b"z" * 1023 + b"\n"
+    longest = b"z" * 1023 + b"\n"  # the limit counts the newline
+    assert exchange(service, longest, 1024) == longest
+    assert exchange(service, b"z" + longest, 1025).startswith(b"error: line longer")
 
 
 def test_connections_past_the_limit_are_refused_politely(start_service: StartService) -> None:
@@ -141,6 +145,39 @@ def test_health_probe(start_service: StartService, run_app) -> None:
     assert failed.returncode == 1
     assert failed.stderr.startswith("unhealthy: ")
     assert service.journal.read_bytes() == b"", "health pings must not be journaled"
+    assert run_app("--port", "x", module="app.health").returncode == 1  # never 2 (Docker's)
+
+
+def test_busy_service_is_still_healthy(start_service: StartService, run_app) -> None:
+    service = start_service(APP_MAX_CONNECTIONS="1")
+    with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as only:
+        only.sendall(b"x\n")
+        assert only.recv(10) == b"x\n"
+        assert run_app("--port", str(service.port), module="app.health").returncode == 0
+
+
+def test_client_rejects_a_reply_that_is_not_the_echo(run_app) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as impostor:
+        port = impostor.getsockname()[1]
+        answer = threading.Thread(target=lambda: _greet(impostor), daemon=True)
+        answer.start()
+        result = run_app("--port", str(port), "hello", module="app.client")
+        answer.join(HANG_GUARD)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: 127.0.0.1:{port} is not an echo service")
+
+
+def _greet(server: socket.socket) -> None:
+    connection, _ = server.accept()
+    with connection:
+        connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        connection.recv(100)
+
+
+def test_client_refuses_a_message_with_a_line_break(run_app) -> None:
+    result = run_app("--port", "1", "two\nlines", module="app.client")
+    assert result.returncode == 2
+    assert "a message is one line" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -171,10 +208,13 @@ def test_malformed_env_file_exits_2(run_app, workdir) -> None:
 
 
 def test_env_file_is_read_and_real_environment_wins(start_service: StartService, workdir) -> None:
-    (workdir / ".env").write_text("APP_PORT=1\nAPP_JOURNAL_PATH=from-dotenv.log\n")
+    (workdir / ".env").write_text(
+        "APP_PORT=1\nAPP_JOURNAL_PATH=from-dotenv.log\nexport APP_MAX_LINE_BYTES='8'\n"
+    )
     service = start_service()  # APP_PORT=0 and the journal path come from the environment
     assert service.port != 1
     assert exchange(service, b"dotenv\n", 7) == b"dotenv\n"
+    assert exchange(service, b"too long\n", 100).startswith(b"error: line longer than 8")
     assert service.stop() == ExitCode.OK
     assert not (workdir / "from-dotenv.log").exists()
 
@@ -206,6 +246,9 @@ def test_unwritable_journal_exits_73(run_app, workdir) -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux capabilities or a non-root user")
 def test_low_port_without_permission_exits_77(workdir) -> None:
     """A real EACCES: as root, drop CAP_NET_BIND_SERVICE with setpriv first."""
+    unprivileged = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    if unprivileged.exists() and int(unprivileged.read_text()) <= 1:
+        pytest.skip("this kernel lets anyone bind port 1 (ip_unprivileged_port_start)")
     command = [sys.executable, "-m", "app"]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
