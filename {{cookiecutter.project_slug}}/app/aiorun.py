@@ -18,6 +18,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
+import gc
 import importlib
 import inspect
 import io
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
@@ -252,13 +253,14 @@ def run(
         if shutdown_callback is not None:
             shutdown.run_callback(shutdown_callback)
         deadline = loop.time() + max(timeout_task_shutdown, 0.0)
-        stuck = shutdown.drive(_cancel_and_wait(timeout_task_shutdown, deadline))
-        shutdown.abandoned.update(id(task) for task in stuck)
-        unfinished = tuple(task.get_name() for task in stuck)
-        del stuck
-        busy_threads = shutdown.drive(_stop_executor(executor, deadline))
-        if owns_loop:
-            shutdown.drive(_close_async_generators(deadline))
+        with _garbage_collector_paused():
+            stuck = shutdown.drive(_cancel_and_wait(timeout_task_shutdown, deadline))
+            shutdown.abandoned.update(id(task) for task in stuck)
+            unfinished = tuple(task.get_name() for task in stuck)
+            del stuck
+            busy_threads = shutdown.drive(_stop_executor(executor, deadline))
+            if owns_loop:
+                shutdown.drive(_close_async_generators(deadline))
     finally:
         hooks.restore()
         if owns_loop:
@@ -312,11 +314,15 @@ def _new_loop(use_uvloop: bool, platform: _Platform) -> asyncio.AbstractEventLoo
     return cast(asyncio.AbstractEventLoop, module.new_event_loop())
 
 
-# --- While it runs: hearing the request to stop ---------------------------------------------
+# --- The shutdown's state: how it is asked for, and how its phases run ----------------------
 
 
 class _Shutdown:
-    """One run()'s shutdown: who asked for it and when, and the error to re-raise at the end."""
+    """One run()'s shutdown: who asked for it and when, and the error to re-raise at the end.
+
+    Read in order: starting the caller's coroutine; the requests to stop (a signal, a second
+    signal, an unhandled error, ``loop.stop()``); then the tools the phases run with.
+    """
 
     def __init__(
         self,
@@ -383,10 +389,6 @@ class _Shutdown:
                 _signal_name(signum),
             )
 
-    def _call_in_loop(self, callback: Callable[..., object], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to stop
-            self.loop.call_soon_threadsafe(callback, *args)
-
     def _first_signal(self, signum: int) -> None:
         if not self.request(signum):
             logger.info("shutdown: %s received; already shutting down", _signal_name(signum))
@@ -400,6 +402,34 @@ class _Shutdown:
         except Exception:
             logger.exception("shutdown: shutdown_handler failed; stopping the loop instead")
             self.loop.stop()
+
+    def _call_in_loop(self, callback: Callable[..., object], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to stop
+            self.loop.call_soon_threadsafe(callback, *args)
+
+    def _exit_now(self, signum: int) -> None:
+        """The second signal: say what is still running, then leave without waiting.
+
+        Runs in a thread of its own. A watchdog exits anyway if a log handler blocks.
+        """
+        status = 128 + signum
+        watchdog = threading.Timer(_EXIT_WATCHDOG, os._exit, (status,))
+        watchdog.daemon = True
+        watchdog.start()
+        running = [task for task in asyncio.all_tasks(self.loop) if task is not self.phase]
+        logger.warning(
+            "shutdown: second %s received; exiting now with status %d; %d task(s) still running%s",
+            _signal_name(signum),
+            status,
+            len(running),
+            _describe_tasks(running),
+        )
+        logging.shutdown()  # flushes every handler: os._exit() below skips atexit
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.flush()
+        os._exit(status)
 
     def stop_on_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The stop_on_unhandled_errors handler: the first error stops the loop, and is kept.
@@ -459,29 +489,31 @@ class _Shutdown:
 
         self.loop.set_exception_handler(quiet)
 
-    def drive(self, awaitable: Awaitable[Any]) -> Any:
+    def drive(self, awaitable: Awaitable[Any], *, ours: bool = True) -> Any:
         """Run the loop until ``awaitable`` is done, even if something calls loop.stop().
 
         ``run_until_complete()`` would give up with "Event loop stopped before Future
-        completed" when a task's cancellation handler stops the loop.
+        completed" when a task's cancellation handler stops the loop. A phase of ours is
+        left out of the force exit's list of unfinished tasks; the caller's callback is not.
         """
         loop = self.loop
-        self.phase = asyncio.ensure_future(awaitable, loop=loop)
-        self.phase.add_done_callback(lambda _: loop.stop())
-        while not self.phase.done():
+        phase = asyncio.ensure_future(awaitable, loop=loop)
+        self.phase = phase if ours else None
+        phase.add_done_callback(lambda _: loop.stop())
+        while not phase.done():
             loop.run_forever()
-        return self.phase.result()
+        return phase.result()
 
     def run_callback(self, callback: ShutdownCallback) -> None:
         """Run shutdown_callback with every task alive; its error is re-raised unless one is."""
         logger.info("shutdown: running shutdown callback")
         try:
             if inspect.isawaitable(callback):
-                self.drive(callback)
+                self.drive(callback, ours=False)
             elif callable(callback):
                 result = callback(self.loop)
                 if inspect.isawaitable(result):
-                    self.drive(result)
+                    self.drive(result, ours=False)
             else:
                 raise TypeError(f"shutdown_callback must be callable or awaitable: {callback!r}")
         except BaseException as exc:
@@ -491,30 +523,6 @@ class _Shutdown:
                 logger.exception(
                     "shutdown: shutdown callback failed; the earlier error is re-raised instead"
                 )
-
-    def _exit_now(self, signum: int) -> None:
-        """The second signal: say what is still running, then leave without waiting.
-
-        Runs in a thread of its own. A watchdog exits anyway if a log handler blocks.
-        """
-        status = 128 + signum
-        watchdog = threading.Timer(_EXIT_WATCHDOG, os._exit, (status,))
-        watchdog.daemon = True
-        watchdog.start()
-        running = [task for task in asyncio.all_tasks(self.loop) if task is not self.phase]
-        logger.warning(
-            "shutdown: second %s received; exiting now with status %d; %d task(s) still running%s",
-            _signal_name(signum),
-            status,
-            len(running),
-            _describe_tasks(running),
-        )
-        logging.shutdown()  # flushes every handler: os._exit() below skips atexit
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                if stream is not None:
-                    stream.flush()
-        os._exit(status)
 
 
 # --- While it runs: the platform seam and the signal handlers -------------------------------
@@ -634,6 +642,23 @@ def _signal_name(signum: int) -> str:
 # --- After it stops: the shutdown phases ----------------------------------------------------
 
 
+@contextlib.contextmanager
+def _garbage_collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the phases the budget bounds.
+
+    Cancelling thousands of tasks makes thousands of short-lived reference cycles
+    (exceptions, tracebacks, frames); a full collection in the middle can cost as much as
+    the rest of the shutdown. The pause lasts at most the budget and is undone afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[Any]]:
     """Cancel every unprotected task in one pass and wait for all tasks until the deadline.
 
@@ -643,7 +668,8 @@ async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[
     loop = asyncio.get_running_loop()
     myself = asyncio.current_task()
     cancelled: set[asyncio.Task[Any]] = set()
-    passes = 0
+    first_pass = True
+    out_of_time = False
     while True:
         pending = asyncio.all_tasks(loop)
         pending.discard(cast("asyncio.Task[Any]", myself))
@@ -653,22 +679,26 @@ async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[
         for task in fresh:
             task.cancel(_CANCEL_MESSAGE)
         cancelled.update(fresh)
-        if passes == 0:
+        if first_pass:
             logger.info(
                 "shutdown: cancelling %d task(s); waiting for %d protected task(s)",
                 len(fresh),
                 len(pending) - len(fresh),
             )
-        passes += 1
-        remaining = deadline - loop.time()
-        if remaining > 0 or passes == 1:
-            # Even a zero budget lets the cancelled tasks take the step that ends them.
-            _, still_running = await asyncio.wait(pending, timeout=max(remaining, 0.0))
-            if not still_running:
+            first_pass = False
+        if not out_of_time:
+            # Most cancelled tasks end in their next step: let them take it, then wait (with
+            # a done callback each) only for the few that did not, not for all of them.
+            await asyncio.sleep(0)
+            pending = {task for task in pending if not task.done()}
+            remaining = deadline - loop.time()
+            if pending and remaining > 0:
+                _, pending = await asyncio.wait(pending, timeout=remaining)
+            if not pending:
+                out_of_time = loop.time() >= deadline
+                cancelled.clear()  # all done: holding them would only slow the next pass
                 continue
-        else:
-            still_running = pending
-        stuck = sorted(still_running, key=lambda task: task.get_name())
+        stuck = sorted(pending, key=lambda task: task.get_name())
         logger.warning(
             "shutdown: %d task(s) still running after %.1fs%s",
             len(stuck),

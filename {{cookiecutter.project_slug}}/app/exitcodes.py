@@ -26,11 +26,12 @@ class ExitCode(enum.IntEnum):
     """The port is taken by another process (``EX_UNAVAILABLE``)."""
 
     JOURNAL_UNWRITABLE = 73
-    """The journal file cannot be created or opened for appending (``EX_CANTCREAT``)."""
+    """The journal cannot be created, or a write to it failed (``EX_CANTCREAT``). A failed
+    write stops the service: it could no longer keep its promise to lose nothing."""
 
     SHUTDOWN_TIMEOUT = 75
-    """Work was still running when the shutdown budget ran out and was abandoned
-    (``EX_TEMPFAIL``). The log names each task with its stack."""
+    """The shutdown budget ran out (``EX_TEMPFAIL``): connections still busy were aborted, or
+    tasks still running were abandoned. The log says which, tasks with their stacks."""
 
     PERMISSION_DENIED = 77
     """Not allowed to bind the address, e.g. a port below 1024 (``EX_NOPERM``)."""
