@@ -152,7 +152,7 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
     if "throughput" in only:
         specs = throughput.default_specs(project, scratch)
         results["throughput_variants"] = [s.name for s in specs]
-        rates = throughput.run_all(
+        rates, failed = throughput.run_all(
             specs,
             reps=plan.tp_reps,
             conns=plan.tp_conns,
@@ -162,6 +162,7 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
             log=log,
         )
         results["throughput"] = [s.as_dict() for s in rates]
+        results["throughput_failed"] = failed
     if "container" in only:
         if plan.docker_reps == 0:
             results["container"] = {

@@ -111,3 +111,17 @@ def plain_streams_uvloop() -> ServerSpec:
         ],
         stop_signal=signal.SIGINT,
     )
+
+
+def service_ablation(project: Path, journal: Path, *switches: str) -> ServerSpec:
+    """The service on uvloop with per-line costs switched off (procs/service_ablation.py)."""
+    words = {"--no-timeouts": "no per-line timeouts", "--no-journal": "no journal"}
+    return ServerSpec(
+        name="service (uvloop), " + ", ".join(words[s] for s in switches),
+        argv=[sys.executable, str(PROCS / "service_ablation.py"), str(project), *switches],
+        cwd=project,
+        env=service_env(journal, APP_USE_UVLOOP="1"),
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
+        stop_signal=signal.SIGKILL,
+    )

@@ -42,6 +42,9 @@ class Sample:
     tracebacks: int
     stderr_lines: int
     returncode: int | None
+    run_returned: float | None = None
+    """Seconds from the signal to the server's "runner returned" log line; the rest of
+    `seconds` is the interpreter's own exit (freeing what the program holds, atexit, ...)."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -57,10 +60,14 @@ def measure_once(runner: str, conns: int, tasks: int, project: Path | None) -> S
     try:
         port = int(child.wait_line(child.stdout, r"^ready (\d+)$").group(1))
         held = idle.open_idle(port, conns)
-        seconds, _ = child.signal_and_time_exit(STOP_SIGNAL[runner])
+        seconds, t0 = child.signal_and_time_exit(STOP_SIGNAL[runner])
     finally:
         idle.close_all(held)
         child.kill()
+    run_returned = None
+    for line, when in zip(child.stderr.lines, child.stderr.times, strict=True):
+        if line.endswith("bench: runner returned"):
+            run_returned = when - t0
     return Sample(
         runner=runner,
         conns=conns,
@@ -69,6 +76,7 @@ def measure_once(runner: str, conns: int, tasks: int, project: Path | None) -> S
         tracebacks=count_tracebacks(child.stderr.lines),
         stderr_lines=len(child.stderr.lines),
         returncode=child.returncode,
+        run_returned=run_returned,
     )
 
 

@@ -29,8 +29,14 @@ class Sample:
     server_cpu: float
     client_cpu: float
 
+    @property
+    def per_cpu_second(self) -> float:
+        """Round trips per second of server CPU: less sensitive than the rate to other jobs
+        taking the core away, since both sides of the ratio shrink together."""
+        return self.roundtrips_per_s / self.server_cpu if self.server_cpu > 0 else float("nan")
+
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "per_cpu_second": self.per_cpu_second}
 
 
 def measure_once(
@@ -81,19 +87,29 @@ def run_all(
     warmup: float,
     seconds: float,
     log: Callable[[str], None],
-) -> list[Sample]:
+) -> tuple[list[Sample], dict[str, str]]:
+    """Every variant once per repetition, order rotated; returns samples and, for a variant
+    that failed (it is then left out of later repetitions), why."""
     samples: list[Sample] = []
+    failed: dict[str, str] = {}
     for rep in range(reps):
         shift = rep % len(specs)
         for spec in [*specs[shift:], *specs[:shift]]:
-            sample = measure_once(spec, conns=conns, size=size, warmup=warmup, seconds=seconds)
+            if spec.name in failed:
+                continue
+            try:
+                sample = measure_once(spec, conns=conns, size=size, warmup=warmup, seconds=seconds)
+            except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+                failed[spec.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log(f"throughput {spec.name}: failed, left out: {failed[spec.name]}")
+                continue
             samples.append(sample)
             log(
                 f"throughput rep {rep + 1}/{reps} {spec.name}: "
                 f"{sample.roundtrips_per_s:,.0f} rt/s, server cpu {sample.server_cpu:.0%}, "
-                f"client cpu {sample.client_cpu:.0%}"
+                f"client cpu {sample.client_cpu:.0%}, {sample.per_cpu_second:,.0f} rt per cpu-s"
             )
-    return samples
+    return samples, failed
 
 
 def default_specs(project: Path, scratch: Path) -> list[servers.ServerSpec]:
@@ -101,6 +117,8 @@ def default_specs(project: Path, scratch: Path) -> list[servers.ServerSpec]:
         servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
         servers.generated_service(project, scratch / "j-uvloop.log", APP_USE_UVLOOP="1"),
         servers.service_under_asyncio_run(project, scratch / "j-asyncio.log"),
+        servers.service_ablation(project, scratch / "j-no-timeouts.log", "--no-timeouts"),
+        servers.service_ablation(project, scratch / "j-no-journal.log", "--no-journal"),
         servers.plain_streams_uvloop(),
         servers.ceiling(),
     ]

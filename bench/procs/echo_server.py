@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
 
+logger = logging.getLogger("bench")
 KEEP: list[object] = []  # the server and the sleepers stay referenced until shutdown
 
 
@@ -64,6 +66,11 @@ async def start_and_wait_forever(tasks: int) -> None:
 
 
 def main() -> int:
+    # Logging set up as a service would. The "runner returned" line tells the bench how much
+    # of the exit time was spent in the runner and how much in the interpreter's own exit.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--runner", choices=["vendored", "aiorun", "asyncio", "exit"], required=True
@@ -92,6 +99,7 @@ def main() -> int:
                 runner.run(main_coro(args.tasks))
         except KeyboardInterrupt:
             pass
+        logger.info("runner returned")
         return 0
     if args.runner == "aiorun":
         from aiorun import run
@@ -99,6 +107,7 @@ def main() -> int:
         sys.path.insert(0, args.project)
         from app.aiorun import run  # type: ignore[no-redef]
     run(start(args.tasks))  # runs until SIGTERM/SIGINT, like a service does
+    logger.info("runner returned")
     return 0
 
 
