@@ -222,7 +222,8 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(
             (
                 "Echo throughput: service on uvloop / uvloop Protocol ceiling",
-                f"**{_goal_ratio(r, 0.8)}** ({median(uv):,.0f} vs {median(ceil):,.0f} round trips/s)",
+                f"**{_goal_ratio(r, 0.8)}** ({median(uv):,.0f} vs {median(ceil):,.0f} "
+                "round trips/s)",
                 "≥ 0.8",
                 _verdict(r >= 0.8, gap),
             )
