@@ -102,6 +102,7 @@ class Sample:
     clients: int
     answered_after_signal: int
     sent_after_signal: int
+    unanswered_sent_after_signal: int
     lost_answered_not_journaled: int
     lost_received_then_dropped: int
     unanswered_sent_before_signal: int
@@ -200,6 +201,7 @@ def _compare(
         clients=len(talkers),
         answered_after_signal=sum(t.answered_after for t in talkers),
         sent_after_signal=sum(t.sent - t.sent_at_signal for t in talkers),
+        unanswered_sent_after_signal=sum(t.sent - t.answered for t in talkers) - unanswered_before,
         lost_answered_not_journaled=answered_not_journaled,
         lost_received_then_dropped=dropped,
         unanswered_sent_before_signal=unanswered_before,

@@ -388,6 +388,10 @@ def _drain_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         ("lines answered after SIGTERM", fmt_number([s["answered_after_signal"] for s in drain])),
         ("lines sent after SIGTERM", fmt_number([s["sent_after_signal"] for s in drain])),
         (
+            "of which not answered (the client sees no echo: not taken, not lost)",
+            fmt_number([s.get("unanswered_sent_after_signal", 0) for s in drain]),
+        ),
+        (
             "**lost**: answered but not in the journal",
             str(sum(s["lost_answered_not_journaled"] for s in drain)),
         ),
@@ -414,21 +418,35 @@ def _drain_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         f"`python -m app` from the baked project (APP_PORT=0, default settings otherwise). "
         f"{drain[0]['clients']} clients each run a strict ping-pong of numbered 64-byte lines; "
         f"once every client has had {cfg['drain_warm']} answers, SIGTERM is sent while all are "
-        f"still talking. {len(drain)} runs. Afterwards every client's answered lines are "
+        f"still talking. {len(drain)} run(s). Afterwards every client's answered lines are "
         "looked up in the journal file, and so are the lines each had sent before the signal.",
         "",
         *_table(("", "result"), fields),
         "",
-        "Clients whose last line arrived after the service stopped reading see a connection "
-        "reset rather than an EOF: the service closes with that line unread, which the kernel "
-        "signals with a RST. Such a line was never answered nor journaled, so the client knows "
-        "it was not taken. The service's shutdown log from the last run:",
+        _ends_note([s["ends"] for s in drain]),
+        "",
+        "The service's shutdown log from the last run:",
         "",
         "```",
         *log,
         "```",
         "",
     ]
+
+
+def _ends_note(ends: Sequence[dict[str, int]]) -> str:
+    """What the way connections ended says about the drain."""
+    resets = sum(d.get("ConnectionResetError", 0) for d in ends)
+    if not resets:
+        return (
+            "Every client saw an orderly end of stream (EOF) after its last answer, never a "
+            "reset: a reset can destroy replies the client has not read yet."
+        )
+    return (
+        f"{resets} connection(s) ended with a reset rather than an EOF: the service closed "
+        "with input still unread, and the kernel then sends a RST, which can also destroy "
+        "replies the client has not read yet (here none was: see the lost and unanswered rows)."
+    )
 
 
 def _merge_counts(dicts: Sequence[dict[str, int]]) -> str:
@@ -478,7 +496,7 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         f"{cfg['tp_conns']} connections, each a strict ping-pong of {cfg['tp_size']}-byte lines "
         f"(one line in flight per connection, every echo checked byte for byte), "
         f"{cfg['tp_warmup']} s warm-up then {cfg['tp_seconds']} s counted, {cfg['tp_reps']} "
-        "alternated runs per server.",
+        "alternated run(s) per server.",
         "",
         "The load generator (`bench/procs/loadgen.py`) is one separate process: a bare "
         "`asyncio.Protocol` on uvloop, no streams and no task per line, so a round trip costs it "
