@@ -13,9 +13,15 @@ What is proven here, with ``sys.platform == "win32"`` and the Proactor event loo
   becomes SIGINT for them, which Wine turns into a CTRL_C_EVENT console control event in the
   Windows process, which CPython turns into its SIGINT handler. That is the runtime's real
   Windows path (``signal.signal`` + the Proactor's wake-up), end to end.
+* A service wrapper's stop stops it gracefully: a stand-in for NSSM / WinSW gives the service a
+  console of its own, then attaches to that console and calls
+  ``GenerateConsoleCtrlEvent(CTRL_C_EVENT, 0)``, the Win32 calls those wrappers make. Here the
+  event travels through Wine's console implementation, not a Unix signal.
 * SIGBREAK stops it the same way. This one is a stand-in: a thread in the process calls
   ``signal.raise_signal(SIGBREAK)``, which runs the very handler a CTRL_BREAK_EVENT would run,
-  but skips the console delivery, because Wine cannot deliver CTRL_BREAK_EVENT (below).
+  but skips the console delivery, because Wine cannot deliver CTRL_BREAK_EVENT in any form:
+  ``GenerateConsoleCtrlEvent`` fails for it both aimed at a process group and for a whole
+  console (it works only for CTRL_C_EVENT to a whole console).
 * ``run.bat`` under ``wine cmd /c`` passes its arguments to the launcher and the service's exit
   status back out (2 for bad configuration, 69 for a port in use).
 * The launcher's Windows branch on Windows: child in a new process group, pid file, ``stop.bat``
@@ -82,6 +88,52 @@ loop_type = type(asyncio.new_event_loop()).__name__
 print(f"stand-in: {sys.platform} {loop_type}", file=sys.stderr, flush=True)
 threading.Thread(target=trigger, daemon=True).start()
 sys.exit(main())
+'''
+
+SERVICE_WRAPPER_STAND_IN = '''\
+"""Stop `python -m app` the way NSSM and WinSW stop a console program, with the Win32 API.
+
+The service gets a console of its own (CREATE_NEW_CONSOLE). On the line "stop" on stdin,
+this process attaches to that console and generates CTRL_C_EVENT for every process on it
+(AttachConsole + GenerateConsoleCtrlEvent(CTRL_C_EVENT, 0)), then exits with the service's
+status. The service's log is copied to our stderr.
+"""
+import ctypes
+import subprocess
+import sys
+import threading
+
+kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+service = subprocess.Popen(
+    [sys.executable, "-m", "app"],
+    creationflags=subprocess.CREATE_NEW_CONSOLE,
+    stdin=subprocess.DEVNULL,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+)
+
+
+def copy_log() -> None:
+    for line in service.stderr:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+copier = threading.Thread(target=copy_log)
+copier.start()
+if sys.stdin.readline().strip() == "stop":
+    kernel32.FreeConsole()
+    if not kernel32.AttachConsole(service.pid):
+        print(f"wrapper: AttachConsole failed: {ctypes.get_last_error()}", file=sys.stderr)
+    kernel32.SetConsoleCtrlHandler(None, True)  # the event must not stop us too
+    if not kernel32.GenerateConsoleCtrlEvent(0, 0):  # CTRL_C_EVENT, all on that console
+        print(f"wrapper: GenerateConsoleCtrlEvent failed: {ctypes.get_last_error()}",
+              file=sys.stderr)
+    kernel32.FreeConsole()
+status = service.wait()
+copier.join()
+sys.exit(status)
 '''
 
 
@@ -180,6 +232,7 @@ def winpython(
     lib = base / "lib"
     shutil.copytree(Path(dotenv.__file__).parent, lib / "dotenv")
     (lib / "sigbreak_stand_in.py").write_text(SIGBREAK_STAND_IN, encoding="utf-8")
+    (lib / "service_wrapper_stand_in.py").write_text(SERVICE_WRAPPER_STAND_IN, encoding="utf-8")
     (pth,) = home.glob("python3*._pth")
     pth.unlink()  # a hard link: replace it, never write through it into the shared cache
     zipped = next(home.glob("python3*.zip")).name
@@ -386,6 +439,29 @@ def test_sigbreak_stops_the_service_gracefully(
 
     assert_graceful(service, "SIGBREAK")
     assert (tmp_path / "journal.log").read_bytes() == b"break me\n"
+
+
+def test_service_wrapper_ctrl_c_stops_the_service_gracefully(
+    winpython: WindowsPython, tmp_path: Path, processes: list[WineProcess]
+) -> None:
+    """NSSM's and WinSW's stop, through the Win32 console API: a real CTRL_C_EVENT."""
+    wrapper = WineProcess(
+        winpython.command("-m", "service_wrapper_stand_in"),
+        cwd=tmp_path,
+        env=winpython.env(**service_settings(tmp_path)),
+        stdin_pipe=True,
+    )
+    processes.append(wrapper)
+    match = wrapper.wait_for(LISTENING)
+    assert echo(match[1], int(match[2]), [b"wrapped\n"]) == [b"wrapped\n"]
+    assert wrapper.popen.stdin is not None
+
+    wrapper.popen.stdin.write("stop\n")
+    wrapper.popen.stdin.flush()
+
+    assert_graceful(wrapper, "SIGINT")
+    assert "wrapper:" not in wrapper.log
+    assert (tmp_path / "journal.log").read_bytes() == b"wrapped\n"
 
 
 # --- The .bat wrappers under wine cmd ---------------------------------------------------------
