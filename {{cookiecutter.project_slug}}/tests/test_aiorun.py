@@ -279,6 +279,71 @@ def test_stuck_tasks_are_reported_with_their_stacks(runtime_log: pytest.LogCaptu
     assert [r for r in runtime_log.records if r.levelno >= logging.ERROR] == []
 
 
+def test_tasks_started_while_cancelling_are_cancelled_too() -> None:
+    late: list[asyncio.Future[Any]] = []
+
+    async def spawner() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            # started by a cancellation handler, after the first pass
+            late.append(keep(asyncio.Event().wait()))
+            raise
+
+    async def main() -> None:
+        keep(spawner())
+        await asyncio.sleep(0)
+        stop_soon()
+
+    report = run(main(), stop_on_unhandled_errors=True)
+    assert len(late) == 1
+    assert late[0].cancelled()
+    assert report.unfinished == ()
+
+
+def test_a_zero_budget_still_lets_cancelled_tasks_end() -> None:
+    events: list[str] = []
+
+    async def worker() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            events.append("worker ended")
+
+    async def main() -> None:
+        keep(worker())
+        await asyncio.sleep(0)
+        stop_soon()
+
+    report = run(main(), timeout_task_shutdown=0)
+    assert events == ["worker ended"]
+    assert report.unfinished == ()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_as_it_was_after_run(enabled: bool) -> None:
+    paused: list[bool] = []
+
+    async def worker() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            paused.append(not gc.isenabled())
+
+    async def main() -> None:
+        keep(worker())
+        await asyncio.sleep(0)
+        stop_soon()
+
+    (gc.enable if enabled else gc.disable)()
+    try:
+        run(main())
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+    assert paused == [True]
+
+
 # --- shutdown_waits_for() ---------------------------------------------------------------------
 
 USAGES: dict[str, Callable[[Any], Any]] = {
