@@ -323,11 +323,19 @@ class Launcher:
             "env": None if self.env is None else dict(self.env),
             "stdin": subprocess.DEVNULL,  # the service reads no input; keep it off the tty
         }
+        # Handlers first: a Ctrl-C that lands right after the spawn is a request, not a crash.
+        restore = self._install_signal_handlers() if handle_signals else (lambda: None)
         try:
-            child = self.spawn(self.command, options)
-        except OSError as exc:
-            logger.error("cannot start %s: %s", self.command[0], exc)
-            return REFUSED
+            try:
+                child = self.spawn(self.command, options)
+            except OSError as exc:
+                logger.error("cannot start %s: %s", self.command[0], exc)
+                return REFUSED
+            return self._run_child(child)
+        finally:
+            restore()
+
+    def _run_child(self, child: Child) -> int:
         self.files.write(
             self.files.pid,
             {"launcher": os.getpid(), "service": child.pid, "grace": self.grace},
@@ -340,13 +348,14 @@ class Launcher:
             self.platform.stop_event,
             self.grace,
         )
-        restore = self._install_signal_handlers() if handle_signals else (lambda: None)
         status: int | None = None
         try:
             status = self._supervise(child)
             return status
         finally:
-            restore()
+            if status is None:  # an unexpected error in here: never leave the service orphaned
+                self.platform.kill(child)
+                child.wait()
             self.files.write(self.files.exit, {"status": status, "stop_seconds": self.stop_seconds})
             self.files.pid.unlink(missing_ok=True)
 
@@ -568,9 +577,12 @@ def _demo_steps(
         return 1
     host, port = address[0]
     say(f"demo: the service listens on {host}:{port}")
-    with socket.create_connection((host, port), timeout=timeout) as connection:
-        connection.sendall(DEMO_MESSAGE.encode() + b"\n")
-        reply = connection.makefile("rb").readline().decode(errors="replace").rstrip("\n")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.sendall(DEMO_MESSAGE.encode() + b"\n")
+            reply = connection.makefile("rb").readline().decode(errors="replace").rstrip("\n")
+    except OSError as exc:
+        reply = f"nothing ({exc})"
     echoed = reply == DEMO_MESSAGE
     say(f"demo: sent {DEMO_MESSAGE!r}, got {reply!r} back")
     say(f"demo: asking for a graceful stop ({platform.stop_event} via the launcher)")
