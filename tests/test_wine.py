@@ -169,7 +169,7 @@ def _find_wine() -> WineInstall | str:
 
 
 @pytest.fixture(scope="session")
-def wine(request: pytest.FixtureRequest) -> Iterator[WineInstall]:
+def wine(request: pytest.FixtureRequest) -> WineInstall:
     """Wine, with its server and system processes started once, off our pipes.
 
     Otherwise the first test's process would start them, they would inherit its stderr
@@ -184,11 +184,12 @@ def wine(request: pytest.FixtureRequest) -> Iterator[WineInstall]:
     env = {**os.environ, "WINEPREFIX": str(found.prefix), "WINEDEBUG": "-all"}
     quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = str(Path(found.wine).with_name("wineserver"))
-    # -p: keep the server up between tests (it refuses, harmlessly, if one already runs)
-    subprocess.run([server, "-p"], env=env, check=False, timeout=HANG_GUARD, **quiet)
+    # Stay up 30 s after the last Wine process, so it outlives the gaps between tests and then
+    # goes by itself; never `wineserver -k`, which would kill other users of the prefix.
+    # (If a server already runs, this one refuses, harmlessly.)
+    subprocess.run([server, "-p30"], env=env, check=False, timeout=HANG_GUARD, **quiet)
     subprocess.run([found.wine, "wineboot"], env=env, check=False, timeout=HANG_GUARD, **quiet)
-    yield found
-    subprocess.run([server, "-k"], env=env, check=False, timeout=HANG_GUARD, **quiet)
+    return found
 
 
 def windows_path(path: Path) -> str:
