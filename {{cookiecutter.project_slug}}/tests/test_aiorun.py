@@ -31,6 +31,11 @@ from app.aiorun import ShutdownReport, run, shutdown_waits_for
 HANG_GUARD = 30
 """Seconds after which a hung test dumps every stack and ends the run: a failure, not a wait."""
 
+WINDOWS = sys.platform == "win32"
+STOP = signal.SIGBREAK if WINDOWS else signal.SIGTERM
+"""The platform's shutdown signal besides SIGINT: Ctrl-Break on Windows, else SIGTERM."""
+POSIX_ONLY = pytest.mark.skipif(WINDOWS, reason="POSIX signal plumbing")
+
 
 @pytest.fixture(autouse=True)
 def hang_guard() -> Iterator[None]:
@@ -106,13 +111,13 @@ def test_loop_keeps_running_after_the_coroutine_returns() -> None:
 def test_run_without_a_coroutine_stops_on_a_signal(runtime_log: pytest.LogCaptureFixture) -> None:
     loop = asyncio.new_event_loop()
     try:
-        loop.call_soon(signal.raise_signal, signal.SIGTERM)
+        loop.call_soon(signal.raise_signal, STOP)
         report = run(loop=loop)
         assert not loop.is_closed(), "a loop the caller supplied is the caller's to close"
     finally:
         loop.close()
-    assert report.signal == signal.SIGTERM
-    assert messages(runtime_log, logging.INFO)[0] == "shutdown: SIGTERM received"
+    assert report.signal == STOP
+    assert messages(runtime_log, logging.INFO)[0] == f"shutdown: {STOP.name} received"
 
 
 # --- The shutdown order -----------------------------------------------------------------------
@@ -211,13 +216,13 @@ def test_shutdown_handler_replaces_stopping_the_loop() -> None:
         loop.call_soon(loop.call_soon, loop.stop)
 
     async def main() -> None:
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(STOP)
         await asyncio.Event().wait()
 
     report = run(main(), shutdown_handler=handler)
     assert len(calls) == 1
     assert events == ["handler let the loop run on"]
-    assert report.signal == signal.SIGTERM
+    assert report.signal == STOP
 
 
 def test_repeated_signals_are_ignored_during_the_shutdown(
@@ -230,21 +235,21 @@ def test_repeated_signals_are_ignored_during_the_shutdown(
         loop.stop()
 
     async def main() -> None:
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(STOP)
         await asyncio.Event().wait()
 
     async def callback(loop: asyncio.AbstractEventLoop) -> None:
         signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(STOP)
         for _ in range(5):
             await asyncio.sleep(0)
 
     report = run(main(), shutdown_handler=handler, shutdown_callback=callback)
     assert calls == [1]
-    assert report.signal == signal.SIGTERM
+    assert report.signal == STOP
     logged = messages(runtime_log, logging.INFO)
     assert "shutdown: SIGINT received again; ignored, already shutting down" in logged
-    assert "shutdown: SIGTERM received again; ignored, already shutting down" in logged
+    assert f"shutdown: {STOP.name} received again; ignored, already shutting down" in logged
 
 
 def test_stuck_tasks_are_reported_with_their_stacks(runtime_log: pytest.LogCaptureFixture) -> None:
@@ -679,12 +684,12 @@ def test_custom_exception_handler_with_stop_on_unhandled_errors_is_refused() -> 
         pass
 
     loop.set_exception_handler(handler)
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(STOP)
     try:
         with pytest.raises(ValueError, match="custom exception handler"):
             run(loop=loop, stop_on_unhandled_errors=True)
         assert loop.get_exception_handler() is handler
-        assert signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(STOP) is before
     finally:
         loop.close()
 
@@ -699,6 +704,8 @@ def test_loop_with_use_uvloop_is_refused() -> None:
 
 
 def test_missing_uvloop_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    posix = aiorun._Platform(windows=False, signals=(signal.SIGINT,))
+    monkeypatch.setattr(aiorun, "_this_platform", lambda: posix)
     monkeypatch.setitem(sys.modules, "uvloop", None)
     with pytest.raises(ImportError, match="pip install uvloop"):
         run(use_uvloop=True)
@@ -712,21 +719,22 @@ def test_missing_winloop_on_windows_names_what_to_install(monkeypatch: pytest.Mo
         run(use_uvloop=True)
 
 
+@POSIX_ONLY
 def test_uvloop_is_created_directly(monkeypatch: pytest.MonkeyPatch) -> None:
     uvloop = pytest.importorskip("uvloop")
     loop_types: list[type] = []
 
     async def main() -> None:
         loop_types.append(type(asyncio.get_running_loop()))
-        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(STOP)
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(STOP)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # no event-loop-policy API
         report = run(main(), use_uvloop=True)
     assert loop_types == [uvloop.Loop]
-    assert report.signal == signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert report.signal == STOP
+    assert signal.getsignal(STOP) is before
 
 
 # --- The executor -----------------------------------------------------------------------------
@@ -820,20 +828,20 @@ def _sentinel_handler(signum: int, frame: Any) -> None:
     "previous", [_sentinel_handler, signal.SIG_IGN, signal.SIG_DFL], ids=["func", "IGN", "DFL"]
 )
 def test_previous_signal_handlers_are_restored(previous: Any) -> None:
-    old_term = signal.signal(signal.SIGTERM, previous)
+    old_term = signal.signal(STOP, previous)
     old_int = signal.signal(signal.SIGINT, previous)
     try:
 
         async def main() -> None:
-            assert signal.getsignal(signal.SIGTERM) is not previous
+            assert signal.getsignal(STOP) is not previous
             signal.raise_signal(signal.SIGINT)
 
         report = run(main(), stop_on_unhandled_errors=True)
         assert report.signal == signal.SIGINT
-        assert signal.getsignal(signal.SIGTERM) is previous
+        assert signal.getsignal(STOP) is previous
         assert signal.getsignal(signal.SIGINT) is previous
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(STOP, old_term)
         signal.signal(signal.SIGINT, old_int)
 
 
@@ -855,10 +863,10 @@ def test_run_off_the_main_thread_installs_no_signals(runtime_log: pytest.LogCapt
     seen: list[Any] = []
 
     async def main() -> None:
-        seen.append(signal.getsignal(signal.SIGTERM))
+        seen.append(signal.getsignal(STOP))
         stop_soon()
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(STOP)
     thread = threading.Thread(
         target=lambda: reports.append(run(main(), stop_on_unhandled_errors=True))
     )
@@ -870,6 +878,7 @@ def test_run_off_the_main_thread_installs_no_signals(runtime_log: pytest.LogCapt
     assert "signals: not installed, run() is not in the main thread" in messages(runtime_log)
 
 
+@POSIX_ONLY
 def test_sigint_is_heard_through_add_signal_handler() -> None:
     handlers: list[Any] = []
 
@@ -891,8 +900,10 @@ class NoSignalHandlersLoop(asyncio.SelectorEventLoop):
 
 
 def test_signal_signal_is_the_fallback_when_the_loop_cannot(
-    runtime_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, runtime_log: pytest.LogCaptureFixture
 ) -> None:
+    posix = aiorun._Platform(windows=False, signals=(signal.SIGINT,))
+    monkeypatch.setattr(aiorun, "_this_platform", lambda: posix)
     handlers: list[Any] = []
 
     async def main() -> None:
@@ -910,14 +921,14 @@ def test_signal_signal_is_the_fallback_when_the_loop_cannot(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-SIGBREAK_STAND_IN = signal.SIGUSR1 if sys.platform != "win32" else signal.SIGINT
+SIGBREAK_STAND_IN = signal.SIGBREAK if WINDOWS else signal.SIGUSR1
+"""Elsewhere SIGUSR1 plays SIGBREAK: Python can raise it, and nothing else handles it."""
 
 
 class StandInProactor(asyncio.SelectorEventLoop):
     """Plays Windows' ProactorEventLoop for the seam: signals can wake it via its fd."""
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGUSR1 stands in for SIGBREAK")
 @pytest.mark.parametrize(
     ("loop_type", "wakeup_fd_set", "wakes_up"),
     [
