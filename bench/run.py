@@ -50,6 +50,8 @@ class Plan:
     drain_clients: int
     drain_reps: int
     drain_warm: int
+    idle_clients: int
+    idle_reps: int
     tp_conns: int
     tp_size: int
     tp_warmup: float
@@ -66,6 +68,8 @@ FULL = Plan(
     drain_clients=200,
     drain_reps=7,
     drain_warm=3,
+    idle_clients=20,
+    idle_reps=3,
     tp_conns=50,
     tp_size=1024,
     tp_warmup=0.5,
@@ -81,6 +85,8 @@ QUICK = Plan(
     drain_clients=200,
     drain_reps=1,
     drain_warm=3,
+    idle_clients=20,
+    idle_reps=1,
     tp_conns=50,
     tp_size=1024,
     tp_warmup=0.2,
@@ -149,6 +155,10 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
             project, scratch, reps=plan.drain_reps, clients=plan.drain_clients, log=log
         )
         results["drain"] = [s.as_dict() for s in drained]
+        idle_runs = drain.run_idle(
+            project, scratch, reps=plan.idle_reps, count=plan.idle_clients, log=log
+        )
+        results["drain_idle"] = [asdict(s) for s in idle_runs]
     if "throughput" in only:
         specs = throughput.default_specs(project, scratch)
         results["throughput_variants"] = [s.name for s in specs]

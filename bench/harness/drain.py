@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import servers
+from . import idle, servers
 
 LINE_BYTES = 64
 WARM_ANSWERS = 3
@@ -225,5 +225,44 @@ def run_all(
             f"(status {sample.returncode}), answered after signal {sample.answered_after_signal}, "
             f"lost {sample.lost}, unanswered-sent-before {sample.unanswered_sent_before_signal}, "
             f"journaled-not-answered {sample.journaled_not_answered}, ends {sample.ends}"
+        )
+    return samples
+
+
+@dataclass
+class IdleSample:
+    """SIGTERM with idle clients that neither send nor close (say, a connection pool): they
+    only learn of the shutdown when they next use the socket."""
+
+    idle: int
+    seconds: float
+    returncode: int | None
+    warnings: list[str]
+
+
+def measure_idle_once(project: Path, scratch: Path, count: int, rep: int) -> IdleSample:
+    spec = servers.generated_service(project, scratch / f"idle-journal-{rep}.log")
+    child, port = servers.start(spec)
+    held = []
+    try:
+        held = idle.open_idle(port, count)
+        seconds, _ = child.signal_and_time_exit(signal.SIGTERM)
+    finally:
+        idle.close_all(held)
+        child.kill()
+    warnings = [line for line in child.stderr.lines if " WARNING " in line or " ERROR " in line]
+    return IdleSample(count, seconds, child.returncode, warnings)
+
+
+def run_idle(
+    project: Path, scratch: Path, *, reps: int, count: int, log: Callable[[str], None]
+) -> list[IdleSample]:
+    samples = []
+    for rep in range(reps):
+        sample = measure_idle_once(project, scratch, count, rep)
+        samples.append(sample)
+        log(
+            f"drain with {count} idle clients, rep {rep + 1}/{reps}: exit "
+            f"{sample.seconds * 1000:.0f} ms (status {sample.returncode})"
         )
     return samples

@@ -164,6 +164,18 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _verdict(lost == 0, f"{lost} line(s) lost in the worst run"),
             )
         )
+    idle_runs = results.get("drain_idle", [])
+    if idle_runs:
+        idle_statuses = "/".join(sorted({str(s["returncode"]) for s in idle_runs}))
+        held = median([s["seconds"] for s in idle_runs]) > 1.0
+        rows.append(
+            (
+                f"Drain with {idle_runs[0]['idle']} idle clients that never close: time to exit",
+                f"{fmt_seconds([s['seconds'] for s in idle_runs])}, exit status {idle_statuses}",
+                "—",
+                "idle clients hold the shutdown up, see section 2" if held else "",
+            )
+        )
     default, same = _throughput(results, SERVICE_DEFAULT), _throughput(results, SAME_ASYNCIO)
     if default and same:
         r = ratio(default, same)
@@ -425,6 +437,7 @@ def _drain_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         "",
         _ends_note([s["ends"] for s in drain]),
         "",
+        *_idle_note(results.get("drain_idle", [])),
         "The service's shutdown log from the last run:",
         "",
         "```",
@@ -432,6 +445,23 @@ def _drain_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         "```",
         "",
     ]
+
+
+def _idle_note(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The second drain case: clients that hold a connection open and do nothing."""
+    if not runs:
+        return []
+    warnings = sorted({w.split(": ", 1)[-1] for s in runs for w in s["warnings"]})
+    lines = [
+        f"A second case: {runs[0]['idle']} idle clients, each confirmed by one echo and then "
+        "silent, that neither read nor close (as a connection pool does between uses). "
+        f"SIGTERM to exit: {fmt_seconds([s['seconds'] for s in runs])}, exit status "
+        f"{', '.join(str(s['returncode']) for s in runs)} ({len(runs)} run(s)).",
+        "",
+    ]
+    if warnings:
+        lines += ["Its warnings:", "", "```", *warnings, "```", ""]
+    return lines
 
 
 def _ends_note(ends: Sequence[dict[str, int]]) -> str:
