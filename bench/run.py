@@ -24,6 +24,8 @@ sys.path.insert(0, str(BENCH_DIR))
 from harness import bootstrap  # noqa: E402  (stdlib only; must run before anything else)
 
 if __name__ == "__main__":
+    if sys.version_info < (3, 11) or not sys.platform.startswith("linux"):
+        sys.exit("bench: needs Python 3.11+ on Linux (it times exits through pidfds and /proc)")
     bootstrap.reexec_in_venv(Path(__file__).resolve(), sys.argv[1:])
 
 import argparse  # noqa: E402

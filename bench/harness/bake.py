@@ -15,13 +15,43 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+SKIPPED_WITHOUT_GIT = (
+    "__pycache__",
+    ".venv",
+    ".git",
+    "build",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    ".hypothesis",
+)
+
+
 def _template_files(root: Path) -> list[str]:
-    listing = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
-    files = [name for name in listing.split("\0") if name]
+    """Files git knows (tracked, or new and not ignored); outside git, all but known debris."""
+    try:
+        listing = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(root),
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ],
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
+        files = [name for name in listing.split("\0") if name]
+    except (OSError, subprocess.CalledProcessError):
+        files = [
+            str(path.relative_to(root))
+            for path in root.rglob("*")
+            if not any(part in SKIPPED_WITHOUT_GIT for part in path.relative_to(root).parts)
+            and path.suffix != ".pyc"
+        ]
     return [name for name in files if not name.startswith("bench/") and (root / name).is_file()]
 
 
