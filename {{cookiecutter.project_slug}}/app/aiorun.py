@@ -216,7 +216,8 @@ def run(
     ``force_exit_on_second_signal`` the second one logs the unfinished tasks and exits the
     process at once with status 128 + signal number. Once the loop stops:
 
-    1. ``shutdown_callback`` runs, while every task is still alive;
+    1. ``shutdown_callback`` runs, while every task is still alive (it has no time limit:
+       bound it yourself, or rely on the second signal);
     2. every task not protected by ``shutdown_waits_for()`` is cancelled;
     3. all tasks get up to ``timeout_task_shutdown`` seconds; the stacks of those still
        running then are logged, and the executor gets whatever is left of that budget;

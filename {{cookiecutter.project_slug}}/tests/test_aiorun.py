@@ -270,6 +270,7 @@ def test_stuck_tasks_are_reported_with_their_stacks(runtime_log: pytest.LogCaptu
         stop_soon()
 
     report = run(main(), timeout_task_shutdown=0.1)
+    KEPT.clear()
     assert len(report.unfinished) == 2
     assert "stubborn" in report.unfinished
     assert report.timed_out
@@ -583,6 +584,7 @@ def test_an_error_in_the_main_coroutine_is_reported_at_once() -> None:
         raise ValueError("main failed")
 
     loop.set_exception_handler(handler)
+    loop.call_later(HANG_GUARD / 3, loop.stop)  # only if the error never reaches the handler
     try:
         run(main(), loop=loop)
     finally:
