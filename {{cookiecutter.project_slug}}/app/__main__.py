@@ -6,6 +6,7 @@ The exit statuses are listed in ``app/exitcodes.py`` and in the README.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from app import supervisor
@@ -44,9 +45,13 @@ def main() -> int:
             timeout_task_shutdown=settings.shutdown_timeout * (1 - DRAIN_SHARE),
             force_exit_on_second_signal=True,
         )
-    except Exception as exc:  # already logged with its traceback by the runtime
+    except Exception as exc:  # the runtime has logged it with its traceback
         logger.error("stopped by an unhandled error: %s", exc)
         return ExitCode.ERROR
+    if report.busy_threads:
+        # Python would wait for these executor threads at exit, past the shutdown budget.
+        logging.shutdown()
+        os._exit(service.exit_code or ExitCode.SHUTDOWN_TIMEOUT)
     if service.exit_code != ExitCode.OK:
         return service.exit_code
     if report.unfinished:

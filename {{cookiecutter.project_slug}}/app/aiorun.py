@@ -520,6 +520,8 @@ class _Shutdown:
         except BaseException as exc:
             if self.pending is None:
                 self.pending = exc
+                if isinstance(exc, Exception):  # logged once here, like errors that stop the loop
+                    logger.error("shutdown: shutdown callback failed", exc_info=exc)
             else:
                 logger.exception(
                     "shutdown: shutdown callback failed; the earlier error is re-raised instead"

@@ -95,9 +95,9 @@ class Journal:
         self._file.close()
 
     def _check_failure(self, writer: asyncio.Future[None]) -> None:
-        if writer.cancelled() or writer.exception() is None:
+        error = None if writer.cancelled() else writer.exception()
+        if error is None:
             return
-        error = writer.exception()
         if not isinstance(error, OSError):
             raise error  # a bug, not the disk: let the loop report it
         self.failed = True

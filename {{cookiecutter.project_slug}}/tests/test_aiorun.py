@@ -614,6 +614,8 @@ def test_a_failing_shutdown_callback_is_raised(runtime_log: pytest.LogCaptureFix
     with pytest.raises(RuntimeError, match="callback failed"):
         run(main(), shutdown_callback=callback)
     assert messages(runtime_log, logging.INFO)[-1].startswith("shutdown: complete in ")
+    logged = [r for r in runtime_log.records if r.name == "app.aiorun" and r.exc_info]
+    assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["callback failed"]
 
 
 def test_a_failing_callback_is_only_logged_when_an_error_is_pending(
