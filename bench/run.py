@@ -76,7 +76,7 @@ FULL = Plan(
     tp_size=1024,
     tp_warmup=0.5,
     tp_seconds=3.0,
-    tp_reps=5,
+    tp_reps=7,
     startup_reps=15,
     docker_reps=5,
 )
