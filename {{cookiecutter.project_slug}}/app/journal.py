@@ -60,18 +60,16 @@ class Journal:
         self._pending.append(line)
         self._wakeup.set()
 
-    async def close(self, grace: float) -> bool:
-        """Write everything queued, fsync and close; False if that took over ``grace``.
+    async def close(self, grace: float) -> None:
+        """Write everything queued, fsync and close; wait for that at most ``grace`` seconds.
 
         The writer keeps going after that: it is still protected, and the runtime
         reports it if the shutdown budget runs out before it ends.
         """
         self._closing = True
         self._wakeup.set()
-        if self._writer is None:
-            return True
-        done, _ = await asyncio.wait({self._writer}, timeout=grace)
-        return bool(done)
+        if self._writer is not None:
+            await asyncio.wait({self._writer}, timeout=grace)
 
     async def _write_until_closed(self) -> None:
         while not (self._closing and not self._pending):

@@ -6,9 +6,10 @@ being buffered, a client that stays silent or stops reading our replies is dropp
 ``idle_timeout``, and connections past ``max_connections`` are turned away politely.
 
 Every connection ends the same way, whoever ends it: the last reply is followed by a
-half-close (FIN), then input is read and thrown away until the client closes, for a bounded
-time. Closing a socket that still holds unread input makes the kernel reset the connection,
-which destroys replies still on their way; this order lets every reply arrive.
+half-close (FIN), then input is read and thrown away until the client closes or goes quiet
+for QUIET_SECONDS, within a bounded time. Closing a socket that still holds unread input
+makes the kernel reset the connection, which destroys replies still on their way; this order
+lets every reply arrive, and an idle client costs the shutdown only the quiet period.
 
 The drain at shutdown works the same on Python 3.11-3.13 because it does not depend on
 ``Server.wait_closed()`` (which waits for clients only since 3.12.1) nor on
@@ -22,6 +23,7 @@ The drain at shutdown works the same on Python 3.11-3.13 because it does not dep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import cast
@@ -36,6 +38,8 @@ BACKLOG = 1024
 """Connections the kernel may queue before they are accepted: enough for a reconnect storm."""
 LINGER_SECONDS = 2.0
 """How long an ending connection may take to deliver its last replies outside a drain."""
+QUIET_SECONDS = 0.2
+"""Silence after our FIN that shows no more input is on its way, so closing cannot reset."""
 
 
 @dataclass(eq=False)
@@ -170,7 +174,8 @@ class EchoServer:
                 await writer.drain()
 
     async def _end(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Half-close after the last reply, discard input until the client closes, close.
+        """Half-close after the last reply, discard input until the client closes or goes
+        quiet, then close.
 
         Bounded by the drain's deadline during a shutdown, by LINGER_SECONDS otherwise; a
         client that does not close in time is aborted by the caller (TimeoutError).
@@ -182,7 +187,10 @@ class EchoServer:
             if writer.can_write_eof():
                 writer.write_eof()
             cast(asyncio.Transport, writer.transport).resume_reading()
-            while await reader.read(self._max_line_bytes):
-                pass  # thrown away: the connection is ending
+            with contextlib.suppress(TimeoutError):  # quiet: nothing left to cause a reset
+                while True:
+                    async with asyncio.timeout(QUIET_SECONDS):
+                        if not await reader.read(self._max_line_bytes):
+                            break  # the client closed too; what it sent is thrown away
             writer.close()
             await writer.wait_closed()

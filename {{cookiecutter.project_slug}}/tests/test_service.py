@@ -60,7 +60,16 @@ def test_client_reports_nothing_listening(run_app) -> None:
 def test_signal_stops_gracefully_with_phases_logged(start_service: StartService, signum) -> None:
     service = start_service()
     assert exchange(service, b"before the signal\n", 18) == b"before the signal\n"
+    # Idle clients that keep their connections open and never close them must neither hold
+    # the shutdown until its budget runs out (exit 75) nor be reset.
+    idle = [socket.create_connection((service.host, service.port)) for _ in range(3)]
+    for sock in idle:
+        sock.sendall(b"\n")
+        assert sock.recv(1) == b"\n"
     assert service.stop(signum) == ExitCode.OK
+    for sock in idle:
+        with sock:
+            assert sock.recv(1) == b"", "expected a clean end of stream"
     positions = [service.log.find(phase) for phase in SHUTDOWN_PHASES]
     assert -1 not in positions, service.log
     assert positions == sorted(positions), "phases out of order:\n" + service.log
