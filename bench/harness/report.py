@@ -561,6 +561,14 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         "service journals every line (a write in a worker thread per batch), so its CPU "
         "includes that thread.",
         "",
+        "glibc's malloc thresholds are pinned for every process here (`MALLOC_MMAP_THRESHOLD_` "
+        "1 MiB, `MALLOC_TRIM_THRESHOLD_` 8 MiB). Left alone, glibc's dynamic threshold decides "
+        "from incidental start-up history whether each 256 KiB `recv()` buffer of asyncio's "
+        "default loop costs an mmap/munmap pair and page faults on every read, and the same "
+        "command then runs at one of two speeds about 1.5x apart (27k or 41k round trips/s for "
+        "one unchanged `python -m app` on the default loop, observed while building this "
+        "bench). Pinned, every variant runs in the same steady allocator state.",
+        "",
         *_table(
             (
                 "server",

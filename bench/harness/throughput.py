@@ -5,11 +5,20 @@ bare Protocol, see its docstring) for a warm-up and then a fixed window, and sto
 are alternated, rotating the order every repetition. The machine has 2 cores: the server gets
 one and the load generator the other; both processes' CPU use over the window is recorded, so
 the report can say which side was the bottleneck.
+
+glibc's malloc thresholds are pinned for the servers and the load generator (MALLOC_PIN).
+Without that, glibc's dynamic mmap threshold decides from incidental heap history at start-up
+whether each 256 KiB recv() buffer of asyncio's default loop is an mmap/munmap pair with page
+faults on every read: the same server then runs at either of two speeds ~1.5x apart, and which
+one a process gets changes with unrelated edits (seen here: 27k vs 41k round trips/s for one
+unchanged command). Pinned, each variant is measured in the same, steady allocator state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +28,12 @@ from pathlib import Path
 from . import servers
 
 LOADGEN = servers.PROCS / "loadgen.py"
+MALLOC_PIN = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(8 << 20)}
+"""Large buffers stay on the heap and the heap top is not returned after each read."""
+
+
+def _pinned(env: dict[str, str] | None) -> dict[str, str]:
+    return {**(os.environ if env is None else env), **MALLOC_PIN}
 
 
 @dataclass
@@ -42,7 +57,7 @@ class Sample:
 def measure_once(
     spec: servers.ServerSpec, *, conns: int, size: int, warmup: float, seconds: float
 ) -> Sample:
-    child, port = servers.start(spec)
+    child, port = servers.start(dataclasses.replace(spec, env=_pinned(spec.env)))
     try:
         out = subprocess.run(
             [
@@ -62,6 +77,7 @@ def measure_once(
                 str(child.pid),
             ],
             check=True,
+            env=_pinned(None),
             capture_output=True,
             text=True,
             timeout=warmup + seconds + 60,
