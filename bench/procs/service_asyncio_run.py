@@ -31,7 +31,8 @@ def main() -> int:
     service = EchoService(settings)
 
     async def serve() -> None:
-        await service.start()
+        await service.open()
+        await service.serve()
         try:
             await asyncio.Event().wait()
         finally:

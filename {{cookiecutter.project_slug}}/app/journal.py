@@ -48,6 +48,11 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("ab")
 
+    def abandon(self) -> None:
+        """Close the file unused, when the service does not start after all."""
+        if self._file is not None:
+            self._file.close()
+
     def start(self) -> None:
         """Start the background writer, protected from the shutdown's cancellation."""
         self._writer = asyncio.ensure_future(shutdown_waits_for(self._write_until_closed()))

@@ -1,15 +1,17 @@
 """The service's life: what happens at start, and in which order things stop.
 
-``start()`` is the coroutine handed to the runtime's ``run()``; ``stop()`` is its
-``shutdown_callback``, which the runtime calls after the loop stopped and before it cancels
-anything. Doing the drain there, rather than in a cancelled task, is what makes the order
-deterministic:
+``open()`` runs on the loop before the runtime's ``run()`` takes it over; ``serve()`` is the
+coroutine handed to ``run()``, and ``stop()`` is its ``shutdown_callback``, which the runtime
+calls after the loop stopped and before it cancels anything. Doing the drain there, rather
+than in a cancelled task, is what makes the order deterministic:
 
     signal -> stop accepting -> drain connections -> journal flush (protected)
            -> runtime cancels what is left -> executor -> exit
 
-A failure at start (port taken, no permission, journal unwritable) is logged as one line;
-the service records an exit status and stops the loop, so the normal shutdown still runs.
+A failure at start (port taken, no permission, journal unwritable) raises StartupError with
+its exit status: nothing is running yet, so there is nothing to shut down, and the user sees
+one line. A failure later (the journal cannot be written) records its exit status and stops
+the loop, so the normal shutdown runs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ DRAIN_SHARE = 0.5
 """Part of APP_SHUTDOWN_TIMEOUT given to draining connections; the runtime gets the rest."""
 
 
+class StartupError(Exception):
+    """The service cannot start; ``exit_code`` says why, the message says what to fix."""
+
+    def __init__(self, exit_code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class EchoService:
     """Wires the journal, the server and systemd notification to the runtime."""
 
@@ -45,39 +55,48 @@ class EchoService:
             max_line_bytes=settings.max_line_bytes,
             idle_timeout=settings.idle_timeout,
         )
-        self._started = False
         self._stopping = False
+        self.address: tuple[str, int] = ("", 0)
 
-    async def start(self) -> None:
-        """Listen, open the journal, announce readiness; then return (the loop runs on).
+    async def open(self) -> None:
+        """Open the journal and the listening socket; raise StartupError if either fails.
 
-        Nothing runs between listening and starting the journal writer (no ``await``), so
-        no connection is served before its lines can be journaled.
+        Nothing is served yet: connections are accepted once ``run()`` runs the loop.
         """
+        try:
+            self.journal.open()
+        except OSError as exc:
+            raise StartupError(
+                ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"
+            ) from None
         try:
             host, port = await self.server.listen(
                 self.settings.host, self.settings.port, reuse_port=self.settings.worker_index > 0
             )
         except OSError as exc:
+            self.journal.abandon()
             where = f"{self.settings.host}:{self.settings.port}"
-            self._fail(_listen_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}")
-            return
-        self._started = True  # from here on, the shutdown has connections to drain
-        try:
-            self.journal.open()
-        except OSError as exc:
-            self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}")
-            return
+            raise StartupError(
+                _listen_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
+            ) from None
+        self.address = (host, port)
+
+    async def serve(self) -> None:
+        """Start the background work and say the service is ready; then return.
+
+        ``run()`` runs this once its signal handlers and error handling are in place, so
+        whoever acts on the ``listening on`` line (a supervisor, a test, a readiness probe)
+        may stop the service at once and get the graceful shutdown. Start your own
+        background tasks here too, for the same reason.
+        """
         self.journal.start()
-        logger.info("listening on %s:%d", host, port)
+        logger.info("listening on %s:%d", *self.address)
         notify.send("READY=1")
 
     async def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Shutdown callback: drain connections, then flush the journal."""
         self._stopping = True
         notify.send("STOPPING=1")
-        if not self._started:
-            return
         budget = self.settings.shutdown_timeout * DRAIN_SHARE
         deadline = time.monotonic() + budget
         if await self.server.drain(grace=budget):

@@ -287,8 +287,8 @@ STUBBORN = textwrap.dedent(
                 pass  # the bug under test: it swallows its cancellation
 
     class ServiceWithStuckWork(EchoService):
-        async def start(self):
-            await super().start()
+        async def serve(self):
+            await super().serve()
             asyncio.get_running_loop().create_task(stubborn_worker(), name="stubborn-worker")
 
     entry.EchoService = ServiceWithStuckWork
@@ -338,8 +338,8 @@ CRASHING = textwrap.dedent(
         raise RuntimeError("the bug under test")
 
     class ServiceWithABug(EchoService):
-        async def start(self):
-            await super().start()
+        async def serve(self):
+            await super().serve()
             asyncio.get_running_loop().create_task(crashing_worker(), name="crashing-worker")
 
     entry.EchoService = ServiceWithABug
