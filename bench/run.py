@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     results["config"] = asdict(plan)
     write_outputs(results, out)
     log(f"wrote {out / 'RESULTS.md'}")
+    if results.get("throughput_failed"):
+        log(f"failed (see RESULTS.md): {', '.join(results['throughput_failed'])}")
+        return 1  # the report is written, but a bench that lost a variant must not pass
     return 0
 
 

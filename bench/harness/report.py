@@ -524,8 +524,14 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         PLAIN_STREAMS: CEILING,
         CEILING: CEILING,
     }
+    failures = [
+        f"**{name} failed and is left out**: `{why}`"
+        for name, why in results.get("throughput_failed", {}).items()
+    ]
     rows = []
     for variant in results["throughput_variants"]:
+        if variant in results.get("throughput_failed", {}):
+            continue
         values = _throughput(results, variant)
         ref = refs.get(variant)
         rel = (
@@ -569,6 +575,7 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         "one unchanged `python -m app` on the default loop, observed while building this "
         "bench). Pinned, every variant runs in the same steady allocator state.",
         "",
+        *[line for failure in failures for line in (failure, "")],
         *_table(
             (
                 "server",

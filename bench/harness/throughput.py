@@ -116,7 +116,7 @@ def run_all(
             try:
                 sample = measure_once(spec, conns=conns, size=size, warmup=warmup, seconds=seconds)
             except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
-                failed[spec.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                failed[spec.name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                 log(f"throughput {spec.name}: failed, left out: {failed[spec.name]}")
                 continue
             samples.append(sample)
