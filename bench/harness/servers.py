@@ -16,7 +16,7 @@ from pathlib import Path
 from .procs import Child
 
 PROCS = Path(__file__).resolve().parent.parent / "procs"
-SERVICE_READY = r"listening on (?P<host>.+):(?P<port>\d+)\s*$"
+SERVICE_READY = r"listening on (?P<host>\S+):(?P<port>\d+)"
 SCRIPT_READY = r"^ready (?P<port>\d+)$"
 
 
@@ -63,6 +63,8 @@ def service_env(journal: Path, **settings: str) -> dict[str, str]:
 def generated_service(project: Path, journal: Path, **settings: str) -> ServerSpec:
     """The baked project's `python -m app`, configured by APP_ variables."""
     label = {"1": "uvloop", "0": "default loop"}.get(settings.get("APP_USE_UVLOOP", ""), "default")
+    if settings.get("APP_WORKERS", "1") != "1":
+        label += f", workers={settings['APP_WORKERS']}"
     return ServerSpec(
         name=f"service ({label})",
         argv=[sys.executable, "-m", "app"],

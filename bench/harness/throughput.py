@@ -132,6 +132,9 @@ def default_specs(project: Path, scratch: Path) -> list[servers.ServerSpec]:
     return [
         servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
         servers.generated_service(project, scratch / "j-uvloop.log", APP_USE_UVLOOP="1"),
+        servers.generated_service(
+            project, scratch / "j-workers.log", APP_USE_UVLOOP="1", APP_WORKERS="2"
+        ),
         servers.service_under_asyncio_run(project, scratch / "j-asyncio.log"),
         servers.service_ablation(project, scratch / "j-no-timeouts.log", "--no-timeouts"),
         servers.service_ablation(project, scratch / "j-no-journal.log", "--no-journal"),

@@ -24,8 +24,12 @@ from typing import cast
 
 
 def proc_cpu(pid: int) -> float:
+    """CPU seconds of the server and its live child processes (APP_WORKERS > 1 workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = children.read_text().split() if children.exists() else []
+    return own + sum(proc_cpu(int(kid)) for kid in kids)
 
 
 def self_cpu() -> float:

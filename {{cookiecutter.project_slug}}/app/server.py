@@ -174,8 +174,7 @@ class EchoServer:
                 await writer.drain()
 
     async def _end(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Half-close after the last reply, discard input until the client closes or goes
-        quiet, then close.
+        """Half-close after the last reply, read until the client closes or goes quiet, close.
 
         Bounded by the drain's deadline during a shutdown, by LINGER_SECONDS otherwise; a
         client that does not close in time is aborted by the caller (TimeoutError).
