@@ -19,7 +19,8 @@ from app.service import EchoService
 async def serve() -> None:
     settings, _ = load_settings()
     service = EchoService(settings)
-    await service.start()
+    await service.open()
+    await service.serve()
     await asyncio.Event().wait()  # forever: nothing here reacts to SIGTERM
 
 

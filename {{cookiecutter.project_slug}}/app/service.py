@@ -77,7 +77,7 @@ class EchoService:
             self.journal.abandon()
             where = f"{self.settings.host}:{self.settings.port}"
             raise StartupError(
-                _listen_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
+                bind_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
             ) from None
         self.address = (host, port)
 
@@ -120,7 +120,8 @@ class EchoService:
             self.exit_code = code
 
 
-def _listen_exit_code(exc: OSError) -> ExitCode:
+def bind_exit_code(exc: OSError) -> ExitCode:
+    """The exit status for a failure to bind a listening socket."""
     if exc.errno == errno.EADDRINUSE:
         return ExitCode.ADDRESS_IN_USE
     if exc.errno in (errno.EACCES, errno.EPERM):

@@ -72,6 +72,7 @@ from pathlib import Path
 from app import notify
 from app.config import Settings
 from app.exitcodes import ExitCode
+from app.service import bind_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -184,18 +185,10 @@ def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
                 sock.close()
             if exc.errno == errno.EADDRINUSE and port == 0:
                 continue  # the port picked for the first address is taken on another one
-            raise _ListenError(_bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
+            raise _ListenError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
         shown = str(sockets[0].getsockname()[0])
         return _Reserved(sockets, shown, chosen)
     raise _ListenError(ExitCode.ADDRESS_IN_USE, "no port is free on every address")
-
-
-def _bind_exit_code(exc: OSError) -> ExitCode:
-    if exc.errno == errno.EADDRINUSE:
-        return ExitCode.ADDRESS_IN_USE
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return ExitCode.PERMISSION_DENIED
-    return ExitCode.CONFIG  # e.g. an address this machine does not have
 
 
 @dataclass(eq=False)

@@ -7,6 +7,7 @@ fixed time) before they act.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -120,6 +121,40 @@ class Service(Process):
 
 
 StartService = Callable[..., Service]
+
+
+def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:
+    """Clients ping-pong numbered lines; once each has had 10 replies, SIGTERM the service.
+
+    They keep talking until the service closes their connections. Returns every reply.
+    """
+    replies: list[bytes] = []
+
+    async def talk(client: int, started: asyncio.Event, ready: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(service.host, service.port)
+        for n in range(100_000):
+            writer.write(b"client %d line %d\n" % (client, n))
+            try:
+                reply = await reader.readuntil(b"\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            replies.append(reply)
+            if n == 10:
+                ready.append(client)
+                if len(ready) == clients:
+                    started.set()
+        writer.close()
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+        ready: list[int] = []
+        talkers = [asyncio.create_task(talk(c, started, ready)) for c in range(clients)]
+        await asyncio.wait_for(started.wait(), HANG_GUARD)
+        service.send(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*talkers), HANG_GUARD)
+
+    asyncio.run(scenario())
+    return replies
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -12,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, Process, Service, StartService, service_env
+from conftest import HANG_GUARD, Process, Service, StartService, service_env, talk_through_sigterm
 
 from app.exitcodes import ExitCode
 
@@ -87,33 +86,8 @@ def test_ephemeral_port_is_reported(start_service: StartService) -> None:
 def test_journal_holds_exactly_what_was_echoed(start_service: StartService) -> None:
     """Clients keep talking while SIGTERM arrives: every reply is journaled once, no more."""
     service = start_service()
-    replies: list[bytes] = []
     clients = 20
-
-    async def talk(client: int, started: asyncio.Event, ready: list[int]) -> None:
-        reader, writer = await asyncio.open_connection(service.host, service.port)
-        for n in range(100_000):
-            writer.write(b"client %d line %d\n" % (client, n))
-            try:
-                reply = await reader.readuntil(b"\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            replies.append(reply)
-            if n == 10:
-                ready.append(client)
-                if len(ready) == clients:
-                    started.set()
-        writer.close()
-
-    async def scenario() -> None:
-        started = asyncio.Event()
-        ready: list[int] = []
-        talkers = [asyncio.create_task(talk(c, started, ready)) for c in range(clients)]
-        await asyncio.wait_for(started.wait(), HANG_GUARD)
-        service.send(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.gather(*talkers), HANG_GUARD)
-
-    asyncio.run(scenario())
+    replies = talk_through_sigterm(service, clients)
     assert service.wait() == ExitCode.OK, service.log
     journal = service.journal.read_bytes().splitlines(keepends=True)
     assert len(journal) == len(set(journal)), "a line was journaled twice"

@@ -8,7 +8,6 @@ worker and which must carry on.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import os
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, Service, StartService
+from conftest import HANG_GUARD, Service, StartService, talk_through_sigterm
 
 from app import supervisor
 from app.config import Settings
@@ -200,33 +199,8 @@ def test_sigterm_stops_every_worker_gracefully_and_the_journals_are_complete(
 ) -> None:
     """Clients keep talking while SIGTERM arrives: each reply is journaled once, by one worker."""
     service = start_workers(APP_WORKERS="2")
-    replies: list[bytes] = []
     clients = 12
-
-    async def talk(client: int, started: asyncio.Event, ready: list[int]) -> None:
-        reader, writer = await asyncio.open_connection(service.host, service.port)
-        for n in range(100_000):
-            writer.write(b"client %d line %d\n" % (client, n))
-            try:
-                reply = await reader.readuntil(b"\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            replies.append(reply)
-            if n == 10:
-                ready.append(client)
-                if len(ready) == clients:
-                    started.set()
-        writer.close()
-
-    async def scenario() -> None:
-        started = asyncio.Event()
-        ready: list[int] = []
-        talkers = [asyncio.create_task(talk(c, started, ready)) for c in range(clients)]
-        await asyncio.wait_for(started.wait(), HANG_GUARD)
-        service.send(signal.SIGTERM)
-        await asyncio.wait_for(asyncio.gather(*talkers), HANG_GUARD)
-
-    asyncio.run(scenario())
+    replies = talk_through_sigterm(service, clients)
     assert service.wait() == ExitCode.OK, service.log
     for index in (1, 2):
         assert re.search(rf"\[worker {index}\] .*journal flushed", service.log), service.log
