@@ -48,7 +48,7 @@ def loop_setting(loop: str) -> dict[str, str]:
 @posix_only
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_drain_answers_every_buffered_line_and_closes_cleanly(
-    start_service: StartService, loop: str
+    start_service: StartService, figure, loop: str
 ) -> None:
     """A client pipelines thousands of lines and reads slowly while SIGTERM arrives.
 
@@ -74,6 +74,10 @@ def test_drain_answers_every_buffered_line_and_closes_cleanly(
     assert all(reply.endswith(b"\n") for reply in replies)
     assert replies == lines[: len(replies)], "replies out of order or altered"
     assert service.journal.read_bytes().splitlines(keepends=True) == replies
+    figure(
+        "pipelined",
+        "20,000 lines in flight across SIGTERM: all answered lines arrive, clean EOF, 0 lost",
+    )
 
 
 def connect(service: Service) -> socket.socket:
@@ -211,12 +215,13 @@ def test_client_that_never_reads_is_dropped(start_service: StartService, figure)
     )
 
 
-def test_half_line_then_silence_hits_the_idle_timeout(start_service: StartService) -> None:
+def test_half_line_then_silence_hits_the_idle_timeout(start_service: StartService, figure) -> None:
     service = start_service(APP_IDLE_TIMEOUT="0.5")
     with connect(service) as sock:
         sock.sendall(b"half a li")
         assert sock.recv(100) == b"", "the silent connection should have been closed"
     assert echo_once(service, b"next\n") == b"next\n"
+    figure("half-line", "half a line, then silence: closed at the idle timeout")
 
 
 @linux_only
@@ -315,7 +320,7 @@ def test_stuck_task_ends_at_the_shutdown_timeout(workdir: Path, figure) -> None:
 
 
 @posix_only
-def test_second_sigint_forces_exit_130(workdir: Path) -> None:
+def test_second_sigint_forces_exit_130(workdir: Path, figure) -> None:
     (workdir / "stuck.py").write_text(STUBBORN)
     env = service_env(APP_PORT="0", APP_SHUTDOWN_TIMEOUT="60", APP_JOURNAL_PATH="journal.log")
     service = Service(workdir, env, args=["stuck.py"])
@@ -325,6 +330,9 @@ def test_second_sigint_forces_exit_130(workdir: Path) -> None:
     assert service.stop(signal.SIGINT) == 130
     assert time.monotonic() - started < 5
     assert "stubborn_worker" in service.log
+    figure(
+        "second-signal", "second SIGINT during a stuck shutdown: exit 130 at once, stacks logged"
+    )
 
 
 CRASHING = textwrap.dedent(
@@ -349,7 +357,7 @@ CRASHING = textwrap.dedent(
 
 
 @posix_only
-def test_unhandled_error_stops_gracefully_with_status_1(workdir: Path) -> None:
+def test_unhandled_error_stops_gracefully_with_status_1(workdir: Path, figure) -> None:
     (workdir / "crash.py").write_text(CRASHING)
     env = service_env(APP_PORT="0", APP_JOURNAL_PATH="journal.log")
     process = Process([sys.executable, "crash.py"], workdir, env)
@@ -358,11 +366,12 @@ def test_unhandled_error_stops_gracefully_with_status_1(workdir: Path) -> None:
     assert "RuntimeError: the bug under test" in process.log
     assert "stopped accepting connections" in process.log
     assert "shutdown: complete" in process.log
+    figure("crash", "a crashing task: graceful shutdown, exit 1, one traceback")
 
 
 @linux_only
 def test_journal_that_cannot_be_written_stops_the_service_with_73(
-    start_service: StartService,
+    start_service: StartService, figure
 ) -> None:
     service = start_service(APP_JOURNAL_PATH="/dev/full")  # every write fails: disk full
     assert echo_once(service, b"doomed\n") == b"doomed\n"
@@ -370,6 +379,7 @@ def test_journal_that_cannot_be_written_stops_the_service_with_73(
     assert "cannot write journal: [Errno 28] No space left on device" in service.log
     assert "Traceback" not in service.log
     assert "shutdown: complete" in service.log
+    figure("disk-full", "journal on a full disk: the service stops, exit 73, one line")
 
 
 @linux_only

@@ -181,13 +181,14 @@ def test_bad_setting_exits_2_with_one_line(run_app, settings: dict[str, str], na
     assert lines[0].startswith(f"error: {names}=")
 
 
-def test_malformed_env_file_exits_2(run_app, workdir) -> None:
+def test_malformed_env_file_exits_2(run_app, workdir, figure) -> None:
     (workdir / ".env").write_text("APP_PORT=1234\nthis line is not an assignment\n")
     result = run_app()
     assert result.returncode == ExitCode.CONFIG
     assert result.stderr.splitlines() == [
         "error: .env line 2 is not KEY=VALUE: 'this line is not an assignment\\n'"
     ]
+    figure("startup", "malformed .env or setting: one line, exit 2")
 
 
 def test_env_file_is_read_and_real_environment_wins(start_service: StartService, workdir) -> None:
@@ -208,7 +209,7 @@ def test_unknown_setting_is_warned_about(start_service: StartService) -> None:
     assert service.stop() == ExitCode.OK
 
 
-def test_port_in_use_exits_69(run_app) -> None:
+def test_port_in_use_exits_69(run_app, figure) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -217,18 +218,20 @@ def test_port_in_use_exits_69(run_app) -> None:
     [line] = result.stderr.splitlines()  # one line, nothing else
     assert line.endswith("Address already in use")
     assert "cannot listen on 127.0.0.1:" in line
+    figure("startup", "port in use: one line, exit 69")
 
 
-def test_unwritable_journal_exits_73(run_app, workdir) -> None:
+def test_unwritable_journal_exits_73(run_app, workdir, figure) -> None:
     (workdir / "blocker").write_text("a file where a folder should be")
     result = run_app(APP_PORT="0", APP_JOURNAL_PATH="blocker/journal.log")
     assert result.returncode == ExitCode.JOURNAL_UNWRITABLE, result.stderr
     [line] = result.stderr.splitlines()  # one line, nothing else
     assert "cannot write journal" in line
+    figure("startup", "unwritable journal: one line, exit 73")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux capabilities or a non-root user")
-def test_low_port_without_permission_exits_77(workdir) -> None:
+def test_low_port_without_permission_exits_77(workdir, figure) -> None:
     """A real EACCES: as root, drop CAP_NET_BIND_SERVICE with setpriv first."""
     unprivileged = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
     if unprivileged.exists() and int(unprivileged.read_text()) <= 1:
@@ -244,3 +247,4 @@ def test_low_port_without_permission_exits_77(workdir) -> None:
     assert process.wait() == ExitCode.PERMISSION_DENIED, process.log
     [line] = process.lines  # one line, nothing else
     assert line.endswith("cannot listen on 127.0.0.1:1: Permission denied")
+    figure("startup", "no permission for port 1: one line, exit 77")
