@@ -117,7 +117,7 @@ def plain_streams_uvloop() -> ServerSpec:
 
 def service_ablation(project: Path, journal: Path, *switches: str) -> ServerSpec:
     """The service on uvloop with per-line costs switched off (procs/service_ablation.py)."""
-    words = {"--no-timeouts": "no per-line timeouts", "--no-journal": "no journal"}
+    words = {"--no-journal": "no journal"}
     return ServerSpec(
         name="service (uvloop), " + ", ".join(words[s] for s in switches),
         argv=[sys.executable, str(PROCS / "service_ablation.py"), str(project), *switches],

@@ -136,7 +136,6 @@ def default_specs(project: Path, scratch: Path) -> list[servers.ServerSpec]:
             project, scratch / "j-workers.log", APP_USE_UVLOOP="1", APP_WORKERS="2"
         ),
         servers.service_under_asyncio_run(project, scratch / "j-asyncio.log"),
-        servers.service_ablation(project, scratch / "j-no-timeouts.log", "--no-timeouts"),
         servers.service_ablation(project, scratch / "j-no-journal.log", "--no-journal"),
         servers.plain_streams_uvloop(),
         servers.ceiling(),

@@ -5,6 +5,12 @@ one client from hurting the others: a line longer than ``max_line_bytes`` is ref
 being buffered, a client that stays silent or stops reading our replies is dropped after
 ``idle_timeout``, and connections past ``max_connections`` are turned away politely.
 
+The idle limit costs nothing per line: each line only moves the connection's deadline, and one
+timer per connection checks it lazily, re-arming itself for the new deadline when it fires
+early. A timer per line (``asyncio.timeout()`` around each read and write) measured 1.6x
+slower on uvloop. To end a connection, or to interrupt a read when the drain begins, the
+server cancels the handler task and marks why; the handler takes that cancellation back.
+
 Every connection ends the same way, whoever ends it: the last reply is followed by a
 half-close (FIN), then input is read and thrown away until the client closes or goes quiet
 for QUIET_SECONDS, within a bounded time. Closing a socket that still holds unread input
@@ -45,8 +51,14 @@ QUIET_SECONDS = 0.2
 @dataclass(eq=False)
 class _Connection:
     writer: asyncio.StreamWriter
-    reading: asyncio.Timeout | None = None
-    """The deadline of the read in progress, while the handler waits for a line."""
+    task: asyncio.Task[None]
+    deadline: float = 0.0
+    """Event-loop time after which the connection counts as idle."""
+    reading: bool = False
+    """True while the handler waits in readuntil() for a line."""
+    interrupted: bool = False
+    """True when the server cancelled the handler (idle, or the drain began), not the runtime."""
+    watchdog: asyncio.TimerHandle | None = None
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -106,9 +118,10 @@ class EchoServer:
         logger.info("draining %d connection(s)", len(self._connections))
         for connection in self._connections.values():
             connection.transport.pause_reading()
-            if connection.reading is not None and not connection.reading.expired():
-                # Waiting in readuntil() means no complete line is buffered: stop now.
-                connection.reading.reschedule(loop.time())
+            if connection.watchdog is not None:
+                connection.watchdog.cancel()  # the drain's own deadline bounds it from now on
+            if connection.reading:
+                _interrupt(connection)  # it may have a line to answer: it checks, then ends
         late: set[asyncio.Task[None]] = set()
         if self._connections:
             _, late = await asyncio.wait(set(self._connections), timeout=grace)
@@ -124,7 +137,7 @@ class EchoServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        connection = _Connection(writer)
+        connection = _Connection(writer, task)
         self._connections[task] = connection
         try:
             if self._drain_deadline is not None:  # accepted in the instant the drain began
@@ -146,32 +159,69 @@ class EchoServer:
 
     async def _echo_lines(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
         writer = connection.writer
-        while True:
-            # While draining, a line must already be buffered: readuntil() then returns
-            # without waiting, before a zero deadline can fire.
-            deadline = 0.0 if self._drain_deadline is not None else self._idle_timeout
+        loop = asyncio.get_running_loop()
+        connection.deadline = loop.time() + self._idle_timeout
+        self._watch(connection)
+        try:
+            while True:
+                try:
+                    line = await self._next_line(reader, connection)
+                except asyncio.LimitOverrunError:
+                    writer.write(b"error: line longer than %d bytes\n" % self._max_line_bytes)
+                    return
+                if line is None:
+                    return  # the client closed, went idle, or the drain left nothing to answer
+                if writer.transport.is_closing():
+                    return  # aborted at the end of the drain: this reply could not be delivered
+                writer.write(line)
+                if line != b"\n":
+                    self._journal.append(line)  # empty lines are health-check pings
+                connection.deadline = loop.time() + self._idle_timeout
+                await writer.drain()  # a client that does not read goes idle: the watchdog ends it
+        except asyncio.CancelledError:
+            if not _taken_back(connection):
+                raise  # the runtime's cancellation, not ours
+        finally:
+            if connection.watchdog is not None:
+                connection.watchdog.cancel()
+
+    async def _next_line(
+        self, reader: asyncio.StreamReader, connection: _Connection
+    ) -> bytes | None:
+        """The next line; None at EOF, when idle, or when draining with no line buffered."""
+        if self._drain_deadline is None:
+            connection.reading = True
             try:
-                async with asyncio.timeout(deadline) as connection.reading:
-                    line = await reader.readuntil(b"\n")
-            except TimeoutError:
-                return  # idle for too long, or draining with nothing left to answer
+                return await reader.readuntil(b"\n")
             except asyncio.IncompleteReadError:
-                return  # the client closed; a trailing partial line is not a line
-            except asyncio.LimitOverrunError:
-                writer.write(b"error: line longer than %d bytes\n" % self._max_line_bytes)
-                return
+                return None  # the client closed; a trailing partial line is not a line
+            except asyncio.CancelledError:
+                if not _taken_back(connection):
+                    raise
+                if self._drain_deadline is None:
+                    return None  # idle for too long
+                # The drain began while we waited; a line may have arrived just before it.
             finally:
-                connection.reading = None
-            if self._drain_deadline is not None:
-                # The reader resumes the socket when its buffer empties; keep it paused.
-                connection.transport.pause_reading()
-            if writer.transport.is_closing():
-                return  # aborted at the end of the drain: this reply could not be delivered
-            writer.write(line)
-            if line != b"\n":
-                self._journal.append(line)  # empty lines are health-check pings
-            async with asyncio.timeout(self._idle_timeout):
-                await writer.drain()
+                connection.reading = False
+        try:
+            # Only a line already buffered is answered: readuntil() then returns without
+            # waiting, before a zero deadline can fire.
+            async with asyncio.timeout(0):
+                line = await reader.readuntil(b"\n")
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return None
+        # The reader resumes the socket when its buffer empties; keep it paused.
+        connection.transport.pause_reading()
+        return line
+
+    def _watch(self, connection: _Connection) -> None:
+        """End the connection once its deadline has passed; else look again at the deadline."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < connection.deadline:
+            connection.watchdog = loop.call_at(connection.deadline, self._watch, connection)
+        else:
+            connection.watchdog = None
+            _interrupt(connection)
 
     async def _end(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close after the last reply, read until the client closes or goes quiet, close.
@@ -193,3 +243,19 @@ class EchoServer:
                             break  # the client closed too; what it sent is thrown away
             writer.close()
             await writer.wait_closed()
+
+
+def _interrupt(connection: _Connection) -> None:
+    """Cancel the handler on the server's behalf (marked, so it can tell the runtime's apart)."""
+    if not connection.interrupted:
+        connection.interrupted = True
+        connection.task.cancel()
+
+
+def _taken_back(connection: _Connection) -> bool:
+    """Take back a cancellation the server made; False if the runtime made it."""
+    if not connection.interrupted:
+        return False
+    connection.interrupted = False
+    connection.task.uncancel()
+    return True
