@@ -150,7 +150,7 @@ class EchoServer:
                     await self._echo_lines(reader, connection)
                 finally:
                     self._serving -= 1
-            await self._end(reader, writer)
+            await self._end(reader, connection)
         except (OSError, TimeoutError):
             # Reset by the client, a network error, or it would not take our replies in time.
             writer.transport.abort()
@@ -223,7 +223,7 @@ class EchoServer:
             connection.watchdog = None
             _interrupt(connection)
 
-    async def _end(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _end(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
         """Half-close after the last reply, read until the client closes or goes quiet, close.
 
         Bounded by the drain's deadline during a shutdown, by LINGER_SECONDS otherwise; a
@@ -232,10 +232,11 @@ class EchoServer:
         deadline = self._drain_deadline
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
+        writer = connection.writer
         async with asyncio.timeout_at(deadline):
             if writer.can_write_eof():
                 writer.write_eof()
-            cast(asyncio.Transport, writer.transport).resume_reading()
+            connection.transport.resume_reading()
             with contextlib.suppress(TimeoutError):  # quiet: nothing left to cause a reset
                 while True:
                     async with asyncio.timeout(QUIET_SECONDS):

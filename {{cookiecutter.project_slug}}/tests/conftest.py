@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -121,6 +122,23 @@ class Service(Process):
 
 
 StartService = Callable[..., Service]
+
+
+def connect(service: Service) -> socket.socket:
+    """A blocking client connection to the service, with the hang guard as its timeout."""
+    return socket.create_connection((service.host, service.port), timeout=HANG_GUARD)
+
+
+def echo(sock: socket.socket, line: bytes) -> bytes:
+    """Send one line and read its reply (or whatever arrives before EOF)."""
+    sock.sendall(line)
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
 
 
 def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:

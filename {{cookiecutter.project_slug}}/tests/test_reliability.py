@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, Process, Service, StartService, service_env
+from conftest import HANG_GUARD, Process, Service, StartService, connect, echo, service_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -80,20 +80,9 @@ def test_drain_answers_every_buffered_line_and_closes_cleanly(
     )
 
 
-def connect(service: Service) -> socket.socket:
-    return socket.create_connection((service.host, service.port), timeout=HANG_GUARD)
-
-
 def echo_once(service: Service, line: bytes) -> bytes:
     with connect(service) as sock:
-        sock.sendall(line)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-        return reply
+        return echo(sock, line)
 
 
 @posix_only

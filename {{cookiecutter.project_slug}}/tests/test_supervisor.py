@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, Service, StartService, talk_through_sigterm
+from conftest import Service, StartService, connect, echo, talk_through_sigterm
 
 from app import supervisor
 from app.config import Settings
@@ -58,22 +58,6 @@ def start_workers(start_service: StartService) -> Iterator[StartService]:
         for pid in {int(m[2]) for m in STARTED.finditer(service.log)}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def echo(sock: socket.socket, line: bytes) -> bytes:
-    """Send one line and read its reply (or whatever arrives before EOF)."""
-    sock.sendall(line)
-    reply = b""
-    while not reply.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        reply += chunk
-    return reply
-
-
-def connect(service: Service) -> socket.socket:
-    return socket.create_connection((service.host, service.port), timeout=HANG_GUARD)
 
 
 def started_workers(service: Service) -> dict[int, int]:
