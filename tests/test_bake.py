@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict[str, object]] = {
 LEFTOVER_JINJA = re.compile(r"\{\{-?\s*cookiecutter\b|\{%-?\s")
 DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml")
 FIGURES = TEMPLATE / "build" / "reliability.jsonl"
-WINDOWS_FILES = ("app/launcher.py", "scripts/windows/run.bat", "scripts/windows/run.ps1")
+WINDOWS_FILES = ("app/runtime/launcher.py", "scripts/windows/run.bat", "scripts/windows/run.ps1")
 
 
 def project_files(project: Path) -> list[Path]:

@@ -35,7 +35,7 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 schema kubernetes-validate ships."""
 MARGIN = 2.0
 """Seconds the grace period must leave after preStop + APP_SHUTDOWN_TIMEOUT: the interpreter's
-exit, and the multi-worker supervisor's wait beyond the timeout (app/supervisor.py)."""
+exit, and the multi-worker supervisor's wait beyond the timeout (app/runtime/supervisor.py)."""
 KUBERNETES = Path("deploy/kubernetes")
 RAW_MANIFESTS = ("deployment.yaml", "service.yaml", "poddisruptionbudget.yaml")
 Resource = dict[str, Any]

@@ -120,7 +120,7 @@ def test_port_is_accepted_exactly_in_range(port: int | str) -> None:
     [
         ({"use_docker": True, "windows_scripts": True}, []),
         ({"use_docker": False, "windows_scripts": True}, ["compose.yaml", "deploy"]),
-        ({"use_docker": True, "windows_scripts": False}, ["scripts", "app/launcher.py"]),
+        ({"use_docker": True, "windows_scripts": False}, ["scripts", "app/runtime/launcher.py"]),
     ],
 )
 def test_prune_removes_what_answers_turned_off(tmp_path: Path, answers, removed) -> None:
@@ -129,7 +129,7 @@ def test_prune_removes_what_answers_turned_off(tmp_path: Path, answers, removed)
         ".dockerignore",
         "deploy/kubernetes/deployment.yaml",
         "scripts/windows/run.bat",
-        "app/launcher.py",
+        "app/runtime/launcher.py",
         "app/server.py",
     ]
     for name in files:

@@ -572,10 +572,10 @@ def test_wrappers_are_crlf_and_powershell_parses(bake: Bake) -> None:
         ps1 = (folder / f"{name}.ps1").read_bytes()
         tree = parser.parse(ps1)
         assert not tree.root_node.has_error, f"{name}.ps1 does not parse: {tree.root_node}"
-        assert f"-m app.launcher {name} @args".encode() in ps1
+        assert f"-m app.runtime.launcher {name} @args".encode() in ps1
         assert b"exit $status" in ps1
         bat = (folder / f"{name}.bat").read_bytes()
-        assert f"-m app.launcher {name} %*".encode() in bat
+        assert f"-m app.runtime.launcher {name} %*".encode() in bat
         assert b"exit /b %STATUS%" in bat
 
 

@@ -14,7 +14,7 @@ from .stats import fmt_number, fmt_seconds, median, ratio
 
 HEAVY = (1000, 10000)
 RUNNER_NAMES = {
-    "vendored": "app.aiorun (vendored)",
+    "vendored": "app.runtime.aiorun (vendored)",
     "aiorun": "aiorun 2025.1.1",
     "asyncio": "asyncio.run (SIGINT)",
     "exit": "floor: os._exit",
@@ -125,7 +125,7 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(
             (
                 f"Shutdown, {cell}: vendored / aiorun",
-                "n/a (no app/aiorun.py in the baked project)",
+                "n/a (no app/runtime/aiorun.py in the baked project)",
                 "≤ 0.35",
                 _verdict(None),
             )

@@ -12,10 +12,9 @@ import os
 import sys
 from typing import cast
 
-from app import supervisor
-from app.aiorun import run
 from app.config import ConfigError, load_settings
 from app.exitcodes import ExitCode
+from app.runtime import run, supervisor
 from app.service import DRAIN_SHARE, EchoService, StartupError
 
 logger = logging.getLogger("app")

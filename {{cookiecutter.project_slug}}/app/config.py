@@ -71,7 +71,7 @@ class Settings:
     journal_path: Path = Path("data/journal.log")
     workers: int = 1
     """Processes serving the port (1..64). Above 1, ``python -m app`` becomes a supervisor
-    of that many workers sharing the port (``app/supervisor.py``); POSIX only."""
+    of that many workers sharing the port (``app/runtime/supervisor.py``); POSIX only."""
     worker_index: int = 0
     """Set by the supervisor in each worker's environment (1..N); 0 in a process started by
     hand. A worker binds its port with SO_REUSEPORT so that all workers can share it."""

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from app.aiorun import shutdown_waits_for
+from app.runtime import shutdown_waits_for
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ import logging
 import os
 import time
 
-from app import notify
 from app.config import Settings
 from app.exitcodes import ExitCode
 from app.journal import Journal
+from app.runtime import notify
 from app.server import EchoServer
 
 logger = logging.getLogger("app")

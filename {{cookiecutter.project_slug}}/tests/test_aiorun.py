@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from app import aiorun
-from app.aiorun import ShutdownReport, run, shutdown_waits_for
+from app.runtime import aiorun
+from app.runtime.aiorun import ShutdownReport, run, shutdown_waits_for
 
 HANG_GUARD = 30
 """Seconds after which a hung test dumps every stack and ends the run: a failure, not a wait."""
@@ -46,7 +46,7 @@ def hang_guard() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def runtime_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="app.aiorun")
+    caplog.set_level(logging.DEBUG, logger="app.runtime.aiorun")
     return caplog
 
 
@@ -55,7 +55,7 @@ def messages(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> li
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "app.aiorun" and record.levelno >= level
+        if record.name == "app.runtime.aiorun" and record.levelno >= level
     ]
 
 
@@ -614,7 +614,7 @@ def test_a_failing_shutdown_callback_is_raised(runtime_log: pytest.LogCaptureFix
     with pytest.raises(RuntimeError, match="callback failed"):
         run(main(), shutdown_callback=callback)
     assert messages(runtime_log, logging.INFO)[-1].startswith("shutdown: complete in ")
-    logged = [r for r in runtime_log.records if r.name == "app.aiorun" and r.exc_info]
+    logged = [r for r in runtime_log.records if r.name == "app.runtime.aiorun" and r.exc_info]
     assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["callback failed"]
 
 
@@ -629,7 +629,7 @@ def test_a_failing_callback_is_only_logged_when_an_error_is_pending(
 
     with pytest.raises(ValueError, match="first"):
         run(main(), stop_on_unhandled_errors=True, shutdown_callback=callback)
-    logged = [r for r in runtime_log.records if r.name == "app.aiorun" and r.exc_info]
+    logged = [r for r in runtime_log.records if r.name == "app.runtime.aiorun" and r.exc_info]
     assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["first", "second"]
     assert "the earlier error is re-raised instead" in logged[1].getMessage()
 

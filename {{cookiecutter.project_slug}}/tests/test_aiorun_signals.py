@@ -95,7 +95,7 @@ class Child:
         return "\n".join(["--- stdout", *self.lines["stdout"], "--- stderr", *self.lines["stderr"]])
 
     def runtime_lines(self) -> list[str]:
-        return [line for line in self.lines["stderr"] if " app.aiorun: " in line]
+        return [line for line in self.lines["stderr"] if " app.runtime.aiorun: " in line]
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_signal_gives_a_clean_shutdown_and_exit_0(start, signum: int) -> None:
     child.signal(signum)
     assert child.finish() == 0, child.output()
     name = signal.Signals(signum).name
-    phases = [line.split(" app.aiorun: ", 1)[1] for line in child.runtime_lines()]
+    phases = [line.split(" app.runtime.aiorun: ", 1)[1] for line in child.runtime_lines()]
     assert phases[0] == f"shutdown: {name} received"
     assert phases[1].startswith("shutdown: cancelling ")
     assert phases[1].endswith("; waiting for 1 protected task(s)")
@@ -155,7 +155,7 @@ def test_stuck_task_ends_at_the_budget_with_its_stack_logged(start) -> None:
     assert status == 75, child.output()
     assert budget <= elapsed < budget + 10, child.output()
     warning = child.wait_for("shutdown: 1 task(s) still running after 0.5s")
-    assert warning.startswith("WARNING app.aiorun: ")
+    assert warning.startswith("WARNING app.runtime.aiorun: ")
     stderr = "\n".join(child.lines["stderr"])
     assert "task 'stubborn':" in stderr
     assert "in stubborn" in stderr  # the frame the task is stuck in
@@ -174,7 +174,7 @@ def test_second_sigint_exits_130_with_the_stacks_of_unfinished_tasks(start) -> N
     assert child.finish() == 130, child.output()
     assert time.monotonic() - sent < HANG_GUARD / 2
     line = child.wait_for("shutdown: second SIGINT received; exiting now with status 130")
-    assert line.startswith("WARNING app.aiorun: ")
+    assert line.startswith("WARNING app.runtime.aiorun: ")
     stderr = "\n".join(child.lines["stderr"])
     assert "task 'stubborn':" in stderr
     assert "in stubborn" in stderr

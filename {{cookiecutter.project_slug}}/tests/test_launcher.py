@@ -1,13 +1,14 @@
-"""The launcher (``python -m app.launcher``): real processes here, the Windows branch via its seam.
+"""The launcher (``python -m app.runtime.launcher``): real processes; the Windows branch via a seam.
 
 Three layers, each saying what it proves:
 
 - Real processes on this machine: ``run`` starts the service, a client echoes, ``stop`` (or
   Ctrl-C to the launcher) stops it, the child exits 0 and the journal is complete. On POSIX the
   stop event is SIGTERM; the same tests run on Windows in CI, where it is CTRL_BREAK_EVENT.
-- The Windows branch on any machine, through :func:`app.launcher.windows_platform` with a fake
-  child process and a fake console-event sender: process-group flag, which signals are relayed
-  and which are not, what happens when the event cannot be sent (as under Wine) or is ignored.
+- The Windows branch on any machine, through :func:`app.runtime.launcher.windows_platform`, with
+  a fake child process and a fake console-event sender: process-group flag, which signals are
+  relayed and which are not, what happens when the event cannot be sent (as under Wine) or is
+  ignored.
 - Windows only: ``os.kill(pid, CTRL_BREAK_EVENT)`` on ``python -m app`` for real. It is skipped
   elsewhere, since no other system (Wine included) can deliver that event.
 """
@@ -27,9 +28,9 @@ from typing import Any
 import pytest
 from conftest import HANG_GUARD, LISTENING, Process, service_env
 
-from app import launcher
 from app.exitcodes import ExitCode
-from app.launcher import (
+from app.runtime import launcher
+from app.runtime.launcher import (
     CREATE_NEW_PROCESS_GROUP,
     CTRL_BREAK_EVENT,
     KILLED,
@@ -58,9 +59,11 @@ def launcher_env(**settings: str) -> dict[str, str]:
 
 
 def start_launcher(workdir: Path, *args: str, **settings: str) -> tuple[Process, str, int]:
-    """``python -m app.launcher run`` in ``workdir``, ready: returns it with the service address."""
+    """``python -m app.runtime.launcher run`` in ``workdir``, ready: it and the service address."""
     process = Process(
-        [sys.executable, "-m", "app.launcher", "run", *args], workdir, launcher_env(**settings)
+        [sys.executable, "-m", "app.runtime.launcher", "run", *args],
+        workdir,
+        launcher_env(**settings),
     )
     match = process.wait_for(LISTENING)
     return process, match[1], int(match[2])
@@ -78,7 +81,7 @@ def echo(host: str, port: int, lines: Sequence[bytes]) -> list[bytes]:
 
 def launcher_command(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.launcher", *args],
+        [sys.executable, "-m", "app.runtime.launcher", *args],
         cwd=workdir,
         env=launcher_env(),
         capture_output=True,
@@ -129,7 +132,7 @@ def test_the_service_exit_status_is_passed_through(workdir: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         in_use = subprocess.run(
-            [sys.executable, "-m", "app.launcher", "run", "--", "extra"],
+            [sys.executable, "-m", "app.runtime.launcher", "run", "--", "extra"],
             cwd=workdir,
             env=launcher_env(APP_PORT=str(taken.getsockname()[1])),
             capture_output=True,
@@ -140,7 +143,7 @@ def test_the_service_exit_status_is_passed_through(workdir: Path) -> None:
     assert in_use.returncode == ExitCode.ADDRESS_IN_USE, in_use.stderr
     assert "started 'python -m app extra'" in in_use.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "app.launcher", "run"],
+        [sys.executable, "-m", "app.runtime.launcher", "run"],
         cwd=workdir,
         env=launcher_env(APP_PORT="not-a-port"),
         capture_output=True,

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import Service, StartService, connect, echo, talk_through_sigterm
 
-from app import supervisor
 from app.config import Settings
 from app.exitcodes import ExitCode
+from app.runtime import supervisor
 
 pytestmark = pytest.mark.skipif(
     "workers" not in {f.name for f in dataclasses.fields(Settings)},

@@ -15,7 +15,7 @@ if (Test-Path $venvPython) { $python = $venvPython }
 if ($env:PYTHON) { $python = $env:PYTHON }
 Push-Location $root
 try {
-    & $python -m app.launcher run @args
+    & $python -m app.runtime.launcher run @args
     $status = $LASTEXITCODE
 }
 finally {

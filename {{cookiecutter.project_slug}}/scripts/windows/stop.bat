@@ -13,7 +13,7 @@ if not exist "app\launcher.py" (
 set "PY=python"
 if exist ".venv\Scripts\python.exe" set "PY=.venv\Scripts\python.exe"
 if defined PYTHON set "PY=%PYTHON%"
-"%PY%" -m app.launcher stop %*
+"%PY%" -m app.runtime.launcher stop %*
 set "STATUS=%ERRORLEVEL%"
 popd
 exit /b %STATUS%

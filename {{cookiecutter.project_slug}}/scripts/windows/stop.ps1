@@ -14,7 +14,7 @@ if (Test-Path $venvPython) { $python = $venvPython }
 if ($env:PYTHON) { $python = $env:PYTHON }
 Push-Location $root
 try {
-    & $python -m app.launcher stop @args
+    & $python -m app.runtime.launcher stop @args
     $status = $LASTEXITCODE
 }
 finally {

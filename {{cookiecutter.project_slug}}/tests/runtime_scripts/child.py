@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 
-from app.aiorun import run, shutdown_waits_for
+from app.runtime.aiorun import run, shutdown_waits_for
 
 logger = logging.getLogger("child")
 background: set[asyncio.Future[None]] = set()

@@ -69,9 +69,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import notify
 from app.config import Settings
 from app.exitcodes import ExitCode
+from app.runtime import notify
 from app.service import bind_exit_code
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""``python -m app.launcher``: start the service so that it can always be stopped gracefully.
+"""``python -m app.runtime.launcher``: start the service so that it can always stop gracefully.
 
 Windows has no SIGTERM. The only graceful stop a console program gets is a console control
 event, Ctrl-C or Ctrl-Break, and CTRL_BREAK_EVENT can be aimed at one program only when that
@@ -10,9 +10,9 @@ the grace period (APP_SHUTDOWN_TIMEOUT plus a margin) is killed.
 
 Commands::
 
-    python -m app.launcher run [--run-dir DIR] [--grace S] [-- ARGS]  # start, wait, exit alike
-    python -m app.launcher stop [--run-dir DIR]  # ask the running ``run`` to stop the service
-    python -m app.launcher demo  # start, echo a line, stop gracefully, report
+    python -m app.runtime.launcher run [--run-dir DIR] [--grace S] [-- ARGS]  # start, wait, exit
+    python -m app.runtime.launcher stop [--run-dir DIR]  # ask the running ``run`` to stop
+    python -m app.runtime.launcher demo  # start, echo a line, stop gracefully, report
 
 ``stop`` talks to ``run`` through files in the run folder (``data/`` by default): ``run``
 writes ``app.pid``; ``stop`` writes ``app.stop``; ``run`` notices it within 50 ms, stops the
@@ -50,7 +50,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-logger = logging.getLogger("app.launcher")
+logger = logging.getLogger("app.runtime.launcher")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 8.0
 """The service's own default for APP_SHUTDOWN_TIMEOUT (app/config.py)."""
@@ -310,7 +310,8 @@ class Launcher:
         owner = running_launcher(self.platform, self.files)
         if owner is not None:
             logger.error(
-                "already running (launcher pid %d, %s); stop it with: python -m app.launcher stop",
+                "already running (launcher pid %d, %s); "
+                "stop it with: python -m app.runtime.launcher stop",
                 owner,
                 self.files.pid,
             )
@@ -342,7 +343,7 @@ class Launcher:
         )
         logger.info(
             "started '%s' (pid %d) in its own process group; "
-            "Ctrl-C or 'python -m app.launcher stop' stops it with %s, killed after %.1f s",
+            "Ctrl-C or 'python -m app.runtime.launcher stop' stops it with %s, killed after %.1f s",
             " ".join(["python", *self.command[1:]]),
             child.pid,
             self.platform.stop_event,
@@ -529,7 +530,7 @@ def demo(python: str = sys.executable, timeout: float = 20.0) -> int:
             "APP_PORT": "0",
             "APP_JOURNAL_PATH": str(journal),
         }
-        command = [python, "-m", "app.launcher", "run", "--run-dir", tmp]
+        command = [python, "-m", "app.runtime.launcher", "run", "--run-dir", tmp]
         say(f"demo: starting the service through the launcher: {' '.join(command)}")
         launcher = subprocess.Popen(
             command,
@@ -626,7 +627,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    parser = argparse.ArgumentParser(prog="python -m app.launcher", description=_SUMMARY)
+    parser = argparse.ArgumentParser(prog="python -m app.runtime.launcher", description=_SUMMARY)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "start the service and wait for it; Ctrl-C stops it gracefully"),
