@@ -173,9 +173,9 @@ class EchoServer:
                     return  # the client closed, went idle, or the drain left nothing to answer
                 if writer.transport.is_closing():
                     return  # aborted at the end of the drain: this reply could not be delivered
+                if line != b"\n":  # empty lines are health-check pings, never journaled
+                    await self._journal.append([line[:-1]])  # write-ahead: journaled, then answered
                 writer.write(line)
-                if line != b"\n":
-                    self._journal.append(line)  # empty lines are health-check pings
                 connection.deadline = loop.time() + self._idle_timeout
                 await writer.drain()  # a client that does not read goes idle: the watchdog ends it
         except asyncio.CancelledError:

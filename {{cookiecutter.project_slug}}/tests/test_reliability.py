@@ -363,8 +363,9 @@ def test_journal_that_cannot_be_written_stops_the_service_with_73(
     start_service: StartService, figure
 ) -> None:
     service = start_service(APP_JOURNAL_PATH="/dev/full")  # every write fails: disk full
-    assert echo_once(service, b"doomed\n") == b"doomed\n"
+    assert echo_once(service, b"doomed\n") == b"", "a request that was not journaled was answered"
     assert service.wait() == ExitCode.JOURNAL_UNWRITABLE, service.log
+    assert "1 request(s) could not be journaled" in service.log
     assert "cannot write journal: [Errno 28] No space left on device" in service.log
     assert "Traceback" not in service.log
     assert "shutdown: complete" in service.log
