@@ -123,7 +123,9 @@ def start():
             child.popen.wait()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_gives_a_clean_shutdown_and_exit_0(start, signum: int) -> None:
     child = start("service", "--clients", "20", "--sleepers", "200")
     child.wait_for("ready", "stdout")
