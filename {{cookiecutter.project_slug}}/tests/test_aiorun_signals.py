@@ -22,20 +22,23 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).resolve().parent / "runtime_scripts" / "child.py"
+ATTACKS = Path(__file__).resolve().parent / "runtime_scripts" / "attacks.py"
 HANG_GUARD = 20.0
 """Seconds after which waiting is a failure, far above any normal time."""
+SECOND_SIGNAL_GAP = 0.5
+"""A repeat this long after the first signal is a second request, not a duplicate of it."""
 
 
 class Child:
     """The child process, with its stdout and stderr collected line by line as they come."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, script: Path = CHILD) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
         )
         self.popen = subprocess.Popen(
-            [sys.executable, "-W", "error::DeprecationWarning", str(CHILD), *args],
+            [sys.executable, "-W", "error::DeprecationWarning", str(script), *args],
             cwd=PROJECT_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -78,6 +81,12 @@ class Child:
 
     def signal(self, signum: int) -> None:
         self.popen.send_signal(signum)
+        self.last_signal = time.monotonic()
+
+    def signal_again(self, signum: int, gap: float = SECOND_SIGNAL_GAP) -> None:
+        """Send ``signum`` again ``gap`` seconds after the last one: the spacing is the test."""
+        time.sleep(max(0.0, self.last_signal + gap - time.monotonic()))
+        self.signal(signum)
 
     def finish(self) -> int:
         """Wait for the exit status; a child still running after the guard is a failure."""
@@ -102,8 +111,8 @@ class Child:
 def start():
     children: list[Child] = []
 
-    def starter(*args: str) -> Child:
-        child = Child(*args)
+    def starter(*args: str, script: Path = CHILD) -> Child:
+        child = Child(*args, script=script)
         children.append(child)
         return child
 
@@ -114,7 +123,9 @@ def start():
             child.popen.wait()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_gives_a_clean_shutdown_and_exit_0(start, signum: int) -> None:
     child = start("service", "--clients", "20", "--sleepers", "200")
     child.wait_for("ready", "stdout")
@@ -149,7 +160,7 @@ def test_stuck_task_ends_at_the_budget_with_its_stack_logged(start) -> None:
     sent = time.monotonic()
     child.signal(signal.SIGINT)
     child.wait_for("stubborn task ignores its cancellation")
-    child.signal(signal.SIGINT)  # without force_exit_on_second_signal: ignored
+    child.signal_again(signal.SIGINT)  # without force_exit_on_second_signal: ignored
     status = child.finish()
     elapsed = time.monotonic() - sent
     assert status == 75, child.output()
@@ -169,8 +180,8 @@ def test_second_sigint_exits_130_with_the_stacks_of_unfinished_tasks(start) -> N
     child.wait_for("ready", "stdout")
     child.signal(signal.SIGINT)
     child.wait_for("stubborn task ignores its cancellation")
+    child.signal_again(signal.SIGINT)
     sent = time.monotonic()
-    child.signal(signal.SIGINT)
     assert child.finish() == 130, child.output()
     assert time.monotonic() - sent < HANG_GUARD / 2
     line = child.wait_for("shutdown: second SIGINT received; exiting now with status 130")
@@ -187,7 +198,7 @@ def test_second_signal_exits_even_while_the_loop_is_blocked(start) -> None:
     child.wait_for("ready", "stdout")
     child.signal(signal.SIGTERM)
     child.wait_for("callback blocks the loop")
-    child.signal(signal.SIGTERM)
+    child.signal_again(signal.SIGTERM)
     assert child.finish() == 128 + signal.SIGTERM, child.output()
     child.wait_for("shutdown: second SIGTERM received; exiting now with status 143")
 
@@ -200,3 +211,180 @@ def test_uvloop_service_stops_cleanly_on_sigterm(start) -> None:
     assert child.finish() == 0, child.output()
     assert "Traceback" not in "\n".join(child.lines["stderr"]), child.output()
     assert child.runtime_lines()[-1].split(": ", 1)[1].startswith("shutdown: complete in ")
+
+
+# --- Hardening: each test below attacks run() the way a demanding user might (attacks.py) ---
+
+
+def attack(start, name: str) -> Child:
+    return start(name, script=ATTACKS)
+
+
+def test_force_exit_works_while_the_loop_is_wedged(start) -> None:
+    child = attack(start, "wedged-loop")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGINT)
+    child.signal_again(signal.SIGINT, gap=0.3)
+    sent = child.last_signal
+    assert child.finish() == 130, child.output()
+    assert time.monotonic() - sent < 5.0, "the force exit waited for the wedged loop"
+    child.wait_for("shutdown: second SIGINT received; exiting now with status 130")
+    stderr = "\n".join(child.lines["stderr"])
+    assert "task 'main':" in stderr
+    assert "in wedged" in stderr  # the stack shows where the loop is stuck
+
+
+def test_force_exit_works_while_the_loop_is_wedged_and_stderr_is_unread() -> None:
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    with subprocess.Popen(
+        [sys.executable, str(ATTACKS), "wedged-loop-unread-stderr"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,  # never read: the flood fills it and every log write blocks
+        text=True,
+    ) as popen:
+        try:
+            assert popen.stdout is not None
+            assert popen.stdout.readline() == "ready\n"
+            popen.send_signal(signal.SIGINT)
+            time.sleep(0.3)  # the gap between the two signals is the scenario
+            popen.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            assert popen.wait(timeout=HANG_GUARD) == 130
+            assert time.monotonic() - sent < 5.0
+        finally:
+            if popen.poll() is None:
+                popen.kill()
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_a_duplicate_signal_is_the_same_request(start, use_uvloop: bool) -> None:
+    if use_uvloop and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop not installed")
+    args = ["service", "--force-exit", "--clients", "5", *(["--uvloop"] if use_uvloop else [])]
+    child = start(*args)
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    child.signal_again(signal.SIGTERM, gap=0.02)  # as timeout(1) or a process group does
+    assert child.finish() == 0, child.output()
+    assert "INFO child: protected flush done" in child.lines["stderr"]
+    phases = [line.split(" app.runtime.aiorun: ", 1)[1] for line in child.runtime_lines()]
+    assert phases[0] == "shutdown: SIGTERM received"
+    repeats = [line for line in phases if line.startswith("shutdown: SIGTERM received again")]
+    assert len(repeats) == 1, child.output()  # logged, never dropped in silence
+    assert "the same request" in repeats[0]
+    assert phases[-1].startswith("shutdown: complete in ")
+
+
+def test_a_repeat_after_the_window_is_the_second_signal(start) -> None:
+    child = start("service", "--force-exit", "--stubborn")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    child.signal_again(signal.SIGTERM)
+    assert child.finish() == 143, child.output()
+    child.wait_for("shutdown: second SIGTERM received; exiting now with status 143")
+
+
+def test_cyclic_garbage_in_protected_work_stays_bounded(start) -> None:
+    child = attack(start, "cyclic-garbage")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    assert "INFO attack: churn done" in child.lines["stderr"]
+    peak = float(child.wait_for("peak_rss_mib=", "stdout").split("=")[1])
+    assert peak < 200, f"peak RSS {peak:.0f} MiB during the shutdown"
+
+
+def test_failures_the_caller_handles_are_not_unhandled(start) -> None:
+    child = attack(start, "handled-errors")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    stderr = "\n".join(child.lines["stderr"])
+    assert "handled: disk full (late)" in stderr
+    assert "handled: disk full (at once)" in stderr
+    assert "unhandled error" not in stderr
+    assert "nobody was waiting" not in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_failure_nobody_can_receive_is_still_unhandled(start) -> None:
+    child = attack(start, "dropped-error")
+    assert child.finish() == 1, child.output()
+    child.wait_for("shutdown: unhandled error stops the loop")
+    assert "OSError: disk full (at once)" in child.lines["stderr"]
+
+
+def test_an_exception_handler_call_without_an_exception_stops_the_loop(start) -> None:
+    child = attack(start, "message-only")
+    child.wait_for("ready", "stdout")
+    assert child.finish() == 0, child.output()
+    child.wait_for("shutdown: unhandled error stops the loop: a message, no exception")
+    assert child.runtime_lines()[-1].split(": ", 1)[1].startswith("shutdown: complete in ")
+
+
+def test_no_budget_means_no_limit(start) -> None:
+    child = attack(start, "no-budget")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    child.wait_for("shutdown callback ran")
+    child.wait_for("shutdown: cancelling 2 task(s)")
+    assert "Traceback" not in "\n".join(child.lines["stderr"]), child.output()
+
+
+def test_a_bad_argument_is_refused_before_anything_starts(start) -> None:
+    child = attack(start, "bad-budget")
+    assert child.finish() == 1
+    stderr = "\n".join(child.lines["stderr"])
+    assert "TypeError: run(): timeout_task_shutdown must be a number of seconds or None" in stderr
+    assert "main started" not in stderr
+    assert "shutdown callback ran" not in stderr
+    assert "never awaited" not in stderr
+
+
+def test_a_forked_child_signal_is_not_the_parents(start) -> None:
+    child = attack(start, "fork-pool")
+    child.wait_for("ready", "stdout")
+    assert not child.runtime_lines(), child.output()
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    assert "survived the pool" in "\n".join(child.lines["stderr"])
+    assert len([line for line in child.runtime_lines() if " received" in line]) == 1
+
+
+def test_the_users_loop_signal_handlers_are_put_back(start) -> None:
+    child = attack(start, "user-handlers")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    child.wait_for("run() returned")
+    child.wait_for("ready again", "stdout")
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    child.wait_for("user SIGTERM handler")
+
+
+def test_run_inside_a_running_loop_is_refused_and_touches_nothing(start) -> None:
+    child = attack(start, "nested-run")
+    child.wait_for("ready", "stdout")
+    line = child.wait_for("nested run refused: ")
+    assert "cannot be called from a running event loop" in line
+    stderr = "\n".join(child.lines["stderr"])
+    assert "inner main started" not in stderr
+    assert "never awaited" not in stderr
+    child.signal(signal.SIGTERM)  # the outer run() still hears its signals
+    assert child.finish() == 0, child.output()
+
+
+def test_protection_reaches_the_subtasks_of_protected_work(start) -> None:
+    child = attack(start, "subtasks")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    stderr = "\n".join(child.lines["stderr"])
+    for part in ("create_task", "task group", "gather 1", "gather 2", "started after the signal"):
+        assert f"part {part} done" in stderr, child.output()
+    assert "save done" in stderr
+    assert "waiting for 5 protected task(s)" in stderr, child.output()

@@ -76,6 +76,18 @@ def test_signal_stops_gracefully_with_phases_logged(start_service: StartService,
     assert service.journal.read_bytes() == b"before the signal\n"
 
 
+@posix_only
+def test_sighup_stops_gracefully_like_sigterm(start_service: StartService) -> None:
+    """A closed terminal or SSH session sends SIGHUP: drain, do not die."""
+    service = start_service()
+    assert exchange(service, b"before the hangup\n", 18) == b"before the hangup\n"
+    assert service.stop(signal.SIGHUP) == ExitCode.OK
+    assert "shutdown: SIGHUP received" in service.log
+    positions = [service.log.find(phase) for phase in SHUTDOWN_PHASES]
+    assert -1 not in positions, service.log
+    assert service.journal.read_bytes() == b"before the hangup\n"
+
+
 def test_ephemeral_port_is_reported(start_service: StartService) -> None:
     service = start_service()
     assert service.port != 0

@@ -18,17 +18,23 @@ from __future__ import annotations
 import _thread
 import asyncio
 import contextlib
+import contextvars
+import enum
+import functools
 import gc
 import importlib
 import inspect
 import io
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,8 +56,12 @@ _CANCEL_MESSAGE = "cancelled by run() shutdown"
 _GRACE = 0.05
 """Seconds a late phase still gets when the budget is spent: idle threads need a moment."""
 
-_EXIT_WATCHDOG = 2.0
+_EXIT_WATCHDOG = 1.0
 """Seconds the force exit may spend logging before it exits regardless."""
+
+_DUPLICATE_WINDOW = 0.1
+"""Seconds within which the same signal again is the same request, not a second one:
+``timeout``, process-group delivery and wrappers that forward Ctrl-C send it twice."""
 
 _STACKS_SHOWN = 20
 """How many task stacks one log line shows; the rest are only counted."""
@@ -73,7 +83,7 @@ class ShutdownReport:
     unfinished: tuple[str, ...]
     """Names of the tasks, protected ones included, still running when the budget ran out."""
     duration: float
-    """Seconds from the shutdown request to the end of ``run()``."""
+    """Seconds from the shutdown request to the end of the last shutdown phase."""
     busy_threads: tuple[str, ...] = field(default=())
     """Names of executor threads still busy when the budget ran out."""
 
@@ -86,7 +96,16 @@ class ShutdownReport:
 # --- Work the shutdown waits for ------------------------------------------------------------
 
 _protected: set[asyncio.Future[Any]] = set()
-"""Protected work, held strongly until it is done so it cannot be garbage-collected midway."""
+"""Protected work and its subtasks, held strongly until done so none is collected midway."""
+
+_PROTECTING: contextvars.ContextVar[bool] = contextvars.ContextVar("protecting", default=False)
+"""True inside protected work. Tasks copy their creator's context, so every task the work
+starts (with ``create_task``, ``gather`` or a ``TaskGroup``) is protected too."""
+
+
+def _protect(task: asyncio.Future[Any]) -> None:
+    _protected.add(task)
+    task.add_done_callback(_protected.discard)
 
 
 # PEP 695 type parameters need Python 3.12 and this module runs on 3.11: keep the TypeVar.
@@ -99,7 +118,9 @@ def shutdown_waits_for(  # noqa: RUF100, UP047
     ``create_task()`` or ``ensure_future()``, or drop it to fire and forget: all three work
     and none leaves a "never awaited" warning. Cancelling the caller does not cancel the
     work, as with ``asyncio.shield()``; cancelling the work itself reaches the caller as
-    ``CancelledError``. A failure nobody is waiting for goes to the loop's exception handler.
+    ``CancelledError``. Tasks the work starts are protected as well. A failure goes to the
+    loop's exception handler only once nobody can receive it any more: when the returned
+    object is dropped without having been awaited.
     """
     if loop is None:
         try:
@@ -108,10 +129,15 @@ def shutdown_waits_for(  # noqa: RUF100, UP047
             raise RuntimeError(
                 "shutdown_waits_for() needs a running event loop, or pass loop="
             ) from None
-    work = asyncio.ensure_future(coro, loop=loop)
-    _protected.add(work)
+    if asyncio.iscoroutine(coro):
+        context = contextvars.copy_context()
+        context.run(_PROTECTING.set, True)
+        work: asyncio.Future[_T] = loop.create_task(coro, context=context)
+    else:
+        work = asyncio.ensure_future(coro, loop=loop)
+    _protect(work)
     call = _ProtectedCall(work)
-    work.add_done_callback(call.work_done)
+    work.add_done_callback(functools.partial(_work_done, weakref.ref(call)))
     return call
 
 
@@ -126,14 +152,13 @@ class _ProtectedCall(Coroutine[Any, Any, _T]):
     def __init__(self, work: asyncio.Future[_T]) -> None:
         self._work = work
         self._receiver: Coroutine[Any, Any, _T] | None = None
-        self._waiting = 0
+        self._received = False
 
     async def _receive(self) -> _T:
-        self._waiting += 1
         try:
             return await asyncio.shield(self._work)
         finally:
-            self._waiting -= 1
+            self._received = self._received or self._work.done()
 
     def _driver(self) -> Coroutine[Any, Any, _T]:
         if self._receiver is None:
@@ -177,20 +202,29 @@ class _ProtectedCall(Coroutine[Any, Any, _T]):
     def __name__(self) -> str:
         return "shutdown_waits_for"
 
-    def work_done(self, work: asyncio.Future[_T]) -> None:
-        """Release the work and report a failure that no caller is there to receive."""
-        _protected.discard(work)
-        if work.cancelled():
-            return
-        error = work.exception()
-        if error is not None and self._waiting == 0:
-            work.get_loop().call_exception_handler(
-                {
-                    "message": "shutdown_waits_for() work failed and nobody was waiting for it",
-                    "exception": error,
-                    "future": work,
-                }
-            )
+    def __del__(self) -> None:
+        # The last chance to receive the failure is gone: report it, as asyncio reports a
+        # task's exception that was never retrieved.
+        if not self._received and self._work.done():
+            _report_unreceived(self._work)
+
+
+def _work_done(handle: weakref.ref[_ProtectedCall[Any]], work: asyncio.Future[Any]) -> None:
+    """Mark the outcome seen for asyncio; report a failure at once if the handle is gone."""
+    if not work.cancelled() and work.exception() is not None and handle() is None:
+        _report_unreceived(work)
+
+
+def _report_unreceived(work: asyncio.Future[Any]) -> None:
+    if work.cancelled() or work.exception() is None:
+        return
+    work.get_loop().call_exception_handler(
+        {
+            "message": "shutdown_waits_for() work failed and nobody received its error",
+            "exception": work.exception(),
+            "future": work,
+        }
+    )
 
 
 # --- run(): the whole story -----------------------------------------------------------------
@@ -206,43 +240,58 @@ def run(
     executor: Executor | None = None,
     use_uvloop: bool = False,
     stop_on_unhandled_errors: bool = False,
-    timeout_task_shutdown: float = 60.0,
+    timeout_task_shutdown: float | None = 60.0,
     force_exit_on_second_signal: bool = False,
 ) -> ShutdownReport:
     """Run the loop until a signal or ``loop.stop()``, then shut down gracefully.
 
     The loop keeps running after ``coro`` returns. A signal calls ``shutdown_handler(loop)``
-    (default: stop the loop); further signals are ignored, or with
+    (default: stop the loop). The same signal again within a moment is the same request (a
+    wrapper or a process group delivers it twice); later signals are ignored, or with
     ``force_exit_on_second_signal`` the second one logs the unfinished tasks and exits the
-    process at once with status 128 + signal number. Once the loop stops:
+    process at once with status 128 + signal number, even while the loop is blocked. Once
+    the loop stops:
 
     1. ``shutdown_callback`` runs, while every task is still alive (it has no time limit:
        bound it yourself, or rely on the second signal);
     2. every task not protected by ``shutdown_waits_for()`` is cancelled;
-    3. all tasks get up to ``timeout_task_shutdown`` seconds; the stacks of those still
-       running then are logged, and the executor gets whatever is left of that budget;
+    3. all tasks get up to ``timeout_task_shutdown`` seconds (None: no limit); the stacks of
+       those still running then are logged, and the executor gets what is left of it;
     4. a loop that ``run()`` created has its async generators closed and is closed;
     5. the signal handlers that were there before are restored;
     6. an unhandled error that stopped the loop (``stop_on_unhandled_errors``) is re-raised.
 
-    Returns a ``ShutdownReport``; aiorun returns None, so existing callers are unaffected.
+    Every argument is checked before anything starts. Returns a ``ShutdownReport``; aiorun
+    returns None, so existing callers are unaffected.
     """
     platform = _this_platform()
-    _check_arguments(loop, use_uvloop, stop_on_unhandled_errors)
+    try:
+        _check_arguments(
+            coro, loop, shutdown_handler, shutdown_callback, executor_workers, executor,
+            use_uvloop, stop_on_unhandled_errors, timeout_task_shutdown,
+        )  # fmt: skip
+    except BaseException:
+        for unused in (coro, shutdown_callback):  # no "never awaited" warning on top
+            if asyncio.iscoroutine(unused):
+                unused.close()
+        raise
+    budget = math.inf if timeout_task_shutdown is None else float(timeout_task_shutdown)
     owns_loop = loop is None
     if loop is None:
         loop = _new_loop(use_uvloop, platform)
         asyncio.set_event_loop(loop)
     handler_before = loop.get_exception_handler()
+    factory_before = loop.get_task_factory()
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=executor_workers, thread_name_prefix="aiorun")
     shutdown = _Shutdown(loop, shutdown_handler, force_exit_on_second_signal)
     hooks = _SignalHooks(platform, loop, shutdown.on_signal)
-    shutdown.hooks = hooks
     unfinished: tuple[str, ...] = ()
     busy_threads: tuple[str, ...] = ()
+    duration = 0.0
     try:
         loop.set_default_executor(executor)
+        loop.set_task_factory(_protecting_task_factory(factory_before))
         if stop_on_unhandled_errors:
             loop.set_exception_handler(shutdown.stop_on_error)
         if coro is not None:
@@ -253,17 +302,19 @@ def run(
 
         if shutdown_callback is not None:
             shutdown.run_callback(shutdown_callback)
-        deadline = loop.time() + max(timeout_task_shutdown, 0.0)
-        with _garbage_collector_paused():
-            stuck = shutdown.drive(_cancel_and_wait(timeout_task_shutdown, deadline))
-            shutdown.abandoned.update(id(task) for task in stuck)
-            unfinished = tuple(task.get_name() for task in stuck)
-            del stuck
-            busy_threads = shutdown.drive(_stop_executor(executor, deadline))
-            if owns_loop:
-                shutdown.drive(_close_async_generators(deadline))
+        deadline = loop.time() + budget
+        stuck = shutdown.drive(_cancel_and_wait(budget, deadline))
+        shutdown.abandoned.update(id(task) for task in stuck)
+        unfinished = tuple(task.get_name() for task in stuck)
+        del stuck
+        busy_threads = shutdown.drive(_stop_executor(executor, deadline))
+        if owns_loop:
+            shutdown.drive(_close_async_generators(deadline))
+        duration = time.monotonic() - shutdown.requested_at
+        shutdown.drive(shutdown.hear_duplicates())
     finally:
         hooks.restore()
+        loop.set_task_factory(factory_before)
         if owns_loop:
             _forget_protected_work(loop)
             loop.close()
@@ -274,10 +325,14 @@ def run(
     report = ShutdownReport(
         signal=shutdown.signal,
         unfinished=unfinished,
-        duration=time.monotonic() - shutdown.requested_at,
+        duration=duration,
         busy_threads=busy_threads,
     )
-    logger.info("shutdown: complete in %.3fs", report.duration)
+    logger.info(
+        "shutdown: complete in %.3fs",
+        report.duration,
+        extra={"phase": "complete", "duration": round(report.duration, 6)},
+    )
     if shutdown.pending is not None:
         raise shutdown.pending
     return report
@@ -287,12 +342,69 @@ def run(
 
 
 def _check_arguments(
-    loop: asyncio.AbstractEventLoop | None, use_uvloop: bool, stop_on_unhandled_errors: bool
+    coro: object,
+    loop: object,
+    shutdown_handler: object,
+    shutdown_callback: object,
+    executor_workers: object,
+    executor: object,
+    use_uvloop: bool,
+    stop_on_unhandled_errors: bool,
+    timeout_task_shutdown: object,
 ) -> None:
-    """Refuse combinations that cannot do what they promise, before anything starts."""
+    """Refuse what cannot work, before anything starts: not at the shutdown, half-way."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "run() cannot be called from a running event loop: await the coroutine instead"
+        )
+    if coro is not None and not inspect.isawaitable(coro):
+        raise TypeError(f"run(): coro must be a coroutine or awaitable, not {_kind(coro)}")
+    if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+        raise TypeError(f"run(): loop must be an asyncio event loop, not {_kind(loop)}")
+    if loop is not None and (loop.is_running() or loop.is_closed()):
+        state = "running" if loop.is_running() else "closed"
+        raise RuntimeError(f"run(): the loop passed with loop= is already {state}")
+    if shutdown_handler is not None and not callable(shutdown_handler):
+        raise TypeError(f"run(): shutdown_handler must be callable, not {_kind(shutdown_handler)}")
+    if not (
+        shutdown_callback is None
+        or callable(shutdown_callback)
+        or inspect.isawaitable(shutdown_callback)
+    ):
+        raise TypeError(
+            "run(): shutdown_callback must be a function, an async function or a coroutine, "
+            f"not {_kind(shutdown_callback)}"
+        )
+    if executor_workers is not None and (
+        isinstance(executor_workers, bool)
+        or not isinstance(executor_workers, int)
+        or executor_workers < 1
+    ):
+        raise ValueError(f"run(): executor_workers must be an int >= 1, not {executor_workers!r}")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"run(): executor must be a concurrent.futures.Executor, not {_kind(executor)}"
+        )
+    if timeout_task_shutdown is not None and (
+        isinstance(timeout_task_shutdown, bool)
+        or not isinstance(timeout_task_shutdown, int | float)
+    ):
+        raise TypeError(
+            "run(): timeout_task_shutdown must be a number of seconds or None (no limit), "
+            f"not {_kind(timeout_task_shutdown)}"
+        )
+    if timeout_task_shutdown is not None and not timeout_task_shutdown >= 0:
+        raise ValueError(
+            "run(): timeout_task_shutdown must be >= 0 seconds or None (no limit), "
+            f"not {timeout_task_shutdown!r}"
+        )
     if loop is not None and use_uvloop:
         raise ValueError(
-            "run(): pass either loop= or use_uvloop=True, not both "
+            "run(): loop= and use_uvloop=True are mutually exclusive "
             "(to use uvloop with your own loop, create it with uvloop.new_event_loop())"
         )
     if loop is not None and stop_on_unhandled_errors and loop.get_exception_handler():
@@ -300,6 +412,10 @@ def _check_arguments(
             "run(stop_on_unhandled_errors=True) cannot be used with a loop that already has "
             "a custom exception handler: that handler would decide what an error does"
         )
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
 
 
 def _new_loop(use_uvloop: bool, platform: _Platform) -> asyncio.AbstractEventLoop:
@@ -315,14 +431,46 @@ def _new_loop(use_uvloop: bool, platform: _Platform) -> asyncio.AbstractEventLoo
     return cast(asyncio.AbstractEventLoop, module.new_event_loop())
 
 
+def _protecting_task_factory(previous: Any) -> Callable[..., asyncio.Future[Any]]:
+    """Wrap the loop's task factory: a task created inside protected work is protected.
+
+    A task factory sees every ``create_task()``, in the creator's context or the one it
+    passes, on every Python version (``Task.get_context()`` only exists from 3.12).
+    """
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        if previous is None:
+            task: asyncio.Future[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        else:
+            task = previous(loop, coro, **kwargs)
+        context = kwargs.get("context")
+        if context.get(_PROTECTING) if context is not None else _PROTECTING.get():
+            _protect(task)
+        return task
+
+    return factory
+
+
 # --- The shutdown's state: how it is asked for, and how its phases run ----------------------
 
 
-class _Shutdown:
-    """One run()'s shutdown: who asked for it and when, and the error to re-raise at the end.
+class _State(enum.Enum):
+    """Where one run() is. It only moves forward: RUNNING -> STOPPING -> EXITING."""
 
-    Read in order: starting the caller's coroutine; the requests to stop (a signal, a second
-    signal, an unhandled error, ``loop.stop()``); then the tools the phases run with.
+    RUNNING = "running"
+    """No shutdown asked for yet: the loop runs the service."""
+    STOPPING = "stopping"
+    """A signal, an unhandled error or ``loop.stop()`` asked; the phases run."""
+    EXITING = "exiting"
+    """A second signal with force exit: the process is leaving without waiting."""
+
+
+class _Shutdown:
+    """One run()'s shutdown: its state, who asked for it and when, the error to re-raise.
+
+    Read in order: starting the caller's coroutine; the requests to stop (a signal, a
+    duplicate or a second signal, an unhandled error, ``loop.stop()``); then the tools the
+    phases run with.
     """
 
     def __init__(
@@ -334,14 +482,14 @@ class _Shutdown:
         self.loop = loop
         self.handler = handler
         self.force_exit = force_exit
-        self.hooks: _SignalHooks | None = None
-        self.main: asyncio.Future[object] | None = None
-        self.phase: asyncio.Future[Any] | None = None
+        self.state = _State.RUNNING
+        self.first_heard: tuple[int, float] | None = None
+        """The first signal and when it was heard (time.monotonic())."""
         self.requested_at = 0.0
-        self.requested = False
         self.signal: int | None = None
         self.pending: BaseException | None = None
-        self.signals_seen = 0
+        self.main: asyncio.Future[object] | None = None
+        self.phase: asyncio.Future[Any] | None = None
         self.abandoned: set[int] = set()
 
     def start_main(self, coro: Awaitable[object]) -> None:
@@ -363,67 +511,104 @@ class _Shutdown:
             )
 
     def request(self, signum: int | None = None) -> bool:
-        """Mark the shutdown as begun; False if it already had. Disarms stop_on_error."""
-        if self.requested:
+        """Move from RUNNING to STOPPING; False if the shutdown had already begun."""
+        if self.state is not _State.RUNNING:
             return False
-        self.requested = True
+        self.state = _State.STOPPING
         self.requested_at = time.monotonic()
         self.signal = signum
-        if self.force_exit and self.hooks is not None:
-            self.hooks.go_direct()
         return True
 
     def on_signal(self, signum: int) -> None:
-        """Handle a shutdown signal; may run inside a Python signal handler, not the loop."""
-        self.signals_seen += 1
-        if self.signals_seen == 1:
+        """Hear a shutdown signal. Runs as a Python signal handler, so even a blocked loop
+        cannot delay it; it only records, wakes the loop, or starts the force exit."""
+        now = time.monotonic()
+        if self.state is _State.EXITING:
+            os._exit(128 + signum)  # another signal while the second one is being reported
+        if self.first_heard is None:
+            self.first_heard = (signum, now)
             self._call_in_loop(self._first_signal, signum)
-        elif self.force_exit and self.signals_seen == 2:
+            return
+        first, heard_at = self.first_heard
+        if signum == first and now - heard_at < _DUPLICATE_WINDOW:
+            self._call_in_loop(self._duplicate, signum, now - heard_at)
+        elif self.force_exit:
+            self.state = _State.EXITING
             # Not here: a signal handler that logs can re-enter a stream write it interrupted.
             _thread.start_new_thread(self._exit_now, (signum,))
-        elif self.force_exit:
-            os._exit(128 + signum)  # a third signal while the second one is being reported
         else:
             self._call_in_loop(
                 logger.info,
                 "shutdown: %s received again; ignored, already shutting down",
                 _signal_name(signum),
+                extra={"phase": "signal", "signal": _signal_name(signum)},
             )
 
     def _first_signal(self, signum: int) -> None:
+        name = _signal_name(signum)
         if not self.request(signum):
-            logger.info("shutdown: %s received; already shutting down", _signal_name(signum))
+            logger.info(
+                "shutdown: %s received; already shutting down",
+                name,
+                extra={"phase": "signal", "signal": name},
+            )
             return
-        logger.info("shutdown: %s received", _signal_name(signum))
+        logger.info("shutdown: %s received", name, extra={"phase": "signal", "signal": name})
         if self.handler is None:
             self.loop.stop()
             return
         try:
             self.handler(self.loop)
         except Exception:
-            logger.exception("shutdown: shutdown_handler failed; stopping the loop instead")
+            logger.exception(
+                "shutdown: shutdown_handler failed; stopping the loop instead",
+                extra={"phase": "signal", "signal": name},
+            )
             self.loop.stop()
 
-    def _call_in_loop(self, callback: Callable[..., object], *args: object) -> None:
+    def _duplicate(self, signum: int, after: float) -> None:
+        name = _signal_name(signum)
+        logger.info(
+            "shutdown: %s received again after %.0f ms; the same request",
+            name,
+            after * 1000,
+            extra={"phase": "signal", "signal": name, "duplicate": True},
+        )
+
+    async def hear_duplicates(self) -> None:
+        """Keep hearing signals until a duplicate of the first could no longer come.
+
+        A fast shutdown may finish within the window; restoring the default handler then
+        would let the duplicate kill the process that had just stopped cleanly.
+        """
+        if self.first_heard is not None and self.state is _State.STOPPING:
+            left = self.first_heard[1] + _DUPLICATE_WINDOW - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+
+    def _call_in_loop(self, callback: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to stop
-            self.loop.call_soon_threadsafe(callback, *args)
+            self.loop.call_soon_threadsafe(functools.partial(callback, *args, **kwargs))
 
     def _exit_now(self, signum: int) -> None:
         """The second signal: say what is still running, then leave without waiting.
 
-        Runs in a thread of its own. A watchdog exits anyway if a log handler blocks.
+        Runs in a thread of its own. A watchdog exits anyway if a log handler blocks, for
+        instance on a stderr pipe that nobody reads.
         """
         status = 128 + signum
         watchdog = threading.Timer(_EXIT_WATCHDOG, os._exit, (status,))
         watchdog.daemon = True
         watchdog.start()
         running = [task for task in asyncio.all_tasks(self.loop) if task is not self.phase]
+        name = _signal_name(signum)
         logger.warning(
             "shutdown: second %s received; exiting now with status %d; %d task(s) still running%s",
-            _signal_name(signum),
+            name,
             status,
             len(running),
             _describe_tasks(running),
+            extra={"phase": "force-exit", "signal": name, "status": status, "tasks": len(running)},
         )
         logging.shutdown()  # flushes every handler: os._exit() below skips atexit
         for stream in (sys.stdout, sys.stderr):
@@ -433,21 +618,23 @@ class _Shutdown:
         os._exit(status)
 
     def stop_on_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """The stop_on_unhandled_errors handler: the first error stops the loop, and is kept.
+        """The stop_on_unhandled_errors handler: the first call stops the loop.
 
+        Every call counts, with or without an exception; an exception is kept to re-raise.
         Once the shutdown has begun it only logs: the cancellations the shutdown causes must
         not stop the loop again halfway through the shutdown.
         """
-        error = context.get("exception")
-        if self.requested or not isinstance(error, BaseException):
+        if not self.request():
             loop.default_exception_handler(context)
             return
-        self.request()
-        self.pending = error
+        error = context.get("exception")
+        if isinstance(error, BaseException):
+            self.pending = error
         logger.error(
             "shutdown: unhandled error stops the loop: %s",
             context.get("message", "(no message)"),
-            exc_info=error,
+            exc_info=error if isinstance(error, BaseException) else None,
+            extra={"phase": "error", "error": repr(error) if error is not None else None},
         )
         loop.stop()
 
@@ -457,13 +644,16 @@ class _Shutdown:
             self.loop.run_forever()
         except KeyboardInterrupt:  # only if someone put the default SIGINT handler back
             if self.request(signal.SIGINT):
-                logger.info("shutdown: SIGINT received (KeyboardInterrupt)")
+                logger.info(
+                    "shutdown: SIGINT received (KeyboardInterrupt)",
+                    extra={"phase": "signal", "signal": "SIGINT"},
+                )
         except SystemExit as exc:
             if self.request():
-                logger.info("shutdown: SystemExit raised")
+                logger.info("shutdown: SystemExit raised", extra={"phase": "signal"})
             self.pending = self.pending or exc
         if self.request():
-            logger.info("shutdown: loop stopped")
+            logger.info("shutdown: loop stopped", extra={"phase": "signal"})
         self._quieten_exception_handler()
 
     def _quieten_exception_handler(self) -> None:
@@ -507,7 +697,7 @@ class _Shutdown:
 
     def run_callback(self, callback: ShutdownCallback) -> None:
         """Run shutdown_callback with every task alive; its error is re-raised unless one is."""
-        logger.info("shutdown: running shutdown callback")
+        logger.info("shutdown: running shutdown callback", extra={"phase": "callback"})
         try:
             if inspect.isawaitable(callback):
                 self.drive(callback, ours=False)
@@ -515,16 +705,19 @@ class _Shutdown:
                 result = callback(self.loop)
                 if inspect.isawaitable(result):
                     self.drive(result, ours=False)
-            else:
-                raise TypeError(f"shutdown_callback must be callable or awaitable: {callback!r}")
         except BaseException as exc:
             if self.pending is None:
                 self.pending = exc
                 if isinstance(exc, Exception):  # logged once here, like errors that stop the loop
-                    logger.error("shutdown: shutdown callback failed", exc_info=exc)
+                    logger.error(
+                        "shutdown: shutdown callback failed",
+                        exc_info=exc,
+                        extra={"phase": "callback", "error": repr(exc)},
+                    )
             else:
                 logger.exception(
-                    "shutdown: shutdown callback failed; the earlier error is re-raised instead"
+                    "shutdown: shutdown callback failed; the earlier error is re-raised instead",
+                    extra={"phase": "callback", "error": repr(exc)},
                 )
 
 
@@ -550,17 +743,26 @@ def _this_platform() -> _Platform:
             signals=(signal.SIGINT, signal.SIGBREAK),
             proactor_types=(asyncio.ProactorEventLoop,),
         )
-    return _Platform(windows=False, signals=(signal.SIGINT, signal.SIGTERM))
+    # SIGHUP too: a closed terminal or SSH session should stop the service gracefully.
+    return _Platform(windows=False, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 
 
 class _SignalHooks:
-    """Installs the handlers that turn signals into shutdown requests, and removes them.
+    """Hears the shutdown signals with ``signal.signal``, wakes the loop, and puts back
+    everything that was there before.
 
-    POSIX: ``loop.add_signal_handler``, or ``signal.signal`` where the loop cannot (it
-    raises NotImplementedError). Windows: ``signal.signal`` for SIGINT and SIGBREAK, plus
-    a periodic wake-up where a signal cannot wake the loop by itself, so Ctrl-C is noticed
-    while the loop waits in ``select()``. Off the main thread nothing is installed.
+    A Python-level handler runs between two bytecodes of the main thread, so it is heard
+    even while a callback blocks the loop; ``loop.add_signal_handler`` would wait for the
+    loop. To wake a loop waiting in ``select()``, POSIX gets a wake-up fd of our own
+    (``signal.set_wakeup_fd``) that the loop reads and discards; Windows gets its Proactor's
+    fd, or a periodic wake-up. Handlers added with ``loop.add_signal_handler`` stay
+    registered with the loop and work again afterwards. A ``fork()``ed child puts the
+    previous handlers back at once, so its signals are its own. Off the main thread
+    nothing is installed.
     """
+
+    installed: _SignalHooks | None = None
+    """The hooks in place in this process, for a forked child to undo."""
 
     def __init__(
         self,
@@ -572,8 +774,9 @@ class _SignalHooks:
         self._loop = loop
         self._on_signal = on_signal
         self._previous: dict[int, Any] = {}
-        self._via_loop: list[int] = []
         self._wakeup: asyncio.TimerHandle | None = None
+        self._wakeup_pair: tuple[socket.socket, socket.socket] | None = None
+        self._wakeup_fd_before = -1
 
     @property
     def waking_up(self) -> bool:
@@ -586,23 +789,31 @@ class _SignalHooks:
             return
         for sig in self._platform.signals:
             self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._direct)
+        _SignalHooks.installed = self
         if self._platform.windows:
-            for sig in self._platform.signals:
-                signal.signal(sig, self._direct)
             if not self._signals_wake_loop():
                 self._tick()
-            return
-        for sig in self._platform.signals:
-            try:
-                self._loop.add_signal_handler(sig, self._on_signal, sig)
-            except NotImplementedError:
-                logger.debug("signals: loop cannot add signal handlers, using signal.signal")
-                signal.signal(sig, self._direct)
-            else:
-                self._via_loop.append(sig)
+        elif not self._wake_loop_with_our_fd():
+            logger.debug("signals: the loop cannot watch a socket; waking it periodically")
+            self._tick()
 
     def _direct(self, signum: int, frame: FrameType | None) -> None:
         self._on_signal(signum)
+
+    def _wake_loop_with_our_fd(self) -> bool:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            self._loop.add_reader(reader.fileno(), _discard_wakeups, reader)
+        except NotImplementedError:
+            reader.close()
+            writer.close()
+            return False
+        self._wakeup_pair = (reader, writer)
+        self._wakeup_fd_before = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        return True
 
     def _signals_wake_loop(self) -> bool:
         """True for a Proactor loop whose wake-up fd is in place (set when it was created)."""
@@ -615,24 +826,47 @@ class _SignalHooks:
     def _tick(self) -> None:
         self._wakeup = self._loop.call_later(self._platform.wakeup_interval, self._tick)
 
-    def go_direct(self) -> None:
-        """Hear further signals without the loop, so a blocked loop cannot delay a force exit."""
-        for sig in self._via_loop:
-            self._loop.remove_signal_handler(sig)
-            signal.signal(sig, self._direct)
-        self._via_loop.clear()
-
     def restore(self) -> None:
-        """Put back the handlers that were there before run(); aiorun leaves SIG_IGN."""
+        """Put back the handlers and the wake-up fd that were there before run()."""
         if self._wakeup is not None:
             self._wakeup.cancel()
             self._wakeup = None
-        for sig in self._via_loop:
-            self._loop.remove_signal_handler(sig)
-        self._via_loop.clear()
+        self._put_back_handlers()
+        if self._wakeup_pair is not None:
+            reader, writer = self._wakeup_pair
+            self._wakeup_pair = None
+            with contextlib.suppress(Exception):  # a loop closed by the caller's own code
+                self._loop.remove_reader(reader.fileno())
+            reader.close()
+            writer.close()
+
+    def _put_back_handlers(self) -> None:
+        if self._wakeup_pair is not None:
+            signal.set_wakeup_fd(self._wakeup_fd_before)
         for sig, previous in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
+        if _SignalHooks.installed is self:
+            _SignalHooks.installed = None
+
+    @staticmethod
+    def forget_in_forked_child() -> None:
+        """In a ``fork()``ed child: its signals are not the parent's shutdown requests."""
+        hooks = _SignalHooks.installed
+        if hooks is not None:
+            with contextlib.suppress(Exception):
+                hooks._put_back_handlers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_SignalHooks.forget_in_forked_child)
+
+
+def _discard_wakeups(reader: socket.socket) -> None:
+    """Empty our wake-up fd: the signal itself is handled by the Python-level handler."""
+    with contextlib.suppress(OSError):
+        while reader.recv(4096):
+            pass
 
 
 def _signal_name(signum: int) -> str:
@@ -647,11 +881,13 @@ def _signal_name(signum: int) -> str:
 
 @contextlib.contextmanager
 def _garbage_collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the phases the budget bounds.
+    """Pause the cyclic garbage collector for one cancel pass: the cancel calls and the one
+    step in which most cancelled tasks end.
 
     Cancelling thousands of tasks makes thousands of short-lived reference cycles
-    (exceptions, tracebacks, frames); a full collection in the middle can cost as much as
-    the rest of the shutdown. The pause lasts at most the budget and is undone afterwards.
+    (exceptions, tracebacks, frames); a collection in the middle of the pass can cost as
+    much as the rest of the shutdown. Pausing longer would let protected work or a slow
+    task fill memory with garbage nobody collects, so the pause ends with the pass.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -660,6 +896,11 @@ def _garbage_collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _seconds_left(loop: asyncio.AbstractEventLoop, deadline: float) -> float | None:
+    """What is left of the budget, or None for no limit (``timeout_task_shutdown=None``)."""
+    return None if deadline == math.inf else deadline - loop.time()
 
 
 async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[Any]]:
@@ -679,23 +920,30 @@ async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[
         if not pending:
             return []
         fresh = [task for task in pending if task not in _protected and task not in cancelled]
-        for task in fresh:
-            task.cancel(_CANCEL_MESSAGE)
-        cancelled.update(fresh)
-        if first_pass:
-            logger.info(
-                "shutdown: cancelling %d task(s); waiting for %d protected task(s)",
-                len(fresh),
-                len(pending) - len(fresh),
-            )
-            first_pass = False
+        with _garbage_collector_paused():
+            for task in fresh:
+                task.cancel(_CANCEL_MESSAGE)
+            cancelled.update(fresh)
+            if first_pass:
+                logger.info(
+                    "shutdown: cancelling %d task(s); waiting for %d protected task(s)",
+                    len(fresh),
+                    len(pending) - len(fresh),
+                    extra={
+                        "phase": "cancel",
+                        "tasks": len(fresh),
+                        "protected": len(pending) - len(fresh),
+                    },
+                )
+                first_pass = False
+            if not out_of_time:
+                # Most cancelled tasks end in their next step: let them take it, then wait
+                # (with a done callback each) only for the few that did not.
+                await asyncio.sleep(0)
         if not out_of_time:
-            # Most cancelled tasks end in their next step: let them take it, then wait (with
-            # a done callback each) only for the few that did not, not for all of them.
-            await asyncio.sleep(0)
             pending = {task for task in pending if not task.done()}
-            remaining = deadline - loop.time()
-            if pending and remaining > 0:
+            remaining = _seconds_left(loop, deadline)
+            if pending and (remaining is None or remaining > 0):
                 _, pending = await asyncio.wait(pending, timeout=remaining)
             if not pending:
                 out_of_time = loop.time() >= deadline
@@ -707,6 +955,7 @@ async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[
             len(stuck),
             budget,
             _describe_tasks(stuck),
+            extra={"phase": "timeout", "tasks": len(stuck), "budget": budget},
         )
         return stuck
 
@@ -729,10 +978,11 @@ async def _stop_executor(executor: Executor, deadline: float) -> tuple[str, ...]
             loop.call_soon_threadsafe(_resolve, joined)
 
     threading.Thread(target=join, name="aiorun-executor-join", daemon=True).start()
-    budget = max(deadline - loop.time(), _GRACE)
+    left = _seconds_left(loop, deadline)
+    budget = None if left is None else max(left, _GRACE)
     await asyncio.wait({joined}, timeout=budget)
     if joined.done():
-        logger.info("shutdown: executor stopped")
+        logger.info("shutdown: executor stopped", extra={"phase": "executor"})
         return ()
     threads = [thread for thread in getattr(executor, "_threads", ()) if thread.is_alive()]
     logger.warning(
@@ -740,6 +990,7 @@ async def _stop_executor(executor: Executor, deadline: float) -> tuple[str, ...]
         budget,
         len(threads),
         _describe_threads(threads),
+        extra={"phase": "executor", "threads": len(threads)},
     )
     return tuple(sorted(thread.name for thread in threads))
 
@@ -752,10 +1003,15 @@ def _resolve(future: asyncio.Future[None]) -> None:
 async def _close_async_generators(deadline: float) -> None:
     """Finalise async generators still suspended, as asyncio.run() does, within the budget."""
     loop = asyncio.get_running_loop()
+    left = _seconds_left(loop, deadline)
     try:
-        await asyncio.wait_for(loop.shutdown_asyncgens(), max(deadline - loop.time(), _GRACE))
+        await asyncio.wait_for(
+            loop.shutdown_asyncgens(), None if left is None else max(left, _GRACE)
+        )
     except TimeoutError:
-        logger.warning("shutdown: async generators still closing; left behind")
+        logger.warning(
+            "shutdown: async generators still closing; left behind", extra={"phase": "asyncgens"}
+        )
 
 
 # --- After it stops: what was left behind ---------------------------------------------------
