@@ -14,13 +14,11 @@ import importlib.util
 import io
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-from dotenv import dotenv_values
-from dotenv.parser import parse_stream
 
 PREFIX = "APP_"
 DEFAULT_PORT = {{ cookiecutter.port | int }}
@@ -150,26 +148,53 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """Return the ``APP_`` assignments of a ``.env`` file, or refuse the whole file.
+_ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
+"""The key at the start of a ``.env`` statement, found without reading its value."""
 
-    python-dotenv skips a line it cannot parse with a warning; a half-read configuration
-    is worse than none, so any such line is an error here.
+
+def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Return the ``.env`` assignments and warnings, or refuse the file.
+
+    python-dotenv skips a statement it cannot parse with a warning; a half-read configuration
+    is worse than none, so a broken statement for one of our settings is an error. One for a
+    key the service does not read (a shared file, someone else's secret) is only a warning.
+    Neither message shows the value: ``.env`` files hold passwords.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return {}, []
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
+    from dotenv import dotenv_values  # only when there is a file: it is slow to import
+    from dotenv.parser import parse_stream
+
+    kept: list[str] = []
+    warnings: list[str] = []
     for binding in parse_stream(io.StringIO(text)):
-        line = binding.original.line
-        if binding.error:
-            raise ConfigError(f"{path} line {line} is not KEY=VALUE: {binding.original.string!r}")
-        if binding.key is not None and binding.value is None:
-            raise ConfigError(f"{path} line {line}: {binding.key} has no value (KEY=VALUE)")
-    values = dotenv_values(stream=io.StringIO(text))
-    return {key: value for key, value in values.items() if value is not None}
+        statement = binding.original.string
+        if not binding.error:
+            kept.append(statement)
+            if binding.key is not None and binding.value is None:
+                raise ConfigError(
+                    f"{path} line {binding.original.line}: {binding.key} has no value (KEY=VALUE)"
+                )
+            continue
+        blank = len(statement) - len(statement.lstrip())
+        line = binding.original.line + statement.count("\n", 0, blank)
+        # An unclosed quote runs on to the next quote, so one broken statement can hide
+        # the lines after it: any of our settings among them makes it an error too.
+        keys = [m[1] for m in map(_ASSIGNMENT.match, statement.splitlines()) if m]
+        if not keys:
+            raise ConfigError(f"{path} line {line}: not KEY=VALUE")
+        message = f"{path} line {line}: {keys[0]} is not KEY=VALUE (check its quotes)"
+        if keys[0] in KNOWN_VARIABLES:
+            raise ConfigError(message)
+        if hidden := [key for key in keys[1:] if key in KNOWN_VARIABLES]:
+            raise ConfigError(f"{message}, which hides {', '.join(hidden)}")
+        warnings.append(message + "; ignored")
+    values = dotenv_values(stream=io.StringIO("".join(kept)))
+    return {key: value for key, value in values.items() if value is not None}, warnings
 
 
 def load_settings(
@@ -180,7 +205,8 @@ def load_settings(
     Raises ConfigError for the first bad value, naming the variable.
     """
     environ = os.environ if environ is None else environ
-    merged = {**read_env_file(env_file), **environ}
+    from_file, warnings = read_env_file(env_file)
+    merged = {**from_file, **environ}
     values: dict[str, Any] = {}
     for field, parse in _PARSERS.items():
         name = PREFIX + field.upper()
@@ -193,7 +219,7 @@ def load_settings(
             raise ConfigError(f"{name}={raw!r}: {exc}") from None
     if values.get("use_uvloop") and not _uvloop_available():
         raise ConfigError("APP_USE_UVLOOP is on but uvloop is not installed: pip install uvloop")
-    warnings = [
+    warnings += [
         _unknown_variable_warning(name)
         for name in sorted(merged)
         if name.startswith(PREFIX) and name not in KNOWN_VARIABLES
@@ -208,7 +234,7 @@ def client_port() -> str:
     finds the service it sits next to. A broken ``.env`` is the service's to report.
     """
     try:
-        from_file = read_env_file(Path(".env"))
+        from_file, _ = read_env_file(Path(".env"))
     except ConfigError:
         from_file = {}
     return os.environ.get("APP_PORT") or from_file.get("APP_PORT") or str(DEFAULT_PORT)

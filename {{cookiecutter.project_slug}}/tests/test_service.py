@@ -181,14 +181,57 @@ def test_bad_setting_exits_2_with_one_line(run_app, settings: dict[str, str], na
     assert lines[0].startswith(f"error: {names}=")
 
 
+FAKE_SECRET = "S3cr3tPassw0rd"
+"""A stand-in password: it must never show up in anything the service prints."""
+
+
 def test_malformed_env_file_exits_2(run_app, workdir, figure) -> None:
-    (workdir / ".env").write_text("APP_PORT=1234\nthis line is not an assignment\n")
+    (workdir / ".env").write_text(f"APP_PORT=1234\nthis line {FAKE_SECRET} is no assignment\n")
+    result = run_app()
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.splitlines() == ["error: .env line 2: not KEY=VALUE"]
+    figure("startup", "malformed .env or setting: one line, exit 2")
+
+
+def test_malformed_env_line_names_the_key_never_the_value(run_app, workdir) -> None:
+    """An unterminated quote in a setting the service uses: line and key, not the value."""
+    (workdir / ".env").write_text(
+        f'APP_PORT=1234\n\nAPP_JOURNAL_PATH="/srv/{FAKE_SECRET}/journal.log\n'
+    )
     result = run_app()
     assert result.returncode == ExitCode.CONFIG
     assert result.stderr.splitlines() == [
-        "error: .env line 2 is not KEY=VALUE: 'this line is not an assignment\\n'"
+        "error: .env line 3: APP_JOURNAL_PATH is not KEY=VALUE (check its quotes)"
     ]
-    figure("startup", "malformed .env or setting: one line, exit 2")
+    assert FAKE_SECRET not in result.stderr
+
+
+def test_unclosed_quote_hiding_a_setting_is_an_error(run_app, workdir) -> None:
+    """An unclosed quote runs on to the next quote, swallowing the settings in between."""
+    (workdir / ".env").write_text(f'DATABASE_URL="{FAKE_SECRET}\nAPP_PORT="1"\n')
+    result = run_app()
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.splitlines() == [
+        "error: .env line 1: DATABASE_URL is not KEY=VALUE (check its quotes), which hides APP_PORT"
+    ]
+
+
+def test_malformed_env_line_for_a_foreign_key_only_warns(
+    start_service: StartService, workdir
+) -> None:
+    """Someone else's secret in a shared .env, with a broken quote: warn without the value,
+    and serve, with the settings on the lines around it read as usual."""
+    (workdir / ".env").write_text(
+        "APP_MAX_LINE_BYTES=8\n"
+        f'DATABASE_URL="postgres://admin:{FAKE_SECRET}@db/prod\n'
+        f"export  API_TOKEN='{FAKE_SECRET}\n"
+    )
+    service = start_service()
+    assert ".env line 2: DATABASE_URL is not KEY=VALUE (check its quotes); ignored" in service.log
+    assert ".env line 3: API_TOKEN is not KEY=VALUE (check its quotes); ignored" in service.log
+    assert exchange(service, b"too long\n", 100).startswith(b"error: line longer than 8")
+    assert service.stop() == ExitCode.OK
+    assert FAKE_SECRET not in service.log
 
 
 def test_env_file_is_read_and_real_environment_wins(start_service: StartService, workdir) -> None:
