@@ -38,6 +38,8 @@ def main() -> int:
         return supervisor.main(settings)
 
     loop = _new_loop(settings.use_uvloop)
+    if settings.worker_index:
+        supervisor.beat_to_supervisor(loop, settings.heartbeat_timeout / 4)
     service = EchoService(settings)
     try:
         # Start before run() takes the loop over: a port in use or an unwritable journal is

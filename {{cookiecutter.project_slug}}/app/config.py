@@ -73,6 +73,9 @@ class Settings:
     worker_index: int = 0
     """Set by the supervisor in each worker's environment (1..N); 0 in a process started by
     hand. A worker binds its port with SO_REUSEPORT so that all workers can share it."""
+    heartbeat_timeout: float = 10.0
+    """Seconds a worker's event loop may go without a heartbeat to the supervisor before it
+    is killed and replaced (a stopped or wedged worker would keep taking connections)."""
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -144,6 +147,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "journal_path": _parse_path,
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
+    "heartbeat_timeout": _parse_seconds,
 }
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 
