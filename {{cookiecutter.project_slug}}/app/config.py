@@ -237,11 +237,25 @@ def client_port() -> str:
     Read like the service reads it (environment over ``.env``), so ``python -m app.client``
     finds the service it sits next to. A broken ``.env`` is the service's to report.
     """
+    return _client_setting("APP_PORT") or str(DEFAULT_PORT)
+
+
+def client_host() -> str:
+    """The address local tools reach the service at: APP_HOST, with a wildcard made local.
+
+    A service bound to every IPv4 address (``0.0.0.0``) answers on 127.0.0.1; one bound to
+    every IPv6 address (``::``, IPv6 only, as asyncio binds it) answers on ``::1``.
+    """
+    host = _client_setting("APP_HOST") or Settings.host
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host.strip(), host.strip())
+
+
+def _client_setting(name: str) -> str | None:
     try:
         from_file, _ = read_env_file(Path(".env"))
     except ConfigError:
         from_file = {}
-    return os.environ.get("APP_PORT") or from_file.get("APP_PORT") or str(DEFAULT_PORT)
+    return os.environ.get(name) or from_file.get(name)
 
 
 def _unknown_variable_warning(name: str) -> str:

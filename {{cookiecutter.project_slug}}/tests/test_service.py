@@ -131,12 +131,37 @@ def test_health_probe(start_service: StartService, run_app) -> None:
     assert run_app("--port", "x", module="app.health").returncode == 1  # never 2 (Docker's)
 
 
-def test_busy_service_is_still_healthy(start_service: StartService, run_app) -> None:
+def test_busy_service_is_alive_but_not_ready(start_service: StartService, run_app) -> None:
+    """At its connection limit the service should get no more traffic (readiness fails), yet
+    it must not be restarted for being popular (liveness passes)."""
     service = start_service(APP_MAX_CONNECTIONS="1")
     with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as only:
-        only.sendall(b"x\n")
-        assert only.recv(10) == b"x\n"
-        assert run_app("--port", str(service.port), module="app.health").returncode == 0
+        only.sendall(b"\n")
+        assert only.recv(10) == b"\n"
+        ready = run_app("--port", str(service.port), module="app.health")
+        assert ready.returncode == 1
+        assert ready.stderr.startswith("not ready: ")
+        assert "connection limit" in ready.stderr
+        assert run_app("--live", "--port", str(service.port), module="app.health").returncode == 0
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_health_probe_follows_app_host(start_service: StartService, run_app, host: str) -> None:
+    """The probe asks where the service listens: ::1 itself, and ::1 for the wildcard ::."""
+    service = start_service(APP_HOST=host)
+    probe = run_app("--port", str(service.port), module="app.health", APP_HOST=host)
+    assert probe.returncode == 0, probe.stderr
+    assert service.stop() == ExitCode.OK
 
 
 def test_client_rejects_a_reply_that_is_not_the_echo(run_app) -> None:
