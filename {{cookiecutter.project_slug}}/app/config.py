@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import io
 import math
 import os
@@ -31,7 +30,13 @@ class ConfigError(Exception):
 
 
 def _uvloop_available() -> bool:
-    return sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None
+    if sys.platform == "win32":
+        return False
+    try:
+        import uvloop  # noqa: F401  (the service imports it next anyway)
+    except ImportError:
+        return False
+    return True
 
 
 def _uvloop_default() -> bool:
@@ -42,40 +47,71 @@ def _uvloop_default() -> bool:
 {%- endif %}
 
 
+def _setting(
+    default: Any = dataclasses.MISSING, *, what: str, shown: str = "", **field: Any
+) -> Any:
+    """A settings field with the one line ``python -m app --help`` shows for it.
+
+    ``shown`` replaces the default in the help where it is computed (``default_factory``).
+    """
+    return dataclasses.field(default=default, metadata={"what": what, "shown": shown}, **field)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The service's configuration. Field ``x`` is read from ``APP_X``."""
+    """The service's configuration. Field ``x`` is read from ``APP_X``.
 
-    host: str = "127.0.0.1"
-    """Address to bind. The default keeps a fresh service off the network; containers set
-    ``APP_HOST=0.0.0.0``."""
-    port: int = DEFAULT_PORT
-    """TCP port; 0 binds an ephemeral port, and the ``listening on`` line shows which."""
-    log_level: str = "INFO"
-    shutdown_timeout: float = 8.0
-    """Seconds the whole shutdown may take: half for draining connections, the rest for the
-    runtime to finish tasks and the executor. Kept under Docker's 10 s stop grace."""
-    use_uvloop: bool = dataclasses.field(default_factory=_uvloop_default)
-    """Run on uvloop; on by default where it is installed (never on Windows)."""
-    max_connections: int = 1000
-    """Connections beyond this get ``error: too many connections`` and are closed."""
-    max_line_bytes: int = 65536
-    """Longest accepted line, newline included; longer ones are refused, not buffered."""
-    idle_timeout: float = 300.0
-    """Seconds a connection may stay silent, or refuse to read our replies, before it is
-    closed."""
-    stop_on_error: bool = True
-    """Stop gracefully (exit 1) on an unhandled error instead of running on half-broken."""
-    journal_path: Path = Path("data/journal.log")
-    workers: int = 1
-    """Processes serving the port (1..64). Above 1, ``python -m app`` becomes a supervisor
-    of that many workers sharing the port (``app/runtime/supervisor.py``); POSIX only."""
-    worker_index: int = 0
-    """Set by the supervisor in each worker's environment (1..N); 0 in a process started by
-    hand. A worker binds its port with SO_REUSEPORT so that all workers can share it."""
-    heartbeat_timeout: float = 10.0
-    """Seconds a worker's event loop may go without a heartbeat to the supervisor before it
-    is killed and replaced (a stopped or wedged worker would keep taking connections)."""
+    Each field's ``what`` is its line in ``python -m app --help``; the README's table says
+    the same at more length.
+    """
+
+    host: str = _setting(
+        "127.0.0.1",
+        what="Address to bind; the default keeps a fresh service off the network (containers"
+        " use 0.0.0.0)",
+    )
+    port: int = _setting(DEFAULT_PORT, what="TCP port; 0 picks a free one, shown in the log")
+    log_level: str = _setting("INFO", what="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    shutdown_timeout: float = _setting(
+        8.0,
+        what="Seconds the whole shutdown may take: half to drain connections, half for the"
+        " runtime (under Docker's 10 s stop grace)",
+    )
+    use_uvloop: bool = _setting(
+        default_factory=_uvloop_default,
+        shown="on where installed",
+        what="Run on uvloop (never on Windows)",
+    )
+    max_connections: int = _setting(
+        1000, what="Connections beyond this get 'error: too many connections' and are closed"
+    )
+    max_line_bytes: int = _setting(
+        65536, what="Longest line, newline included; a longer one is refused, not buffered"
+    )
+    idle_timeout: float = _setting(
+        300.0,
+        what="Seconds a client may stay silent, or not read its replies, before it is dropped",
+    )
+    stop_on_error: bool = _setting(
+        True, what="Stop gracefully (exit 1) on an unhandled error rather than run half-broken"
+    )
+    journal_path: Path = _setting(  # noqa: RUF009 (a Path is immutable)
+        Path("data/journal.log"), what="Where every request is recorded before it is answered"
+    )
+    workers: int = _setting(
+        1,
+        what="Processes serving the port (1..64); above 1, python -m app supervises that many"
+        " workers sharing it (POSIX only)",
+    )
+    worker_index: int = _setting(
+        0, what="Set by the supervisor in each worker (1..N; binds with SO_REUSEPORT); leave unset"
+    )
+    # --- Settings of the ops branch (supervisor heartbeat, log format) ---
+    heartbeat_timeout: float = _setting(
+        10.0,
+        what="With workers: seconds a worker's event loop may miss its heartbeat before the"
+        " supervisor kills and replaces it",
+    )
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -256,6 +292,35 @@ def _client_setting(name: str) -> str | None:
     except ConfigError:
         from_file = {}
     return os.environ.get(name) or from_file.get(name)
+
+
+def settings_help() -> str:
+    """Every setting with its default and what it does: the settings part of ``--help``."""
+    rows = []
+    for field in dataclasses.fields(Settings):
+        shown = field.metadata.get("shown") or _shown(field.default)
+        rows.append((f"{PREFIX}{field.name.upper()}", shown, field.metadata.get("what", "")))
+    import textwrap
+
+    name_width = max(len(name) for name, _, _ in rows)
+    default_width = max(len(shown) for _, shown, _ in rows)
+    indent = " " * (name_width + default_width + 6)
+    return "\n".join(
+        textwrap.fill(
+            f"  {name:<{name_width}}  {shown:<{default_width}}  {what}",
+            width=100,
+            subsequent_indent=indent,
+        )
+        for name, shown, what in rows
+    )
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
 
 
 def _unknown_variable_warning(name: str) -> str:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,21 +38,29 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 
 class Process:
-    """A child process whose stderr is collected line by line in the background."""
+    """A child process whose stderr is collected line by line in the background.
 
-    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str]) -> None:
+    ``popen`` overrides the defaults passed to :class:`subprocess.Popen` (the template's
+    Wine tests start their processes with a terminal or a stdin pipe this way).
+    """
+
+    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str], **popen: Any) -> None:
         flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0
+        options: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.DEVNULL,
+            "creationflags": flags,
+            **popen,
+        }
         self.popen = subprocess.Popen(
             args,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             encoding="utf-8",
             errors="replace",
-            creationflags=flags,
+            **options,
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()

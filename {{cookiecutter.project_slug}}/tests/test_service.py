@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import HANG_GUARD, Process, Service, StartService, service_env, talk_through_sigterm
 
+from app.config import Settings
 from app.exitcodes import ExitCode
 
 SHUTDOWN_PHASES = (
@@ -316,3 +318,27 @@ def test_low_port_without_permission_exits_77(workdir, figure) -> None:
     [line] = process.lines  # one line, nothing else
     assert line.endswith("cannot listen on 127.0.0.1:1: Permission denied")
     figure("startup", "no permission for port 1: one line, exit 77")
+
+
+def test_help_lists_every_setting_and_exit_status(run_app) -> None:
+    """``--help`` is generated from the settings themselves: nothing can be left out."""
+    result = run_app("--help")
+    assert result.returncode == ExitCode.OK, result.stderr
+    lines = result.stdout.splitlines()
+    for field in dataclasses.fields(Settings):
+        name = f"APP_{field.name.upper()}"
+        [line] = [line for line in lines if line.split()[:1] == [name]]
+        default = (field.metadata.get("shown") or str(field.default)).lower().removesuffix(".0")
+        assert default in line.lower(), line
+        assert len(line.lower().split(default, 1)[1].strip()) > 10, f"{name}: what does it do?"
+    for code in ExitCode:
+        assert any(line.split()[:1] == [str(code.value)] for line in lines), code
+    assert result.stderr == ""
+
+
+def test_unknown_argument_exits_2_with_one_line(run_app) -> None:
+    result = run_app("--port", "9")
+    assert result.returncode == ExitCode.CONFIG
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: unknown argument '--port'")
+    assert "--help" in line

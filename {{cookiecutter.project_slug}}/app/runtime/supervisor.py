@@ -83,9 +83,8 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.exitcodes import ExitCode
+from app.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
 from app.runtime import notify
-from app.service import bind_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -118,24 +117,12 @@ def restart_delay(failures: int) -> float:
     return min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
 
 
-def describe_status(returncode: int) -> str:
-    """``status 3`` for an exit, ``SIGKILL`` for a death by signal."""
-    if returncode < 0:
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"status {returncode}"
-
-
 def main(settings: Settings) -> int:
     """Run ``settings.workers`` workers until stopped; return the exit status (see above).
 
     Called by ``python -m app`` when APP_WORKERS > 1, after logging is configured.
     """
-    # Settings.workers is APP_WORKERS as parsed and range-checked by app/config.py; the
-    # environment is read only under a config.py that predates the setting.
-    workers = int(getattr(settings, "workers", os.environ.get("APP_WORKERS", "1")))
+    workers = settings.workers
     reuse_port = getattr(socket, "SO_REUSEPORT", None)
     if reuse_port is None:
         print(
@@ -146,16 +133,16 @@ def main(settings: Settings) -> int:
         return ExitCode.CONFIG
     try:
         reserved = _reserve(settings.host, settings.port, reuse_port)
-    except _ListenError as exc:
-        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.reason)
-        return exc.code
+    except StartupError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return exc.exit_code
     try:
         lock = _lock_journals(settings.journal_path)
-    except _ListenError as exc:
+    except StartupError as exc:
         for sock in reserved.sockets:
             sock.close()
-        logger.error("%s", exc.reason)
-        return exc.code
+        logger.error("%s", exc)
+        return exc.exit_code
     try:
         return asyncio.run(_Supervisor(settings, workers, reserved).run())
     finally:
@@ -172,13 +159,6 @@ class _Reserved:
     port: int
 
 
-class _ListenError(Exception):
-    def __init__(self, code: ExitCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
     """Bind (without listening) every address the workers will listen on, on one port.
 
@@ -189,7 +169,7 @@ def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise _ListenError(ExitCode.CONFIG, str(exc.strerror or exc)) from None
+        raise StartupError(ExitCode.CONFIG, str(exc.strerror or exc)) from None
     addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
     if port != 0:
         _check_nobody_listens(addresses, port)
@@ -211,10 +191,10 @@ def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
                 sock.close()
             if exc.errno == errno.EADDRINUSE and port == 0:
                 continue  # the port picked for the first address is taken on another one
-            raise _ListenError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
+            raise StartupError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
         shown = str(sockets[0].getsockname()[0])
         return _Reserved(sockets, shown, chosen)
-    raise _ListenError(ExitCode.ADDRESS_IN_USE, "no port is free on every address")
+    raise StartupError(ExitCode.ADDRESS_IN_USE, "no port is free on every address")
 
 
 def _check_nobody_listens(addresses: Sequence[tuple[int, Any]], port: int) -> None:
@@ -231,11 +211,11 @@ def _check_nobody_listens(addresses: Sequence[tuple[int, Any]], port: int) -> No
             try:
                 probe.bind((address[0], port, *address[2:]))
             except OSError as exc:
-                raise _ListenError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
+                raise StartupError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
 
 
 def _lock_journals(journal: Path) -> int | None:
-    """Lock ``<journal>.lock`` for this supervisor; raise _ListenError if another holds it.
+    """Lock ``<journal>.lock`` for this supervisor; raise StartupError if another holds it.
 
     Returns the locked file's descriptor, which the kernel unlocks when this process ends,
     however it ends. If the folder cannot be made, returns None: the first worker reports
@@ -256,7 +236,7 @@ def _lock_journals(journal: Path) -> int | None:
     except OSError:
         owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise _ListenError(
+        raise StartupError(
             ExitCode.ADDRESS_IN_USE,
             f"the journals of {journal} are in use by another supervisor (pid {owner})",
         ) from None
@@ -422,9 +402,9 @@ class _Supervisor:
                 logger.error(
                     "worker %d exited with %s before the service was ready: stopping",
                     worker.index,
-                    describe_status(returncode),
+                    describe(returncode),
                 )
-                self._statuses.append(_failure_status(returncode))
+                self._statuses.append(exit_status(returncode) or ExitCode.ERROR)
                 self._stop(signal.SIGTERM, f"worker {worker.index} failed to start")
                 return
             ran = time.monotonic() - worker.started_at
@@ -433,7 +413,7 @@ class _Supervisor:
             logger.warning(
                 "worker %d exited with %s, restarting in %.1f s",
                 worker.index,
-                describe_status(returncode),
+                describe(returncode),
                 delay,
             )
             with contextlib.suppress(TimeoutError):
@@ -477,7 +457,7 @@ class _Supervisor:
         await self._relay(worker, process.stderr)
         returncode = await process.wait()
         if self._stopping.is_set():
-            logger.info("worker %d exited with %s", worker.index, describe_status(returncode))
+            logger.info("worker %d exited with %s", worker.index, describe(returncode))
         return returncode
 
     def _hear_beats(self, worker: _Worker, fd: int) -> None:
@@ -552,11 +532,4 @@ class _Supervisor:
             return ExitCode.SHUTDOWN_TIMEOUT
         if returncode < 0 and not worker.ready and -returncode in self._signals:
             return ExitCode.OK  # stopped by our signal before it had handlers or clients
-        return _failure_status(returncode) if returncode else ExitCode.OK
-
-
-def _failure_status(returncode: int) -> int:
-    """A worker's exit as a status of ours: 128 + N for signal N, 1 for an unexpected 0."""
-    if returncode < 0:
-        return 128 - returncode
-    return returncode or ExitCode.ERROR
+        return exit_status(returncode)
