@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import cast
 
+from app import logs
 from app.config import ConfigError, load_settings
 from app.exitcodes import ExitCode, StartupError
 from app.runtime import run, supervisor
@@ -47,11 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     for warning in warnings:
         logger.warning("%s", warning)
     if settings.workers > 1:

@@ -112,6 +112,9 @@ class Settings:
         what="With workers: seconds a worker's event loop may miss its heartbeat before the"
         " supervisor kills and replaces it",
     )
+    log_format: str = _setting(
+        "text", what="text (for people) or json (one JSON object per line, for log pipelines)"
+    )
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -153,6 +156,13 @@ def _parse_log_level(raw: str) -> str:
     return level
 
 
+def _parse_log_format(raw: str) -> str:
+    word = raw.strip().lower()
+    if word not in {"text", "json"}:
+        raise ValueError("expected text or json")
+    return word
+
+
 def _parse_host(raw: str) -> str:
     host = raw.strip()
     try:
@@ -184,6 +194,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
     "heartbeat_timeout": _parse_seconds,
+    "log_format": _parse_log_format,
 }
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 

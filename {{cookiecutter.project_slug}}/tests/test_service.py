@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,6 +20,7 @@ from conftest import HANG_GUARD, Process, Service, StartService, service_env, ta
 
 from app.config import Settings
 from app.exitcodes import ExitCode
+from app.logs import JsonFormatter
 
 SHUTDOWN_PHASES = (
     "stopped accepting connections",
@@ -342,3 +347,52 @@ def test_unknown_argument_exits_2_with_one_line(run_app) -> None:
     [line] = result.stderr.splitlines()
     assert line.startswith("error: unknown argument '--port'")
     assert "--help" in line
+
+
+def test_json_log_is_one_object_per_line(start_service: StartService) -> None:
+    service = start_service(APP_LOG_FORMAT="json")
+    assert exchange(service, b"logged\n", 7) == b"logged\n"
+    assert service.stop() == ExitCode.OK
+    assert service.raw_lines, "nothing logged"
+    assert len(service.records) == len(service.raw_lines), service.log  # every line is JSON
+    for record in service.records:
+        assert {"time", "level", "logger", "message"} <= record.keys(), record
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"]), record
+    messages = [record["message"] for record in service.records]
+    assert any(message.startswith("listening on ") for message in messages), messages
+    assert any(message.startswith("shutdown: complete") for message in messages), messages
+
+
+def test_json_log_carries_extra_fields_and_the_exception() -> None:
+    """The formatter itself: every extra= field, and the traceback as one string."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("test.json")
+    log.addHandler(handler)
+    try:
+        try:
+            raise ValueError("the error under test")
+        except ValueError:
+            log.error("failed %s", "here", exc_info=True, extra={"phase": "drain", "count": 3})
+    finally:
+        log.removeHandler(handler)
+    [line] = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["message"] == "failed here"
+    assert record["level"] == "ERROR"
+    assert record["logger"] == "test.json"
+    assert (record["phase"], record["count"]) == ("drain", 3)
+    assert record["exception"].startswith("Traceback (most recent call last)")
+    assert record["exception"].endswith("ValueError: the error under test")
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
+def test_json_log_of_workers_stays_one_object_per_line(start_service: StartService) -> None:
+    service = start_service(APP_LOG_FORMAT="json", APP_WORKERS="2")
+    assert service.stop() == ExitCode.OK
+    assert len(service.records) == len(service.raw_lines), service.log
+    workers = {record.get("worker") for record in service.records}
+    assert {1, 2} <= workers, service.log
+    ready = [r for r in service.records if r["message"].startswith("worker 1 ready")]
+    assert ready[0]["worker_pid"] > 0

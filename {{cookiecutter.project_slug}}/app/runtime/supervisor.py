@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -84,6 +85,7 @@ from typing import Any
 
 from app.config import Settings
 from app.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
+from app.logs import iso_time
 from app.runtime import notify
 
 logger = logging.getLogger(__name__)
@@ -505,17 +507,29 @@ class _Supervisor:
             if not raw:
                 return
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if not worker.ready and _READY.search(line):
+            record = _json_record(line) if self._settings.log_format == "json" else None
+            message = record.get("message") if record is not None else line
+            if not worker.ready and isinstance(message, str) and _READY.search(message):
                 self._mark_ready(worker)
                 continue
-            sys.stderr.write(f"[worker {worker.index}] {line}\n")
+            if self._settings.log_format == "json":
+                # Still one object per line: the worker's own, or its stray output wrapped.
+                if record is None:
+                    record = {"time": iso_time(time.time()), "level": "WARNING"}
+                    record.update(logger="worker.stderr", message=line)
+                record["worker"] = worker.index
+                line = json.dumps(record, ensure_ascii=False)
+            else:
+                line = f"[worker {worker.index}] {line}"
+            sys.stderr.write(line + "\n")
             sys.stderr.flush()
 
     def _mark_ready(self, worker: _Worker) -> None:
         worker.ready = True
         worker.last_beat = time.monotonic()
         assert worker.process is not None
-        logger.info("worker %d ready (pid %d)", worker.index, worker.process.pid)
+        pid = worker.process.pid
+        logger.info("worker %d ready (pid %d)", worker.index, pid, extra={"worker_pid": pid})
         if not self._announced and all(w.ready for w in self._workers):
             self._announced = True
             logger.info(
@@ -533,3 +547,14 @@ class _Supervisor:
         if returncode < 0 and not worker.ready and -returncode in self._signals:
             return ExitCode.OK  # stopped by our signal before it had handlers or clients
         return exit_status(returncode)
+
+
+def _json_record(line: str) -> dict[str, Any] | None:
+    """The worker's log record if ``line`` is one JSON object, else None."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
