@@ -18,7 +18,7 @@ from typing import cast
 from app import logs
 from app.config import ConfigError, load_settings
 from app.exitcodes import ExitCode, StartupError
-from app.runtime import run, supervisor
+from app.runtime import run
 from app.service import DRAIN_SHARE, EchoService
 
 logger = logging.getLogger("app")
@@ -52,10 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in warnings:
         logger.warning("%s", warning)
     if settings.workers > 1:
+        from app.runtime import supervisor  # only a supervisor pays for importing it
+
         return supervisor.main(settings)
 
     loop = _new_loop(settings.use_uvloop)
     if settings.worker_index:
+        from app.runtime import supervisor
+
         supervisor.beat_to_supervisor(loop, settings.heartbeat_timeout / 4)
     service = EchoService(settings)
     try:

@@ -9,7 +9,6 @@ usual rule for twelve-factor services: a deployment can always override a checke
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import io
 import math
 import os
@@ -335,6 +334,8 @@ def _shown(default: object) -> str:
 
 
 def _unknown_variable_warning(name: str) -> str:
+    import difflib  # only when there is a warning to give
+
     close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown setting {name} ignored{hint}"

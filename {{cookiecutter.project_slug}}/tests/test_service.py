@@ -396,3 +396,14 @@ def test_json_log_of_workers_stays_one_object_per_line(start_service: StartServi
     assert {1, 2} <= workers, service.log
     ready = [r for r in service.records if r["message"].startswith("worker 1 ready")]
     assert ready[0]["worker_pid"] > 0
+
+
+def test_startup_imports_only_what_this_start_needs(start_service: StartService) -> None:
+    """Start-up time is import time: python-dotenv only with a .env file, the supervisor only
+    with workers, difflib only for a warning (see bench/ for the time to 'listening on')."""
+    service = start_service("-X", "importtime", "-m", "app")
+    imported = {line.rsplit("|", 1)[1].strip() for line in service.lines if "import time:" in line}
+    assert "app.server" in imported, "no import times read"
+    for module in ("dotenv", "app.runtime.supervisor", "difflib"):
+        assert module not in imported, f"{module} imported at start"
+    assert service.stop() == ExitCode.OK
