@@ -21,7 +21,12 @@ from typing import Any
 
 OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
     "use_docker": (".dockerignore", "compose.yaml", "deploy"),
-    "windows_scripts": ("scripts/windows", "app/runtime/launcher.py", "tests/test_launcher.py"),
+    "windows_scripts": (
+        "scripts/windows",
+        "scripts/launcher_demo.py",
+        "app/runtime/launcher.py",
+        "tests/test_launcher.py",
+    ),
 }
 
 

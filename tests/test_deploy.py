@@ -231,6 +231,9 @@ def test_pods_are_wired_to_the_service_the_budget_and_the_volume(
 
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["exec"]["command"][:3] == ["python", "-m", "app.health"]
+    # A pod at its connection limit is taken out of the Service, not restarted.
+    assert "--live" not in container["readinessProbe"]["exec"]["command"]
+    assert "--live" in container["livenessProbe"]["exec"]["command"]
     liveness = container["livenessProbe"]
     _, _, grace = budget(rendered)
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= grace, (

@@ -1,6 +1,8 @@
-"""``python -m app``: read the settings, run the echo service, exit with a meaningful status.
+"""``python -m app``: read the settings, run the service, exit with a meaningful status.
 
-The exit statuses are listed in ``app/exitcodes.py`` and in the README.
+The exit statuses are listed in ``app/exitcodes.py`` and in the README; ``--help`` prints
+them with every setting. Settings come from ``APP_*`` variables only, so there are no other
+arguments to take.
 """
 
 from __future__ import annotations
@@ -10,34 +12,55 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import cast
 
+from app import logs
 from app.config import ConfigError, load_settings
-from app.exitcodes import ExitCode
-from app.runtime import run, supervisor
-from app.service import DRAIN_SHARE, EchoService, StartupError
+from app.exitcodes import ExitCode, StartupError
+from app.runtime import run
+from app.service import DRAIN_SHARE, EchoService
 
 logger = logging.getLogger("app")
 
 
-def main() -> int:
+HELP = """\
+usage: python -m app [--help]
+
+Run the service until SIGTERM or Ctrl-C, then stop gracefully. Settings come from the
+environment or a .env file in the working folder (the environment wins).
+
+settings (variable, default, what it does):
+{settings}
+
+exit statuses:
+{statuses}
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the service until it is stopped; return the process exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        return _arguments(argv)
     try:
         settings, warnings = load_settings()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.log_format)
     for warning in warnings:
         logger.warning("%s", warning)
     if settings.workers > 1:
+        from app.runtime import supervisor  # only a supervisor pays for importing it
+
         return supervisor.main(settings)
 
     loop = _new_loop(settings.use_uvloop)
+    if settings.worker_index:
+        from app.runtime import supervisor
+
+        supervisor.beat_to_supervisor(loop, settings.heartbeat_timeout / 4)
     service = EchoService(settings)
     try:
         # Start before run() takes the loop over: a port in use or an unwritable journal is
@@ -69,6 +92,22 @@ def main() -> int:
     if report.unfinished:
         return ExitCode.SHUTDOWN_TIMEOUT
     return ExitCode.OK
+
+
+def _arguments(argv: Sequence[str]) -> int:
+    """``--help``: print the settings and exit statuses. Anything else: one line, status 2."""
+    if list(argv) in (["--help"], ["-h"]):
+        from app.config import settings_help
+        from app.exitcodes import exit_statuses_help
+
+        print(HELP.format(settings=settings_help(), statuses=exit_statuses_help()), end="")
+        return ExitCode.OK
+    print(
+        f"error: unknown argument {argv[0]!r}: settings are APP_* variables"
+        " (python -m app --help lists them)",
+        file=sys.stderr,
+    )
+    return ExitCode.CONFIG
 
 
 def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:

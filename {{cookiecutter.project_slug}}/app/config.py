@@ -9,18 +9,14 @@ usual rule for twelve-factor services: a deployment can always override a checke
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib.util
 import io
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-from dotenv import dotenv_values
-from dotenv.parser import parse_stream
 
 from app.journal import FsyncPolicy
 
@@ -35,7 +31,13 @@ class ConfigError(Exception):
 
 
 def _uvloop_available() -> bool:
-    return sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None
+    if sys.platform == "win32":
+        return False
+    try:
+        import uvloop  # noqa: F401  (the service imports it next anyway)
+    except ImportError:
+        return False
+    return True
 
 
 def _uvloop_default() -> bool:
@@ -46,41 +48,79 @@ def _uvloop_default() -> bool:
 {%- endif %}
 
 
+def _setting(
+    default: Any = dataclasses.MISSING, *, what: str, shown: str = "", **field: Any
+) -> Any:
+    """A settings field with the one line ``python -m app --help`` shows for it.
+
+    ``shown`` replaces the default in the help where it is computed (``default_factory``).
+    """
+    return dataclasses.field(default=default, metadata={"what": what, "shown": shown}, **field)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The service's configuration. Field ``x`` is read from ``APP_X``."""
+    """The service's configuration. Field ``x`` is read from ``APP_X``.
 
-    host: str = "127.0.0.1"
-    """Address to bind. The default keeps a fresh service off the network; containers set
-    ``APP_HOST=0.0.0.0``."""
-    port: int = DEFAULT_PORT
-    """TCP port; 0 binds an ephemeral port, and the ``listening on`` line shows which."""
-    log_level: str = "INFO"
-    shutdown_timeout: float = 8.0
-    """Seconds the whole shutdown may take: half for draining connections, the rest for the
-    runtime to finish tasks and the executor. Kept under Docker's 10 s stop grace."""
-    use_uvloop: bool = dataclasses.field(default_factory=_uvloop_default)
-    """Run on uvloop; on by default where it is installed (never on Windows)."""
-    max_connections: int = 1000
-    """Connections beyond this get ``error: too many connections`` and are closed."""
-    max_line_bytes: int = 65536
-    """Longest accepted line, newline included; longer ones are refused, not buffered."""
-    idle_timeout: float = 300.0
-    """Seconds a connection may stay silent, or refuse to read our replies, before it is
-    closed."""
-    stop_on_error: bool = True
-    """Stop gracefully (exit 1) on an unhandled error instead of running on half-broken."""
-    journal_path: Path = Path("data/journal.log")
-    journal_fsync: FsyncPolicy = FsyncPolicy.INTERVAL
-    """When the journal is forced to disk: ``always`` (before each reply), ``interval`` (at
-    most once a second: a power cut loses at most the last second), ``never`` (at stop only).
-    Written to the OS, which survives a killed process, is guaranteed before every reply."""
-    workers: int = 1
-    """Processes serving the port (1..64). Above 1, ``python -m app`` becomes a supervisor
-    of that many workers sharing the port (``app/runtime/supervisor.py``); POSIX only."""
-    worker_index: int = 0
-    """Set by the supervisor in each worker's environment (1..N); 0 in a process started by
-    hand. A worker binds its port with SO_REUSEPORT so that all workers can share it."""
+    Each field's ``what`` is its line in ``python -m app --help``; the README's table says
+    the same at more length.
+    """
+
+    host: str = _setting(
+        "127.0.0.1",
+        what="Address to bind; the default keeps a fresh service off the network (containers"
+        " use 0.0.0.0)",
+    )
+    port: int = _setting(DEFAULT_PORT, what="TCP port; 0 picks a free one, shown in the log")
+    log_level: str = _setting("INFO", what="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    shutdown_timeout: float = _setting(
+        8.0,
+        what="Seconds the whole shutdown may take: half to drain connections, half for the"
+        " runtime (under Docker's 10 s stop grace)",
+    )
+    use_uvloop: bool = _setting(
+        default_factory=_uvloop_default,
+        shown="on where installed",
+        what="Run on uvloop (never on Windows)",
+    )
+    max_connections: int = _setting(
+        1000, what="Connections beyond this get 'error: too many connections' and are closed"
+    )
+    max_line_bytes: int = _setting(
+        65536, what="Longest line, newline included; a longer one is refused, not buffered"
+    )
+    idle_timeout: float = _setting(
+        300.0,
+        what="Seconds a client may stay silent, or not read its replies, before it is dropped",
+    )
+    stop_on_error: bool = _setting(
+        True, what="Stop gracefully (exit 1) on an unhandled error rather than run half-broken"
+    )
+    journal_path: Path = _setting(  # noqa: RUF009 (a Path is immutable)
+        Path("data/journal.log"), what="Where every request is recorded before it is answered"
+    )
+    journal_fsync: FsyncPolicy = _setting(
+        FsyncPolicy.INTERVAL,
+        what="When the journal is forced to disk: always (before each reply), interval (at most"
+        " once a second), never (at stop only)",
+    )
+    workers: int = _setting(
+        1,
+        what="Processes serving the port (1..64); above 1, python -m app supervises that many"
+        " workers sharing it (POSIX only)",
+    )
+    worker_index: int = _setting(
+        0, what="Set by the supervisor in each worker (1..N; binds with SO_REUSEPORT); leave unset"
+    )
+    # --- Settings of the ops branch (supervisor heartbeat, log format) ---
+    heartbeat_timeout: float = _setting(
+        10.0,
+        what="With workers: seconds a worker's event loop may miss its heartbeat before the"
+        " supervisor kills and replaces it",
+    )
+    log_format: str = _setting(
+        "text", what="text (for people) or json (one JSON object per line, for log pipelines)"
+    )
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -122,6 +162,13 @@ def _parse_log_level(raw: str) -> str:
     return level
 
 
+def _parse_log_format(raw: str) -> str:
+    word = raw.strip().lower()
+    if word not in {"text", "json"}:
+        raise ValueError("expected text or json")
+    return word
+
+
 def _parse_host(raw: str) -> str:
     host = raw.strip()
     try:
@@ -160,30 +207,59 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "journal_fsync": _parse_fsync,
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
+    "heartbeat_timeout": _parse_seconds,
+    "log_format": _parse_log_format,
 }
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """Return the ``APP_`` assignments of a ``.env`` file, or refuse the whole file.
+_ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
+"""The key at the start of a ``.env`` statement, found without reading its value."""
 
-    python-dotenv skips a line it cannot parse with a warning; a half-read configuration
-    is worse than none, so any such line is an error here.
+
+def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Return the ``.env`` assignments and warnings, or refuse the file.
+
+    python-dotenv skips a statement it cannot parse with a warning; a half-read configuration
+    is worse than none, so a broken statement for one of our settings is an error. One for a
+    key the service does not read (a shared file, someone else's secret) is only a warning.
+    Neither message shows the value: ``.env`` files hold passwords.
     """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        return {}, []
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
+    from dotenv import dotenv_values  # only when there is a file: it is slow to import
+    from dotenv.parser import parse_stream
+
+    kept: list[str] = []
+    warnings: list[str] = []
     for binding in parse_stream(io.StringIO(text)):
-        line = binding.original.line
-        if binding.error:
-            raise ConfigError(f"{path} line {line} is not KEY=VALUE: {binding.original.string!r}")
-        if binding.key is not None and binding.value is None:
-            raise ConfigError(f"{path} line {line}: {binding.key} has no value (KEY=VALUE)")
-    values = dotenv_values(stream=io.StringIO(text))
-    return {key: value for key, value in values.items() if value is not None}
+        statement = binding.original.string
+        if not binding.error:
+            kept.append(statement)
+            if binding.key is not None and binding.value is None:
+                raise ConfigError(
+                    f"{path} line {binding.original.line}: {binding.key} has no value (KEY=VALUE)"
+                )
+            continue
+        blank = len(statement) - len(statement.lstrip())
+        line = binding.original.line + statement.count("\n", 0, blank)
+        # An unclosed quote runs on to the next quote, so one broken statement can hide
+        # the lines after it: any of our settings among them makes it an error too.
+        keys = [m[1] for m in map(_ASSIGNMENT.match, statement.splitlines()) if m]
+        if not keys:
+            raise ConfigError(f"{path} line {line}: not KEY=VALUE")
+        message = f"{path} line {line}: {keys[0]} is not KEY=VALUE (check its quotes)"
+        if keys[0] in KNOWN_VARIABLES:
+            raise ConfigError(message)
+        if hidden := [key for key in keys[1:] if key in KNOWN_VARIABLES]:
+            raise ConfigError(f"{message}, which hides {', '.join(hidden)}")
+        warnings.append(message + "; ignored")
+    values = dotenv_values(stream=io.StringIO("".join(kept)))
+    return {key: value for key, value in values.items() if value is not None}, warnings
 
 
 def load_settings(
@@ -194,7 +270,8 @@ def load_settings(
     Raises ConfigError for the first bad value, naming the variable.
     """
     environ = os.environ if environ is None else environ
-    merged = {**read_env_file(env_file), **environ}
+    from_file, warnings = read_env_file(env_file)
+    merged = {**from_file, **environ}
     values: dict[str, Any] = {}
     for field, parse in _PARSERS.items():
         name = PREFIX + field.upper()
@@ -207,7 +284,7 @@ def load_settings(
             raise ConfigError(f"{name}={raw!r}: {exc}") from None
     if values.get("use_uvloop") and not _uvloop_available():
         raise ConfigError("APP_USE_UVLOOP is on but uvloop is not installed: pip install uvloop")
-    warnings = [
+    warnings += [
         _unknown_variable_warning(name)
         for name in sorted(merged)
         if name.startswith(PREFIX) and name not in KNOWN_VARIABLES
@@ -221,14 +298,59 @@ def client_port() -> str:
     Read like the service reads it (environment over ``.env``), so ``python -m app.client``
     finds the service it sits next to. A broken ``.env`` is the service's to report.
     """
+    return _client_setting("APP_PORT") or str(DEFAULT_PORT)
+
+
+def client_host() -> str:
+    """The address local tools reach the service at: APP_HOST, with a wildcard made local.
+
+    A service bound to every IPv4 address (``0.0.0.0``) answers on 127.0.0.1; one bound to
+    every IPv6 address (``::``, IPv6 only, as asyncio binds it) answers on ``::1``.
+    """
+    host = _client_setting("APP_HOST") or Settings.host
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host.strip(), host.strip())
+
+
+def _client_setting(name: str) -> str | None:
     try:
-        from_file = read_env_file(Path(".env"))
+        from_file, _ = read_env_file(Path(".env"))
     except ConfigError:
         from_file = {}
-    return os.environ.get("APP_PORT") or from_file.get("APP_PORT") or str(DEFAULT_PORT)
+    return os.environ.get(name) or from_file.get(name)
+
+
+def settings_help() -> str:
+    """Every setting with its default and what it does: the settings part of ``--help``."""
+    rows = []
+    for field in dataclasses.fields(Settings):
+        shown = field.metadata.get("shown") or _shown(field.default)
+        rows.append((f"{PREFIX}{field.name.upper()}", shown, field.metadata.get("what", "")))
+    import textwrap
+
+    name_width = max(len(name) for name, _, _ in rows)
+    default_width = max(len(shown) for _, shown, _ in rows)
+    indent = " " * (name_width + default_width + 6)
+    return "\n".join(
+        textwrap.fill(
+            f"  {name:<{name_width}}  {shown:<{default_width}}  {what}",
+            width=100,
+            subsequent_indent=indent,
+        )
+        for name, shown, what in rows
+    )
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
 
 
 def _unknown_variable_warning(name: str) -> str:
+    import difflib  # only when there is a warning to give
+
     close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown setting {name} ignored{hint}"

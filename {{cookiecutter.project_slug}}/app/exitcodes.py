@@ -2,36 +2,83 @@
 
 Supervisors (systemd, Docker, Kubernetes, a CI job) only see the number, so each failure that
 an operator must handle differently gets its own. Where a BSD ``sysexits.h`` code fits, it is
-used, so the numbers mean something outside this project too.
+used, so the numbers mean something outside this project too. Everything that turns a failure
+or a child's return code into a status, or a status into words, lives here.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class ExitCode(enum.IntEnum):
     """How the service ended. Second-signal force exits add 128 + the signal number."""
 
-    OK = 0
-    """Stopped by a signal or ``loop.stop()`` and shut down cleanly: nothing lost."""
+    meaning: str
 
-    ERROR = 1
-    """An unhandled error stopped the service; it still shut down gracefully first."""
+    def __new__(cls, value: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
 
-    CONFIG = 2
-    """A setting in the environment or ``.env`` is malformed; nothing was started."""
+    OK = 0, "stopped and shut down cleanly: every request answered, journal flushed"
+    ERROR = 1, "an unhandled error stopped it, after a full graceful shutdown"
+    CONFIG = 2, "bad configuration (a setting, a .env line, an argument); nothing started"
+    ADDRESS_IN_USE = 69, "the port (or, with workers, the journals) is in use (EX_UNAVAILABLE)"
+    JOURNAL_UNWRITABLE = 73, "the journal cannot be created, or a write failed (EX_CANTCREAT)"
+    SHUTDOWN_TIMEOUT = (
+        75,
+        (
+            "the shutdown budget ran out: busy connections aborted or tasks abandoned, named in"
+            " the log (EX_TEMPFAIL)"
+        ),
+    )
+    PERMISSION_DENIED = 77, "not allowed to bind the address, e.g. a port below 1024 (EX_NOPERM)"
 
-    ADDRESS_IN_USE = 69
-    """The port is taken by another process (``EX_UNAVAILABLE``)."""
 
-    JOURNAL_UNWRITABLE = 73
-    """The journal cannot be created, or a write to it failed (``EX_CANTCREAT``). A failed
-    write stops the service: it could no longer keep its promise to lose nothing."""
+SIGNAL_BASE = 128
+"""A process ended by signal N reports 128 + N, as shells do; so does a forced exit."""
 
-    SHUTDOWN_TIMEOUT = 75
-    """The shutdown budget ran out (``EX_TEMPFAIL``): connections still busy were aborted, or
-    tasks still running were abandoned. The log says which, tasks with their stacks."""
 
-    PERMISSION_DENIED = 77
-    """Not allowed to bind the address, e.g. a port below 1024 (``EX_NOPERM``)."""
+class StartupError(Exception):
+    """The service cannot start; ``exit_code`` says why, the message says what to fix."""
+
+    def __init__(self, exit_code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def bind_exit_code(exc: OSError) -> ExitCode:
+    """The exit status for a failure to bind a listening socket."""
+    if exc.errno == errno.EADDRINUSE:
+        return ExitCode.ADDRESS_IN_USE
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ExitCode.PERMISSION_DENIED
+    return ExitCode.CONFIG  # e.g. a host name that does not resolve
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell reports it: killed by signal N (-N) is 128 + N."""
+    return SIGNAL_BASE - returncode if returncode < 0 else returncode
+
+
+def describe(returncode: int) -> str:
+    """Words for a child's return code: ``SIGKILL``, ``status 73 (JOURNAL_UNWRITABLE)``."""
+    from app.runtime.aiorun import _signal_name  # the runtime owns signal names
+
+    if returncode < 0:
+        return _signal_name(-returncode)
+    if returncode > SIGNAL_BASE:
+        return f"status {returncode} ({_signal_name(returncode - SIGNAL_BASE)})"
+    known = {code.value: code.name for code in ExitCode}
+    name = known.get(returncode)
+    return f"status {returncode} ({name})" if name else f"status {returncode}"
+
+
+def exit_statuses_help() -> str:
+    """The exit statuses part of ``python -m app --help``."""
+    rows = [f"  {code.value:>5}  {code.meaning}" for code in ExitCode]
+    rows.append(f"  {SIGNAL_BASE}+N  a second signal N forced the exit (130 for Ctrl-C twice)")
+    return "\n".join(rows)

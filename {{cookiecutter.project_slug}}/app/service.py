@@ -17,13 +17,12 @@ the loop, so the normal shutdown runs.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import time
 
 from app.config import Settings
-from app.exitcodes import ExitCode
+from app.exitcodes import ExitCode, StartupError, bind_exit_code
 from app.journal import Journal
 from app.runtime import notify
 from app.server import EchoServer
@@ -32,14 +31,6 @@ logger = logging.getLogger("app")
 
 DRAIN_SHARE = 0.5
 """Part of APP_SHUTDOWN_TIMEOUT given to draining connections; the runtime gets the rest."""
-
-
-class StartupError(Exception):
-    """The service cannot start; ``exit_code`` says why, the message says what to fix."""
-
-    def __init__(self, exit_code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class EchoService:
@@ -120,15 +111,6 @@ class EchoService:
     def _set_exit_code(self, code: ExitCode) -> None:
         if self.exit_code == ExitCode.OK:  # the first problem is the one to report
             self.exit_code = code
-
-
-def bind_exit_code(exc: OSError) -> ExitCode:
-    """The exit status for a failure to bind a listening socket."""
-    if exc.errno == errno.EADDRINUSE:
-        return ExitCode.ADDRESS_IN_USE
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return ExitCode.PERMISSION_DENIED
-    return ExitCode.CONFIG  # e.g. a host name that does not resolve
 
 
 def _reason(exc: OSError) -> str:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,38 +32,97 @@ HANG_GUARD = 20.0
 def service_env(**overrides: str) -> dict[str, str]:
     """The environment of a test child: ours minus every APP_ setting, plus the overrides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("APP_")}
+    env["APP_LOG_FORMAT"] = os.environ.get(LOG_FORMAT_VARIABLE, "text")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     env.update(overrides)
     return env
 
 
-class Process:
-    """A child process whose stderr is collected line by line in the background."""
+LOG_FORMAT_VARIABLE = "TEST_LOG_FORMAT"
+"""Set to ``json`` to run the service tests with APP_LOG_FORMAT=json (default: text)."""
 
-    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str]) -> None:
+
+def json_record(line: str) -> dict[str, Any] | None:
+    """The record if ``line`` is a JSON log object (APP_LOG_FORMAT=json), else None."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "message" in record else None
+
+
+def as_text(record: dict[str, Any]) -> str:
+    """A JSON record as the text format writes it, so the same patterns match both.
+
+    A worker's record relayed by the supervisor gets the ``[worker N]`` prefix of text mode;
+    an exception is appended on the following lines, as the text format prints it.
+    """
+    text = f"{record.get('time')} {record.get('level')} {record.get('logger')}: "
+    text += str(record["message"])
+    if "exception" in record:
+        text += "\n" + str(record["exception"])
+    if "worker" in record:
+        text = f"[worker {record['worker']}] {text}"
+    return text
+
+
+def log_as_text(stderr: str) -> str:
+    """A whole stderr with its JSON records rendered as text (see as_text)."""
+    lines = stderr.splitlines(keepends=True)
+    return "".join(
+        line if (record := json_record(line.rstrip("\n"))) is None else as_text(record) + "\n"
+        for line in lines
+    )
+
+
+class Process:
+    """A child process whose stderr is collected line by line in the background.
+
+    ``popen`` overrides the defaults passed to :class:`subprocess.Popen` (the template's
+    Wine tests start their processes with a terminal or a stdin pipe this way).
+    """
+
+    def __init__(self, args: Sequence[str], cwd: Path, env: dict[str, str], **popen: Any) -> None:
         flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0
+        options: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": subprocess.DEVNULL,
+            "creationflags": flags,
+            **popen,
+        }
         self.popen = subprocess.Popen(
             args,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             encoding="utf-8",
             errors="replace",
-            creationflags=flags,
+            **options,
         )
         self.lines: list[str] = []
+        """The log as text, whichever APP_LOG_FORMAT: JSON records are rendered as text
+        lines (see as_text), so tests read one format."""
+        self.raw_lines: list[str] = []
+        """The log exactly as written."""
+        self.records: list[dict[str, Any]] = []
+        """The JSON records among the lines (APP_LOG_FORMAT=json), parsed."""
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
 
     def _collect(self) -> None:
         assert self.popen.stderr is not None
-        for line in self.popen.stderr:
+        for raw in self.popen.stderr:
+            line = raw.rstrip("\n")
+            record = json_record(line)
             with self._changed:
-                self.lines.append(line.rstrip("\n"))
+                self.raw_lines.append(line)
+                if record is not None:
+                    self.records.append(record)
+                self.lines.append(line if record is None else as_text(record))
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -213,7 +273,7 @@ def run_app(workdir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(*args: str, module: str = "app", **settings: str) -> subprocess.CompletedProcess[str]:
         defaults = {"APP_HOST": "127.0.0.1", "APP_JOURNAL_PATH": "data/journal.log"}
         env = service_env(**{**defaults, **settings})
-        return subprocess.run(
+        result = subprocess.run(
             [sys.executable, "-m", module, *args],
             cwd=workdir,
             env=env,
@@ -222,17 +282,40 @@ def run_app(workdir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             timeout=HANG_GUARD,
             check=False,
         )
+        result.stderr = log_as_text(result.stderr)  # JSON records read as text lines
+        return result
 
     return run
 
 
+BOTH_LOG_FORMATS = ("test_reliability",)
+"""Test modules run once with APP_LOG_FORMAT=text and once with json: what the log says
+must not change what the service does, and the tests must read either."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ in BOTH_LOG_FORMATS and "log_format" in metafunc.fixturenames:
+        metafunc.parametrize("log_format", ["text", "json"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def log_format(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The APP_LOG_FORMAT of the services this test starts (through service_env)."""
+    chosen = str(getattr(request, "param", "") or os.environ.get(LOG_FORMAT_VARIABLE, "text"))
+    monkeypatch.setenv(LOG_FORMAT_VARIABLE, chosen)
+    return chosen
+
+
 @pytest.fixture
-def figure() -> Callable[[str, str], None]:
-    """Record one figure for the README's reliability table, if RELIABILITY_FIGURES is set."""
+def figure(log_format: str) -> Callable[[str, str], None]:
+    """Record one figure for the README's reliability table, if RELIABILITY_FIGURES is set.
+
+    Only from the text-format run, so a test run in both formats records its figure once.
+    """
 
     def record(key: str, text: str) -> None:
         path = os.environ.get("RELIABILITY_FIGURES")
-        if path:
+        if path and log_format == "text":
             with open(path, "a", encoding="utf-8") as figures:
                 figures.write(json.dumps({"key": key, "text": text}) + "\n")
 

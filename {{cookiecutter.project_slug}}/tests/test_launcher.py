@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from conftest import HANG_GUARD, LISTENING, Process, service_env
 
+from app import exitcodes
 from app.exitcodes import ExitCode
 from app.runtime import launcher
 from app.runtime.launcher import (
@@ -132,7 +133,7 @@ def test_the_service_exit_status_is_passed_through(workdir: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         in_use = subprocess.run(
-            [sys.executable, "-m", "app.runtime.launcher", "run", "--", "extra"],
+            [sys.executable, "-m", "app.runtime.launcher", "run"],
             cwd=workdir,
             env=launcher_env(APP_PORT=str(taken.getsockname()[1])),
             capture_output=True,
@@ -141,7 +142,10 @@ def test_the_service_exit_status_is_passed_through(workdir: Path) -> None:
             check=False,
         )
     assert in_use.returncode == ExitCode.ADDRESS_IN_USE, in_use.stderr
-    assert "started 'python -m app extra'" in in_use.stderr
+    extra = launcher_command(workdir, "run", "--", "--extra")  # arguments after -- go through
+    assert extra.returncode == ExitCode.CONFIG, extra.stderr
+    assert "started 'python -m app --extra'" in extra.stderr
+    assert "error: unknown argument '--extra'" in extra.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "app.runtime.launcher", "run"],
         cwd=workdir,
@@ -170,10 +174,23 @@ def test_stop_with_nothing_running_says_so(workdir: Path) -> None:
 
 
 def test_demo_reports_a_clean_stop(workdir: Path) -> None:
-    result = launcher_command(workdir, "demo")
+    """The walk-through lives in scripts/, out of the package; run from another folder."""
+    demo = Path(__file__).resolve().parent.parent / "scripts" / "launcher_demo.py"
+    result = subprocess.run(
+        [sys.executable, str(demo)],
+        cwd=workdir,
+        env=launcher_env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "demo: service exit status 0" in result.stdout
+    assert "demo: ping answered" in result.stdout
+    assert "demo: service exit status 0 (status 0 (OK))" in result.stdout
+    assert "journal holds the request" in result.stdout
     assert result.stdout.rstrip().endswith("demo: OK")
+    assert launcher_command(workdir, "demo").returncode == 2, "the package has no demo"
 
 
 @posix_only
@@ -382,9 +399,16 @@ def test_grace_follows_the_service_shutdown_timeout(tmp_path: Path) -> None:
 
 
 def test_exit_status_of_a_signalled_child_is_128_plus_n() -> None:
-    assert launcher.exit_status(-15) == 143
-    assert launcher.exit_status(0) == 0
-    assert launcher.exit_status(75) == 75
+    assert exitcodes.exit_status(-15) == 143
+    assert exitcodes.exit_status(0) == 0
+    assert exitcodes.exit_status(75) == 75
+
+
+def test_return_codes_in_words() -> None:
+    assert exitcodes.describe(-9) == "SIGKILL"
+    assert exitcodes.describe(73) == "status 73 (JOURNAL_UNWRITABLE)"
+    assert exitcodes.describe(137) == "status 137 (SIGKILL)"
+    assert exitcodes.describe(3) == "status 3"
 
 
 # --- Real Windows only ------------------------------------------------------------------------

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,7 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import HANG_GUARD, Process, Service, StartService, service_env, talk_through_sigterm
 
+from app.config import Settings
 from app.exitcodes import ExitCode
+from app.logs import JsonFormatter
 
 SHUTDOWN_PHASES = (
     "stopped accepting connections",
@@ -143,12 +150,37 @@ def test_health_probe(start_service: StartService, run_app) -> None:
     assert run_app("--port", "x", module="app.health").returncode == 1  # never 2 (Docker's)
 
 
-def test_busy_service_is_still_healthy(start_service: StartService, run_app) -> None:
+def test_busy_service_is_alive_but_not_ready(start_service: StartService, run_app) -> None:
+    """At its connection limit the service should get no more traffic (readiness fails), yet
+    it must not be restarted for being popular (liveness passes)."""
     service = start_service(APP_MAX_CONNECTIONS="1")
     with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as only:
-        only.sendall(b"x\n")
-        assert only.recv(10) == b"x\n"
-        assert run_app("--port", str(service.port), module="app.health").returncode == 0
+        only.sendall(b"\n")
+        assert only.recv(10) == b"\n"
+        ready = run_app("--port", str(service.port), module="app.health")
+        assert ready.returncode == 1
+        assert ready.stderr.startswith("not ready: ")
+        assert "connection limit" in ready.stderr
+        assert run_app("--live", "--port", str(service.port), module="app.health").returncode == 0
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_health_probe_follows_app_host(start_service: StartService, run_app, host: str) -> None:
+    """The probe asks where the service listens: ::1 itself, and ::1 for the wildcard ::."""
+    service = start_service(APP_HOST=host)
+    probe = run_app("--port", str(service.port), module="app.health", APP_HOST=host)
+    assert probe.returncode == 0, probe.stderr
+    assert service.stop() == ExitCode.OK
 
 
 def test_client_rejects_a_reply_that_is_not_the_echo(run_app) -> None:
@@ -193,14 +225,57 @@ def test_bad_setting_exits_2_with_one_line(run_app, settings: dict[str, str], na
     assert lines[0].startswith(f"error: {names}=")
 
 
+FAKE_SECRET = "S3cr3tPassw0rd"
+"""A stand-in password: it must never show up in anything the service prints."""
+
+
 def test_malformed_env_file_exits_2(run_app, workdir, figure) -> None:
-    (workdir / ".env").write_text("APP_PORT=1234\nthis line is not an assignment\n")
+    (workdir / ".env").write_text(f"APP_PORT=1234\nthis line {FAKE_SECRET} is no assignment\n")
+    result = run_app()
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.splitlines() == ["error: .env line 2: not KEY=VALUE"]
+    figure("startup", "malformed .env or setting: one line, exit 2")
+
+
+def test_malformed_env_line_names_the_key_never_the_value(run_app, workdir) -> None:
+    """An unterminated quote in a setting the service uses: line and key, not the value."""
+    (workdir / ".env").write_text(
+        f'APP_PORT=1234\n\nAPP_JOURNAL_PATH="/srv/{FAKE_SECRET}/journal.log\n'
+    )
     result = run_app()
     assert result.returncode == ExitCode.CONFIG
     assert result.stderr.splitlines() == [
-        "error: .env line 2 is not KEY=VALUE: 'this line is not an assignment\\n'"
+        "error: .env line 3: APP_JOURNAL_PATH is not KEY=VALUE (check its quotes)"
     ]
-    figure("startup", "malformed .env or setting: one line, exit 2")
+    assert FAKE_SECRET not in result.stderr
+
+
+def test_unclosed_quote_hiding_a_setting_is_an_error(run_app, workdir) -> None:
+    """An unclosed quote runs on to the next quote, swallowing the settings in between."""
+    (workdir / ".env").write_text(f'DATABASE_URL="{FAKE_SECRET}\nAPP_PORT="1"\n')
+    result = run_app()
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.splitlines() == [
+        "error: .env line 1: DATABASE_URL is not KEY=VALUE (check its quotes), which hides APP_PORT"
+    ]
+
+
+def test_malformed_env_line_for_a_foreign_key_only_warns(
+    start_service: StartService, workdir
+) -> None:
+    """Someone else's secret in a shared .env, with a broken quote: warn without the value,
+    and serve, with the settings on the lines around it read as usual."""
+    (workdir / ".env").write_text(
+        "APP_MAX_LINE_BYTES=8\n"
+        f'DATABASE_URL="postgres://admin:{FAKE_SECRET}@db/prod\n'
+        f"export  API_TOKEN='{FAKE_SECRET}\n"
+    )
+    service = start_service()
+    assert ".env line 2: DATABASE_URL is not KEY=VALUE (check its quotes); ignored" in service.log
+    assert ".env line 3: API_TOKEN is not KEY=VALUE (check its quotes); ignored" in service.log
+    assert exchange(service, b"too long\n", 100).startswith(b"error: line longer than 8")
+    assert service.stop() == ExitCode.OK
+    assert FAKE_SECRET not in service.log
 
 
 def test_env_file_is_read_and_real_environment_wins(start_service: StartService, workdir) -> None:
@@ -260,3 +335,87 @@ def test_low_port_without_permission_exits_77(workdir, figure) -> None:
     [line] = process.lines  # one line, nothing else
     assert line.endswith("cannot listen on 127.0.0.1:1: Permission denied")
     figure("startup", "no permission for port 1: one line, exit 77")
+
+
+def test_help_lists_every_setting_and_exit_status(run_app) -> None:
+    """``--help`` is generated from the settings themselves: nothing can be left out."""
+    result = run_app("--help")
+    assert result.returncode == ExitCode.OK, result.stderr
+    lines = result.stdout.splitlines()
+    for field in dataclasses.fields(Settings):
+        name = f"APP_{field.name.upper()}"
+        [line] = [line for line in lines if line.split()[:1] == [name]]
+        default = (field.metadata.get("shown") or str(field.default)).lower().removesuffix(".0")
+        assert default in line.lower(), line
+        assert len(line.lower().split(default, 1)[1].strip()) > 10, f"{name}: what does it do?"
+    for code in ExitCode:
+        assert any(line.split()[:1] == [str(code.value)] for line in lines), code
+    assert result.stderr == ""
+
+
+def test_unknown_argument_exits_2_with_one_line(run_app) -> None:
+    result = run_app("--port", "9")
+    assert result.returncode == ExitCode.CONFIG
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: unknown argument '--port'")
+    assert "--help" in line
+
+
+def test_json_log_is_one_object_per_line(start_service: StartService) -> None:
+    service = start_service(APP_LOG_FORMAT="json")
+    assert exchange(service, b"logged\n", 7) == b"logged\n"
+    assert service.stop() == ExitCode.OK
+    assert service.raw_lines, "nothing logged"
+    assert len(service.records) == len(service.raw_lines), service.log  # every line is JSON
+    for record in service.records:
+        assert {"time", "level", "logger", "message"} <= record.keys(), record
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"]), record
+    messages = [record["message"] for record in service.records]
+    assert any(message.startswith("listening on ") for message in messages), messages
+    assert any(message.startswith("shutdown: complete") for message in messages), messages
+
+
+def test_json_log_carries_extra_fields_and_the_exception() -> None:
+    """The formatter itself: every extra= field, and the traceback as one string."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("test.json")
+    log.addHandler(handler)
+    try:
+        try:
+            raise ValueError("the error under test")
+        except ValueError:
+            log.error("failed %s", "here", exc_info=True, extra={"phase": "drain", "count": 3})
+    finally:
+        log.removeHandler(handler)
+    [line] = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["message"] == "failed here"
+    assert record["level"] == "ERROR"
+    assert record["logger"] == "test.json"
+    assert (record["phase"], record["count"]) == ("drain", 3)
+    assert record["exception"].startswith("Traceback (most recent call last)")
+    assert record["exception"].endswith("ValueError: the error under test")
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
+def test_json_log_of_workers_stays_one_object_per_line(start_service: StartService) -> None:
+    service = start_service(APP_LOG_FORMAT="json", APP_WORKERS="2")
+    assert service.stop() == ExitCode.OK
+    assert len(service.records) == len(service.raw_lines), service.log
+    workers = {record.get("worker") for record in service.records}
+    assert {1, 2} <= workers, service.log
+    ready = [r for r in service.records if r["message"].startswith("worker 1 ready")]
+    assert ready[0]["worker_pid"] > 0
+
+
+def test_startup_imports_only_what_this_start_needs(start_service: StartService) -> None:
+    """Start-up time is import time: python-dotenv only with a .env file, the supervisor only
+    with workers, difflib only for a warning (see bench/ for the time to 'listening on')."""
+    service = start_service("-X", "importtime", "-m", "app")
+    imported = {line.rsplit("|", 1)[1].strip() for line in service.lines if "import time:" in line}
+    assert "app.server" in imported, "no import times read"
+    for module in ("dotenv", "app.runtime.supervisor", "difflib"):
+        assert module not in imported, f"{module} imported at start"
+    assert service.stop() == ExitCode.OK

@@ -15,11 +15,21 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service, StartService, connect, echo, talk_through_sigterm
+from conftest import (
+    HANG_GUARD,
+    Process,
+    Service,
+    StartService,
+    connect,
+    echo,
+    service_env,
+    talk_through_sigterm,
+)
 
 from app.config import Settings
 from app.exitcodes import ExitCode
@@ -51,13 +61,13 @@ def start_workers(start_service: StartService) -> Iterator[StartService]:
 
     yield start
     for service in services:
-        if service.popen.poll() is not None:
-            continue  # it ended by itself, after reaping its workers
-        service.popen.kill()
-        service.popen.wait()
+        if service.popen.poll() is None:
+            service.popen.kill()
+            service.popen.wait()
         for pid in {int(m[2]) for m in STARTED.finditer(service.log)}:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            if not gone(pid):  # left behind by a killed supervisor
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def started_workers(service: Service) -> dict[int, int]:
@@ -262,3 +272,94 @@ def test_worker_outliving_the_budget_is_killed_and_reported(start_workers: Start
         rf"worker 1 \(pid {frozen}\) still running after [\d.]+s: killing", service.log
     )
     assert re.search(r"\[worker 2\] .*shutdown: complete", service.log)
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for a reaper counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def wait_until_gone(pids: list[int]) -> None:
+    """Poll /proc until every pid has exited: they are not our children, nothing to wait on."""
+    deadline = time.monotonic() + HANG_GUARD
+    while not all(gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if not gone(p)]}"
+        time.sleep(0.05)
+
+
+@reuse_port_only
+def test_second_supervisor_on_the_same_port_and_folder_refuses_with_69(
+    start_workers: StartService, workdir: Path
+) -> None:
+    first = start_workers(APP_WORKERS="2")
+    env = service_env(
+        APP_HOST="127.0.0.1",
+        APP_PORT=str(first.port),
+        APP_WORKERS="2",
+        APP_JOURNAL_PATH="data/journal.log",
+    )
+    second = Process([sys.executable, "-m", "app"], workdir, env)
+    assert second.wait() == ExitCode.ADDRESS_IN_USE, second.log
+    [line] = second.lines
+    assert "cannot listen on 127.0.0.1:" in line
+    assert first.stop() == ExitCode.OK, first.log
+
+
+@reuse_port_only
+def test_second_supervisor_in_the_same_folder_refuses_with_69(
+    start_workers: StartService, workdir: Path
+) -> None:
+    """Another port, but the same journals: the second must not write them too."""
+    first = start_workers(APP_WORKERS="2")
+    env = service_env(
+        APP_HOST="127.0.0.1", APP_PORT="0", APP_WORKERS="2", APP_JOURNAL_PATH="data/journal.log"
+    )
+    second = Process([sys.executable, "-m", "app"], workdir, env)
+    assert second.wait() == ExitCode.ADDRESS_IN_USE, second.log
+    [line] = second.lines
+    assert re.search(r"data/journal\.log.* in use by another supervisor \(pid \d+\)", line), line
+    assert first.stop() == ExitCode.OK, first.log
+
+
+@linux_only
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGHUP"])
+def test_workers_of_a_vanished_or_hung_up_supervisor_drain_and_exit(
+    start_workers: StartService, workdir: Path, how: str
+) -> None:
+    """``kill -9`` of the supervisor (or SIGHUP, a closed terminal) must not leave orphans
+    serving: each worker drains its clients gracefully and exits."""
+    service = start_workers(APP_WORKERS="2")
+    pids = list(started_workers(service).values())
+    clients = [connect(service) for _ in range(6)]
+    for n, client in enumerate(clients):
+        assert echo(client, b"before %d\n" % n) == b"before %d\n" % n
+    service.send(getattr(signal, how))
+    code = service.wait()
+    if how == "SIGHUP":
+        assert code == ExitCode.OK, service.log
+    for client in clients:  # a graceful end of stream, not a reset and not silence
+        with client:
+            assert client.recv(100) == b""
+    wait_until_gone(pids)
+    lines = journal_lines(workdir / "data")
+    assert sorted(lines) == sorted(b"before %d\n" % n for n in range(6))
+
+
+@linux_only
+def test_sigstopped_worker_misses_its_heartbeat_and_is_replaced(
+    start_workers: StartService,
+) -> None:
+    service = start_workers(APP_WORKERS="2", APP_HEARTBEAT_TIMEOUT="1")
+    frozen = started_workers(service)[1]
+    os.kill(frozen, signal.SIGSTOP)
+    service.wait_for(rf"worker 1 \(pid {frozen}\) missed its heartbeat for [\d.]+ s: killing it")
+    started = service.wait_for(rf"worker 1 started \(pid (?!{frozen}\))(\d+)\)")
+    service.wait_for(rf"worker 1 ready \(pid {started[1]}\)")
+    for n in range(20):  # the frozen worker's queue is gone with it: nobody is stuck there
+        with connect(service) as client:
+            assert echo(client, b"after %d\n" % n) == b"after %d\n" % n
+    assert service.stop() == ExitCode.OK, service.log

@@ -12,7 +12,6 @@ Commands::
 
     python -m app.runtime.launcher run [--run-dir DIR] [--grace S] [-- ARGS]  # start, wait, exit
     python -m app.runtime.launcher stop [--run-dir DIR]  # ask the running ``run`` to stop
-    python -m app.runtime.launcher demo  # start, echo a line, stop gracefully, report
 
 ``stop`` talks to ``run`` through files in the run folder (``data/`` by default): ``run``
 writes ``app.pid``; ``stop`` writes ``app.stop``; ``run`` notices it within 50 ms, stops the
@@ -23,9 +22,11 @@ another console cannot send console events to this one.
 Exit statuses: the service's own (``app/exitcodes.py``); 137 when the launcher had to kill the
 service; 1 for the launcher's own refusals (already running, nothing to stop).
 
-Stdlib only, so it runs on any interpreter that can run the service, the embeddable Windows
-Python included. Everything that differs between Windows and POSIX is in :class:`Platform`,
-which tests build for either side on any machine.
+Stdlib only (it imports nothing from the project but the exit statuses and the runtime's
+signal names, both stdlib only), so it runs on any interpreter that can run the service, the
+embeddable Windows Python included. A walk-through that uses it is
+``scripts/launcher_demo.py``. Everything that differs between Windows and POSIX is in
+:class:`Platform`, which tests build for either side on any machine.
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
+
+from app.exitcodes import exit_status
+from app.runtime.aiorun import _signal_name
 
 logger = logging.getLogger("app.runtime.launcher")
 
@@ -429,18 +431,6 @@ class Launcher:
         return restore
 
 
-def exit_status(returncode: int) -> int:
-    """A child's return code as a shell reports it: killed by signal N on POSIX is 128 + N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def running_launcher(platform: Platform, files: RunFiles) -> int | None:
     """The pid of the launcher that owns the run folder, if it is alive; clears a stale file."""
     info = files.read(files.pid)
@@ -506,117 +496,6 @@ def request_stop(
     return StopResult(status, seconds, f"stopped in {seconds:.2f} s, exit status {status}")
 
 
-# --- demo -------------------------------------------------------------------------------------
-
-_SUMMARY = "Start, stop and demo the service so that it always stops gracefully."
-DEMO_MESSAGE = "hello from the launcher demo"
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
-
-
-def demo(python: str = sys.executable, timeout: float = 20.0) -> int:
-    """Start the service through ``run``, echo one line, stop it through ``stop``, report.
-
-    Uses an ephemeral port and a temporary run folder and journal, so it never disturbs a
-    service already running from this folder. Returns 0 only if the echo came back, the
-    service exited 0 and the journal holds the line.
-    """
-    platform = current_platform()
-    with tempfile.TemporaryDirectory(prefix="app-demo-", ignore_cleanup_errors=True) as tmp:
-        files = RunFiles(Path(tmp))
-        journal = Path(tmp, "journal.log")
-        env = {
-            **os.environ,
-            "APP_HOST": "127.0.0.1",
-            "APP_PORT": "0",
-            "APP_JOURNAL_PATH": str(journal),
-        }
-        command = [python, "-m", "app.runtime.launcher", "run", "--run-dir", tmp]
-        say(f"demo: starting the service through the launcher: {' '.join(command)}")
-        launcher = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-        address: list[tuple[str, int]] = []
-        ready = threading.Event()
-
-        def relay_log() -> None:  # show the service's log, and find its port in it
-            assert launcher.stderr is not None
-            for line in launcher.stderr:
-                sys.stderr.write("  | " + line)
-                if not address and (match := LISTENING.search(line)):
-                    address.append((match[1], int(match[2])))
-                    ready.set()
-            ready.set()
-
-        reader = threading.Thread(target=relay_log, daemon=True)
-        reader.start()
-        try:
-            return _demo_steps(platform, files, journal, launcher, address, ready, timeout)
-        finally:
-            if launcher.poll() is None:
-                launcher.kill()
-                launcher.wait()
-            reader.join(timeout)
-
-
-def _demo_steps(
-    platform: Platform,
-    files: RunFiles,
-    journal: Path,
-    launcher: subprocess.Popen[str],
-    address: list[tuple[str, int]],
-    ready: threading.Event,
-    timeout: float,
-) -> int:
-    if not ready.wait(timeout) or not address:
-        say(f"demo: FAILED: the service did not start (launcher status {launcher.poll()})")
-        return 1
-    host, port = address[0]
-    say(f"demo: the service listens on {host}:{port}")
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
-            connection.sendall(DEMO_MESSAGE.encode() + b"\n")
-            reply = connection.makefile("rb").readline().decode(errors="replace").rstrip("\n")
-    except OSError as exc:
-        reply = f"nothing ({exc})"
-    echoed = reply == DEMO_MESSAGE
-    say(f"demo: sent {DEMO_MESSAGE!r}, got {reply!r} back")
-    say(f"demo: asking for a graceful stop ({platform.stop_event} via the launcher)")
-    result = request_stop(platform, files)
-    status = launcher.wait(timeout)
-    journaled = journal.exists() and DEMO_MESSAGE.encode() in journal.read_bytes().splitlines()
-    say(f"demo: {result.message}")
-    say(
-        f"demo: service exit status {status} ({describe_status(status)}); "
-        f"journal {'holds' if journaled else 'LACKS'} the line"
-    )
-    ok = echoed and status == 0 and journaled
-    say("demo: OK" if ok else "demo: FAILED")
-    return 0 if ok else 1
-
-
-def say(text: str) -> None:
-    """A line of the demo's own report, on stdout, in step with the log on stderr."""
-    print(text, flush=True)
-
-
-def describe_status(status: int) -> str:
-    """A word for an exit status of ``run``."""
-    if status == KILLED:
-        return "killed by the launcher"
-    try:
-        from app.exitcodes import ExitCode
-
-        return ExitCode(status).name.lower().replace("_", " ")
-    except (ImportError, ValueError):
-        return "see app/exitcodes.py"
-
-
 # --- Command line -----------------------------------------------------------------------------
 
 
@@ -627,7 +506,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    parser = argparse.ArgumentParser(prog="python -m app.runtime.launcher", description=_SUMMARY)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.runtime.launcher",
+        description="Start and stop the service so that it always stops gracefully.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("run", "start the service and wait for it; Ctrl-C stops it gracefully"),
@@ -648,7 +530,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                 help="seconds to wait after the stop request before killing "
                 f"(default: APP_SHUTDOWN_TIMEOUT + {GRACE_MARGIN:g})",
             )
-    commands.add_parser("demo", help="start, echo, stop gracefully, report exit status and time")
     return parser.parse_args(argv), extra
 
 
@@ -674,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return REFUSED
         print(result.message)
         return result.status
-    return demo()
+    raise AssertionError(f"unknown command {args.command}")  # argparse refused it already
 
 
 if __name__ == "__main__":

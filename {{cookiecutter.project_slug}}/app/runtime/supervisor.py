@@ -29,12 +29,23 @@ What the supervisor does, and why:
   ``listening on HOST:PORT`` line is the supervisor's, logged once every worker is ready:
   tests and people wait for one line, as with one process. Under systemd (``NOTIFY_SOCKET``)
   the supervisor, not the workers, reports READY=1 and STOPPING=1.
-- **Signals.** SIGTERM and SIGINT are forwarded to every worker; each drains and flushes its
+- **Signals.** SIGTERM and SIGINT are forwarded to every worker (SIGHUP, what a closed
+  terminal sends, is a graceful stop too and reaches them as SIGTERM); each drains and flushes its
   journal within ``APP_SHUTDOWN_TIMEOUT``. The supervisor waits that long plus
   ``STOP_MARGIN`` seconds, then kills what is left. A second signal is forwarded too, which
   makes the workers force-exit (status 128 + signal). Workers run in their own process group,
   so a Ctrl-C in a terminal reaches them once, through the supervisor, not twice. (Under
   systemd, use ``KillMode=mixed`` for the same reason.)
+- **One supervisor per port and folder.** Before it starts anyone, it checks that nothing
+  listens on the port (``SO_REUSEPORT`` would otherwise let a second supervisor share it) and
+  takes an exclusive lock on ``<journal>.lock``, so that two supervisors never write the same
+  journals; either conflict is exit 69.
+- **Heartbeats.** Each worker writes a byte to a pipe from its event loop every quarter of
+  ``APP_HEARTBEAT_TIMEOUT``. A ready worker that misses its heartbeat for that long (stopped
+  with SIGSTOP, or a wedged loop) still holds its accept queue, so it is killed and replaced
+  like a crashed one. The same pipe tells a worker that the supervisor is gone (a write fails
+  with EPIPE), and on Linux ``PR_SET_PDEATHSIG`` tells it at once: it then drains and exits
+  as on SIGTERM rather than serve on as an orphan nobody will stop.
 - **Restarts.** A worker that exits while nobody asked it to (a crash, an OOM kill, a stray
   ``kill``) is restarted after a delay that doubles with each consecutive failure, from
   ``BACKOFF_FIRST`` to ``BACKOFF_MAX`` seconds; a worker that ran ``STABLE_AFTER`` seconds
@@ -59,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -66,13 +78,15 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
-from app.exitcodes import ExitCode
+from app.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
+from app.logs import iso_time
 from app.runtime import notify
-from app.service import bind_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +102,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0
 """A worker that ran this many seconds before it exited is restarted after BACKOFF_FIRST again."""
+HEARTBEAT_FD_VARIABLE = "SUPERVISOR_HEARTBEAT_FD"
+"""The file descriptor a worker writes its heartbeats to (not an APP_ setting: set by us)."""
 _READY = re.compile(r"listening on (\S+):(\d+)\s*$")
 _LINE_LIMIT = 1 << 20
 """Longest worker log line relayed whole; a longer one is dropped rather than buffered."""
@@ -103,24 +119,12 @@ def restart_delay(failures: int) -> float:
     return min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
 
 
-def describe_status(returncode: int) -> str:
-    """``status 3`` for an exit, ``SIGKILL`` for a death by signal."""
-    if returncode < 0:
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"status {returncode}"
-
-
 def main(settings: Settings) -> int:
     """Run ``settings.workers`` workers until stopped; return the exit status (see above).
 
     Called by ``python -m app`` when APP_WORKERS > 1, after logging is configured.
     """
-    # Settings.workers is APP_WORKERS as parsed and range-checked by app/config.py; the
-    # environment is read only under a config.py that predates the setting.
-    workers = int(getattr(settings, "workers", os.environ.get("APP_WORKERS", "1")))
+    workers = settings.workers
     reuse_port = getattr(socket, "SO_REUSEPORT", None)
     if reuse_port is None:
         print(
@@ -131,14 +135,23 @@ def main(settings: Settings) -> int:
         return ExitCode.CONFIG
     try:
         reserved = _reserve(settings.host, settings.port, reuse_port)
-    except _ListenError as exc:
-        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.reason)
-        return exc.code
+    except StartupError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return exc.exit_code
+    try:
+        lock = _lock_journals(settings.journal_path)
+    except StartupError as exc:
+        for sock in reserved.sockets:
+            sock.close()
+        logger.error("%s", exc)
+        return exc.exit_code
     try:
         return asyncio.run(_Supervisor(settings, workers, reserved).run())
     finally:
         for sock in reserved.sockets:
             sock.close()
+        if lock is not None:
+            os.close(lock)
 
 
 @dataclass
@@ -146,13 +159,6 @@ class _Reserved:
     sockets: list[socket.socket]
     host: str
     port: int
-
-
-class _ListenError(Exception):
-    def __init__(self, code: ExitCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
@@ -165,8 +171,10 @@ def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise _ListenError(ExitCode.CONFIG, str(exc.strerror or exc)) from None
+        raise StartupError(ExitCode.CONFIG, str(exc.strerror or exc)) from None
     addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    if port != 0:
+        _check_nobody_listens(addresses, port)
     for _attempt in range(20 if port == 0 else 1):
         chosen = port
         sockets: list[socket.socket] = []
@@ -185,10 +193,100 @@ def _reserve(host: str, port: int, reuse_port: int) -> _Reserved:
                 sock.close()
             if exc.errno == errno.EADDRINUSE and port == 0:
                 continue  # the port picked for the first address is taken on another one
-            raise _ListenError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
+            raise StartupError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
         shown = str(sockets[0].getsockname()[0])
         return _Reserved(sockets, shown, chosen)
-    raise _ListenError(ExitCode.ADDRESS_IN_USE, "no port is free on every address")
+    raise StartupError(ExitCode.ADDRESS_IN_USE, "no port is free on every address")
+
+
+def _check_nobody_listens(addresses: Sequence[tuple[int, Any]], port: int) -> None:
+    """Refuse a port on which another process (another supervisor's worker) listens.
+
+    A socket without SO_REUSEPORT cannot bind next to a listening one, even one that has it;
+    the reserved sockets do not listen, so this finds only real servers.
+    """
+    for family, address in addresses:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind((address[0], port, *address[2:]))
+            except OSError as exc:
+                raise StartupError(bind_exit_code(exc), os.strerror(exc.errno or 0)) from None
+
+
+def _lock_journals(journal: Path) -> int | None:
+    """Lock ``<journal>.lock`` for this supervisor; raise StartupError if another holds it.
+
+    Returns the locked file's descriptor, which the kernel unlocks when this process ends,
+    however it ends. If the folder cannot be made, returns None: the first worker reports
+    the journal problem with its own exit status.
+    """
+    if sys.platform == "win32":
+        return None  # no workers there (no SO_REUSEPORT); main() refused earlier
+    import fcntl
+
+    path = journal.with_name(journal.name + ".lock")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(
+            ExitCode.ADDRESS_IN_USE,
+            f"the journals of {journal} are in use by another supervisor (pid {owner})",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def beat_to_supervisor(loop: asyncio.AbstractEventLoop, interval: float) -> None:
+    """In a worker: send heartbeats from ``loop``, and stop when the supervisor is gone.
+
+    Called by ``python -m app`` in a worker before the loop runs. The beat is a loop
+    callback, so it stops when the loop is stopped or blocked, which is what the supervisor
+    wants to know. Losing the supervisor raises SIGTERM in this process: the runtime's
+    graceful shutdown, exactly as if the supervisor had forwarded a stop.
+    """
+    raw = os.environ.pop(HEARTBEAT_FD_VARIABLE, None)
+    if raw is None or sys.platform == "win32":
+        return  # started by hand with APP_WORKER_INDEX: nobody to beat to
+    fd = int(raw)
+    os.set_blocking(fd, False)
+    _terminate_with_parent()
+
+    def beat() -> None:
+        try:
+            os.write(fd, b".")
+        except BlockingIOError:
+            pass  # the supervisor has not read the last ones yet; it knows we are alive
+        except OSError:  # EPIPE: nobody holds the other end any more
+            os.close(fd)
+            logger.warning("the supervisor is gone: stopping")
+            signal.raise_signal(signal.SIGTERM)
+            return
+        loop.call_later(interval, beat)
+
+    loop.call_soon(beat)
+
+
+def _terminate_with_parent() -> None:
+    """Linux: have the kernel send us SIGTERM when the supervisor dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return  # the heartbeat's EPIPE notices it within one beat instead
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass(eq=False)
@@ -201,6 +299,8 @@ class _Worker:
     failures: int = 0
     killed: bool = False
     """Killed by the supervisor because it outlived the shutdown budget."""
+    last_beat: float = 0.0
+    """When its last heartbeat (or its readiness) was seen, on the monotonic clock."""
 
 
 class _Supervisor:
@@ -218,10 +318,14 @@ class _Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        if sys.platform == "win32":
+            raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._forward, signum)
         tasks = [asyncio.create_task(self._keep_running(worker)) for worker in self._workers]
+        watchdog = asyncio.create_task(self._watch_heartbeats())
         await self._stopping.wait()
+        watchdog.cancel()
         began = time.monotonic()
         budget = self._settings.shutdown_timeout + STOP_MARGIN
         _, late = await asyncio.wait(tasks, timeout=budget)
@@ -252,7 +356,31 @@ class _Supervisor:
         name = signal.Signals(signum).name
         if self._signals:
             logger.warning("%s received again: workers will exit at once", name)
-        self._stop(signum, f"{name} received")
+        # SIGHUP means the terminal went away, not "lose the connections": workers get the
+        # signal whose meaning is a graceful stop.
+        hangup = sys.platform != "win32" and signum == signal.SIGHUP
+        self._stop(signal.SIGTERM if hangup else signum, f"{name} received")
+
+    async def _watch_heartbeats(self) -> None:
+        """Kill a ready worker whose event loop has not beaten for APP_HEARTBEAT_TIMEOUT."""
+        timeout = self._settings.heartbeat_timeout
+        while True:
+            await asyncio.sleep(timeout / 4)
+            now = time.monotonic()
+            for worker in self._workers:
+                process = worker.process
+                if not worker.ready or process is None or process.returncode is not None:
+                    continue
+                if now - worker.last_beat > timeout:
+                    logger.error(
+                        "worker %d (pid %d) missed its heartbeat for %.1f s: killing it",
+                        worker.index,
+                        process.pid,
+                        now - worker.last_beat,
+                    )
+                    worker.ready = False  # once: it is dead to us until it is replaced
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
 
     def _stop(self, signum: int, why: str) -> None:
         if not self._signals:
@@ -276,9 +404,9 @@ class _Supervisor:
                 logger.error(
                     "worker %d exited with %s before the service was ready: stopping",
                     worker.index,
-                    describe_status(returncode),
+                    describe(returncode),
                 )
-                self._statuses.append(_failure_status(returncode))
+                self._statuses.append(exit_status(returncode) or ExitCode.ERROR)
                 self._stop(signal.SIGTERM, f"worker {worker.index} failed to start")
                 return
             ran = time.monotonic() - worker.started_at
@@ -287,7 +415,7 @@ class _Supervisor:
             logger.warning(
                 "worker %d exited with %s, restarting in %.1f s",
                 worker.index,
-                describe_status(returncode),
+                describe(returncode),
                 delay,
             )
             with contextlib.suppress(TimeoutError):
@@ -299,21 +427,29 @@ class _Supervisor:
         worker.ready = False
         worker.killed = False
         worker.started_at = time.monotonic()
+        beats, beat_end = os.pipe()
+        env = self._worker_environment(worker)
+        env[HEARTBEAT_FD_VARIABLE] = str(beat_end)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "app",
-                env=self._worker_environment(worker),
+                env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 limit=_LINE_LIMIT,
                 # Its own process group: a terminal's Ctrl-C reaches it only through us.
                 process_group=0,
+                pass_fds=(beat_end,),
             )
         except OSError as exc:
+            os.close(beats)
             logger.error("cannot start worker %d: %s", worker.index, exc)
             return ExitCode.ERROR
+        finally:
+            os.close(beat_end)  # the worker's copy is the only writer: its death closes it
+        self._hear_beats(worker, beats)
         worker.process = process
         logger.info("worker %d started (pid %d)", worker.index, process.pid)
         for signum in self._signals:  # a stop began while it was being started
@@ -323,8 +459,30 @@ class _Supervisor:
         await self._relay(worker, process.stderr)
         returncode = await process.wait()
         if self._stopping.is_set():
-            logger.info("worker %d exited with %s", worker.index, describe_status(returncode))
+            logger.info("worker %d exited with %s", worker.index, describe(returncode))
         return returncode
+
+    def _hear_beats(self, worker: _Worker, fd: int) -> None:
+        """Note each heartbeat on ``fd``; stop listening when the worker closes it."""
+        if sys.platform == "win32":
+            raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
+        loop = asyncio.get_running_loop()
+
+        def read() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                worker.last_beat = time.monotonic()
+                return
+            loop.remove_reader(fd)
+            os.close(fd)
+
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, read)
 
     def _worker_environment(self, worker: _Worker) -> dict[str, str]:
         env = dict(os.environ)
@@ -349,16 +507,29 @@ class _Supervisor:
             if not raw:
                 return
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if not worker.ready and _READY.search(line):
+            record = _json_record(line) if self._settings.log_format == "json" else None
+            message = record.get("message") if record is not None else line
+            if not worker.ready and isinstance(message, str) and _READY.search(message):
                 self._mark_ready(worker)
                 continue
-            sys.stderr.write(f"[worker {worker.index}] {line}\n")
+            if self._settings.log_format == "json":
+                # Still one object per line: the worker's own, or its stray output wrapped.
+                if record is None:
+                    record = {"time": iso_time(time.time()), "level": "WARNING"}
+                    record.update(logger="worker.stderr", message=line)
+                record["worker"] = worker.index
+                line = json.dumps(record, ensure_ascii=False)
+            else:
+                line = f"[worker {worker.index}] {line}"
+            sys.stderr.write(line + "\n")
             sys.stderr.flush()
 
     def _mark_ready(self, worker: _Worker) -> None:
         worker.ready = True
+        worker.last_beat = time.monotonic()
         assert worker.process is not None
-        logger.info("worker %d ready (pid %d)", worker.index, worker.process.pid)
+        pid = worker.process.pid
+        logger.info("worker %d ready (pid %d)", worker.index, pid, extra={"worker_pid": pid})
         if not self._announced and all(w.ready for w in self._workers):
             self._announced = True
             logger.info(
@@ -375,11 +546,15 @@ class _Supervisor:
             return ExitCode.SHUTDOWN_TIMEOUT
         if returncode < 0 and not worker.ready and -returncode in self._signals:
             return ExitCode.OK  # stopped by our signal before it had handlers or clients
-        return _failure_status(returncode) if returncode else ExitCode.OK
+        return exit_status(returncode)
 
 
-def _failure_status(returncode: int) -> int:
-    """A worker's exit as a status of ours: 128 + N for signal N, 1 for an unexpected 0."""
-    if returncode < 0:
-        return 128 - returncode
-    return returncode or ExitCode.ERROR
+def _json_record(line: str) -> dict[str, Any] | None:
+    """The worker's log record if ``line`` is one JSON object, else None."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

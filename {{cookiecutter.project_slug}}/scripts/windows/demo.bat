@@ -1,19 +1,19 @@
 @echo off
-rem Start the service, echo a line, stop it gracefully, report the exit status and stop time.
+rem Start the service, send it a request, stop it gracefully, report the exit status and stop time.
 rem Usage: scripts\windows\demo.bat
 rem Runs from the project folder with PYTHON if set, else .venv\Scripts\python.exe, else python.
-rem The exit status is the launcher's: 0 when the echo, the graceful stop and the journal all worked.
+rem The exit status is 0 when the request was answered, the graceful stop worked and the journal holds it.
 setlocal
 pushd "%~dp0..\.."
-if not exist "app\launcher.py" (
-    echo error: cannot find app\launcher.py next to scripts\windows 1>&2
+if not exist "app\runtime\launcher.py" (
+    echo error: cannot find app\runtime\launcher.py two folders above scripts\windows 1>&2
     popd
     exit /b 1
 )
 set "PY=python"
 if exist ".venv\Scripts\python.exe" set "PY=.venv\Scripts\python.exe"
 if defined PYTHON set "PY=%PYTHON%"
-"%PY%" -m app.runtime.launcher demo %*
+"%PY%" scripts\launcher_demo.py %*
 set "STATUS=%ERRORLEVEL%"
 popd
 exit /b %STATUS%

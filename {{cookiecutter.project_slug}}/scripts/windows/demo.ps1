@@ -1,23 +1,10 @@
 <#
 .SYNOPSIS
-Start the service, echo a line, stop it gracefully, report the exit status and stop time.
+Start the service, send it a request, stop it gracefully, report the exit status and stop time.
 .DESCRIPTION
 Usage: scripts\windows\demo.ps1
 Runs from the project folder with $env:PYTHON if set, else .venv\Scripts\python.exe, else python.
-The exit status is the launcher's: 0 when the echo, the graceful stop and the journal all worked.
+The exit status is 0 when the request was answered, the graceful stop worked and the journal holds it.
 #>
-$ErrorActionPreference = 'Stop'
-$root = Split-Path -Parent (Split-Path -Parent $PSScriptRoot)
-$python = 'python'
-$venvPython = Join-Path $root '.venv\Scripts\python.exe'
-if (Test-Path $venvPython) { $python = $venvPython }
-if ($env:PYTHON) { $python = $env:PYTHON }
-Push-Location $root
-try {
-    & $python -m app.runtime.launcher demo @args
-    $status = $LASTEXITCODE
-}
-finally {
-    Pop-Location
-}
+. (Join-Path $PSScriptRoot '_common.ps1') scripts\launcher_demo.py @args
 exit $status

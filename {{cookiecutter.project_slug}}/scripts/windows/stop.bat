@@ -5,8 +5,8 @@ rem Runs from the project folder with PYTHON if set, else .venv\Scripts\python.e
 rem The exit status is the launcher's: the service's exit status (0 = clean stop), 1 if nothing was running.
 setlocal
 pushd "%~dp0..\.."
-if not exist "app\launcher.py" (
-    echo error: cannot find app\launcher.py next to scripts\windows 1>&2
+if not exist "app\runtime\launcher.py" (
+    echo error: cannot find app\runtime\launcher.py two folders above scripts\windows 1>&2
     popd
     exit /b 1
 )
