@@ -24,6 +24,7 @@ AIORUN_DOCKER_FIGURES=path they are also written there as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -232,10 +233,8 @@ def run_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
     for container in started:
         container.remove(force=True, v=True)
     for volume in volumes:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(volume).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 # --------------------------------------------------------------------------- helpers
