@@ -342,3 +342,27 @@ def test_template_code_is_lint_clean() -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     fmt = run(ruff, "format", "--check", ".", cwd=TEMPLATE)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def _wheel_for_oldest_python(requirement: str, tmp_path: Path) -> bool:
+    """Whether PyPI has a CPython 3.11 manylinux x86_64 wheel for the requirement."""
+    result = run(
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+        "--platform", "manylinux2014_x86_64", "--disable-pip-version-check", "--quiet",
+        "-d", tmp_path, requirement, cwd=tmp_path,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+def test_uvloop_floor_is_the_first_release_with_wheels_for_the_oldest_python(
+    bake: Bake, tmp_path: Path
+) -> None:
+    """A floor below it would let pip try to compile uvloop on 3.11; above it, refuse for no
+    reason. Checked against the package index."""
+    dependencies = tomllib.loads((bake() / "pyproject.toml").read_text())["project"]
+    (uvloop,) = [d for d in dependencies["dependencies"] if d.startswith("uvloop")]
+    floor = re.fullmatch(r"uvloop>=([\d.]+); sys_platform != 'win32'", uvloop)
+    assert floor, uvloop
+    assert _wheel_for_oldest_python(f"uvloop=={floor.group(1)}", tmp_path)
+    assert not _wheel_for_oldest_python(f"uvloop<{floor.group(1)}", tmp_path)
