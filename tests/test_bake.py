@@ -173,5 +173,5 @@ def test_bakes_from_a_git_clone(tmp_path: Path) -> None:
         output_dir=str(tmp_path / "out"),
         config_file=str(config),
     )
-    assert (Path(project) / "app" / "aiorun.py").is_file()
+    assert (Path(project) / "app" / "runtime" / "aiorun.py").is_file()
     assert (Path(project) / "Dockerfile").is_file()

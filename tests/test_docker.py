@@ -78,6 +78,18 @@ def _bases() -> dict[str, str]:
     return {version.strip(): image.strip() for version, image in pairs}
 
 
+def _base_image(config: pytest.Config, client: Any, python_version: str) -> str:
+    """The base image for a Python version, present on the engine, or a skip (a failure)."""
+    base = _bases().get(python_version)
+    if base is None:
+        _unavailable(config, f"AIORUN_DOCKER_BASES names no base for Python {python_version}")
+    try:
+        client.images.get(base)
+    except docker.errors.ImageNotFound:
+        _unavailable(config, f"base image {base} is missing")
+    return str(base)
+
+
 def _required(config: pytest.Config) -> bool:
     return bool(config.getoption("--require-docker", default=False)) or (
         os.environ.get("REQUIRE_DOCKER") == "1"
@@ -185,11 +197,7 @@ def app_image(
     request: pytest.FixtureRequest, docker_client: Any, baked: Path, python_version: str
 ) -> Iterator[Any]:
     """The baked project's image on one base, built once per session."""
-    base = _bases()[python_version]
-    try:
-        docker_client.images.get(base)
-    except docker.errors.ImageNotFound:
-        _unavailable(request.config, f"base image {base} is missing")
+    base = _base_image(request.config, docker_client, python_version)
     tag = f"aiorun-template-test/app:{python_version}-{uuid.uuid4().hex[:8]}"
     image, seconds, _ = _build(
         docker_client, tag, path=str(baked), buildargs={"PYTHON_IMAGE": base}
@@ -503,11 +511,7 @@ def test_label_and_port_survive_any_accepted_text(
     request: pytest.FixtureRequest, docker_client: Any, bake: Callable[..., Path]
 ) -> None:
     """Built for real and read back with `docker inspect`: the label is the text as written."""
-    base = _bases()["3.14"]
-    try:
-        docker_client.images.get(base)
-    except docker.errors.ImageNotFound:
-        _unavailable(request.config, f"base image {base} is missing")
+    base = _base_image(request.config, docker_client, "3.14")
     project = bake(project_name="Label Test", description=TRICKY_DESCRIPTION, port="80")
     tag = f"aiorun-template-test/label:{uuid.uuid4().hex[:8]}"
     image, _, _ = _build(docker_client, tag, path=str(project), buildargs={"PYTHON_IMAGE": base})
