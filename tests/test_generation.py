@@ -208,6 +208,8 @@ def test_licence_answer_writes_licence_and_pep639_expression(bake: Bake, licence
     assert canonicalize_license_expression(expression) == expression
     if licence == "Proprietary":
         assert expression == "LicenseRef-Proprietary"
+        metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+        assert metadata["classifiers"] == ["Private :: Do Not Upload"]
     else:
         assert expression == licence
     if licence in ("MIT", "BSD-3-Clause", "Proprietary"):
