@@ -1,13 +1,15 @@
-"""Shape the generated project to the answers: prune what was turned off, render the Dockerfile.
+"""Shape the generated project to the answers: prune what was turned off, record the answers.
 
-cookiecutter runs this inside the new project folder. Whole files and folders that an answer
-turns off are deleted here, in one list, so what each answer owns is visible in one place;
-so is the uvloop dependency line of ``pyproject.toml``, which stays valid TOML before rendering
-that way (tools such as ruff read it in the template folder too).
+cookiecutter (and cruft) run this inside the new project folder. Whole files and folders that
+an answer turns off are deleted here, in one list, so what each answer owns is visible in one
+place.
 
-The Dockerfile is kept at the template's top level (``Dockerfile.template``), outside the
-project folder, so the template's own tooling never mistakes it for a project file; it is
-rendered here with the same Jinja environment and answers as every other file.
+Nothing here reads the template folder: its address (``_repo_dir``) is relative to a working
+directory the hook no longer has, and cruft does not pass it at all. The files kept outside
+the project folder (``templates/Dockerfile.template``, ``templates/licenses/``) reach the
+project through Jinja includes in its ``Dockerfile`` and ``LICENSE``: cookiecutter looks
+for included files in the template's ``templates/`` folder while it renders, from the template
+folder itself, whether that is a relative or absolute path, a clone or an unpacked zip.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
-    "use_docker": (".dockerignore", "compose.yaml", "deploy"),
+    "use_docker": ("Dockerfile", ".dockerignore", "compose.yaml", "deploy"),
     "windows_scripts": (
         "scripts/windows",
         "scripts/launcher_demo.py",
@@ -57,25 +59,15 @@ def prune(project: Path, answers: Mapping[str, Any]) -> None:
                 folder.rmdir()
 
 
-def render_dockerfile(project: Path, answers: Mapping[str, Any]) -> None:
-    """Render ``Dockerfile.template`` from the template folder into ``Dockerfile``."""
-    from cookiecutter.environment import StrictEnvironment  # the interpreter running us
-
-    template = Path(answers["_repo_dir"], "Dockerfile.template").read_text(encoding="utf-8")
-    environment = StrictEnvironment(
-        context={"cookiecutter": dict(answers)}, keep_trailing_newline=True
+def privileged_port_warning(answers: Mapping[str, Any]) -> str | None:
+    """A container port below 1024 cannot be bound by the image's unprivileged user."""
+    port = int(answers["port"])
+    if not answers["use_docker"] or port >= 1024:
+        return None
+    return (
+        f"warning: port {port} is privileged; the container listens on {port + 8000} and "
+        f"compose.yaml and the Kubernetes Service publish it as {port}"
     )
-    text = environment.from_string(template).render(cookiecutter=answers)
-    (project / "Dockerfile").write_text(text, encoding="utf-8")
-
-
-def drop_uvloop_dependency(project: Path) -> None:
-    """Remove the uvloop requirement line from pyproject.toml."""
-    pyproject = project / "pyproject.toml"
-    lines = pyproject.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if not line.lstrip().startswith('"uvloop')]
-    assert len(kept) == len(lines) - 1, "expected exactly one uvloop dependency line"
-    pyproject.write_text("".join(kept), encoding="utf-8")
 
 
 def record_answers(project: Path, answers: Mapping[str, Any]) -> None:
@@ -86,18 +78,18 @@ def record_answers(project: Path, answers: Mapping[str, Any]) -> None:
     local paths of the machine that generated it would mean nothing anywhere else.
     """
     kept = {key: value for key, value in answers.items() if not key.startswith("_")}
-    kept["_template"] = answers["_template"]
+    if "_template" in answers:
+        kept["_template"] = answers["_template"]
     text = json.dumps({"cookiecutter": kept}, indent=2, ensure_ascii=False)
     (project / ".cookiecutter.json").write_text(text + "\n", encoding="utf-8")
 
 
 def main(project: Path, answers: Mapping[str, Any]) -> int:
     prune(project, answers)
-    if not answers["use_uvloop"]:
-        drop_uvloop_dependency(project)
     record_answers(project, answers)
-    if answers["use_docker"]:
-        render_dockerfile(project, answers)
+    warning = privileged_port_warning(answers)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -20,7 +20,8 @@ from typing import Any
 
 MAX_NAME = 100
 MAX_DESCRIPTION = 300
-PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13", "3.14", "3.15")
+LICENSES = ("MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-or-later", "Proprietary")
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
 WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
     f"{p}{n}" for p in ("com", "lpt") for n in "123456789"
@@ -75,6 +76,7 @@ def check_answers(answers: dict[str, Any]) -> None:
     check_text("description", answers["description"], MAX_DESCRIPTION)
     check_text("author", answers["author"], MAX_NAME)
     check_choice("python_version", answers["python_version"], PYTHON_VERSIONS)
+    check_choice("license", answers["license"], LICENSES)
     check_port(answers["port"])
     for flag in ("use_uvloop", "use_docker", "windows_scripts"):
         check_choice(flag, answers[flag], (True, False))

@@ -16,13 +16,17 @@
 #      only, so all the traffic of the tests stays on loopback. A running engine that answers
 #      on the socket is reused; we wait a bounded time for a new one to answer `docker info`.
 #   3. Base images. Instead of the registry's python:X-slim, `debootstrap --variant=minbase`
-#      builds Debian bookworm (Python 3.11) and trixie (Python 3.13) with python3, venv and CA
-#      certificates, from the mirror the machine's own apt sources use. The host's CA bundle is
+#      builds Debian bookworm (Python 3.11), trixie (3.13), forky (3.14) and sid with its
+#      python3.15 (3.15), with Python, venv and CA certificates, from the mirror the machine's
+#      own apt sources use. A suite written `sid:3.15` gets that Python's own packages and
+#      `python`/`python3` links to it in /usr/local/bin. The host's debootstrap may be too old
+#      to know forky; every suite newer than trixie is built with debootstrap's sid script,
+#      which only needs the suite's name to exist on the mirror. The host's CA bundle is
 #      copied in so pip inside a build trusts the same CAs as the host, and the host's pip
 #      index settings (http/https ones only: file:// indexes do not exist inside) are written
 #      to the image's /etc/pip.conf, so builds reach the same package index as the host over
 #      --network host. The trees are imported as aiorun-template/python:<3.X> (also tagged
-#      :<suite>), and the generated Dockerfile takes them through its PYTHON_IMAGE build arg.
+#      :<suite>, or :<suite>-<3.X> for a suite:version entry), and the generated Dockerfile takes them through its PYTHON_IMAGE build arg.
 #      Existing images are reused.
 #   4. Environment. The `export DOCKER_HOST=...` line to use is printed on stdout, so
 #      `eval "$(sudo scripts/docker-engine.sh)"` works; sourcing the script exports it directly.
@@ -37,7 +41,7 @@
 # Settings (environment)
 #   AIORUN_DOCKER_ROOT    data, exec root, logs, rootfs work dirs (/var/lib/aiorun-template-docker)
 #   AIORUN_DOCKER_RUN     directory of the private socket (/run/aiorun-template)
-#   AIORUN_DOCKER_SUITES  Debian suites to build bases for ("bookworm trixie")
+#   AIORUN_DOCKER_SUITES  Debian suites to build bases for ("bookworm trixie forky sid:3.15")
 #   AIORUN_DOCKER_WAIT    seconds to wait for a new engine to answer (60)
 
 _aiorun_docker_root="${AIORUN_DOCKER_ROOT:-/var/lib/aiorun-template-docker}"
@@ -47,7 +51,7 @@ _aiorun_docker_host="unix://${_aiorun_docker_run}/docker.sock"
 _aiorun_docker_main() {
     set -euo pipefail
     local root="$_aiorun_docker_root" rundir="$_aiorun_docker_run" host="$_aiorun_docker_host"
-    local suites="${AIORUN_DOCKER_SUITES:-bookworm trixie}"
+    local suites="${AIORUN_DOCKER_SUITES:-bookworm trixie forky sid:3.15}"
     local wait_s="${AIORUN_DOCKER_WAIT:-60}"
     local mode="${1:-all}"
 
@@ -172,26 +176,35 @@ _aiorun_docker_pip_conf() {
 }
 
 build_base() {
-    local suite="$1"
+    local suite="${1%%:*}" version=""
+    [ "$suite" = "$1" ] || version="${1#*:}"
     local root="$_aiorun_docker_root" host="$_aiorun_docker_host"
-    local tag_suite="aiorun-template/python:$suite"
+    local tag_suite="aiorun-template/python:$suite${version:+-$version}"
     if docker -H "$host" image inspect "$tag_suite" >/dev/null 2>&1; then
         log "reusing $tag_suite ($(docker -H "$host" image inspect "$tag_suite" \
             --format '{{index .Config.Labels "org.aiorun-template.python"}}'))"
         return 0
     fi
-    local mirror tree t0 pyver
+    local mirror tree t0 pyver script="" include="python3,python3-venv,python-is-python3"
     mirror="$(_aiorun_docker_mirror)"
-    tree="$root/rootfs/$suite"
+    tree="$root/rootfs/$suite${version:+-$version}"
+    case "$suite" in
+        bookworm | trixie) ;;
+        *) script=/usr/share/debootstrap/scripts/sid ;;
+    esac
+    [ -z "$version" ] || include="python$version,python$version-venv"
     t0="$(now)"
-    log "debootstrap $suite from $mirror (about a minute)"
+    log "debootstrap $suite${version:+ with python$version} from $mirror (about a minute)"
     rm -rf "$tree"
     mkdir -p "$tree"
-    debootstrap --variant=minbase \
-        --include=python3,python3-venv,python-is-python3,ca-certificates \
-        "$suite" "$tree" "$mirror" >"$root/debootstrap-$suite.log" 2>&1 ||
+    debootstrap --variant=minbase --include="$include,ca-certificates" \
+        "$suite" "$tree" "$mirror" ${script:+"$script"} >"$root/debootstrap-$suite.log" 2>&1 ||
         die "debootstrap $suite failed; see $root/debootstrap-$suite.log"
     log "debootstrap $suite done in $(since "$t0") s"
+    if [ -n "$version" ]; then
+        ln -sf "/usr/bin/python$version" "$tree/usr/local/bin/python"
+        ln -sf "/usr/bin/python$version" "$tree/usr/local/bin/python3"
+    fi
 
     # Trust what the host trusts, and use the host's index, for pip inside builds.
     cp /etc/ssl/certs/ca-certificates.crt "$tree/etc/ssl/certs/ca-certificates.crt"
@@ -199,9 +212,12 @@ build_base() {
     # Smaller image: package caches and lists are not needed at run time.
     rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/* \
         "$tree"/var/log/* "$tree"/usr/share/doc/* "$tree"/usr/share/man/* "$tree"/tmp/*
-    # The tag names the Python the suite really ships, as its own interpreter reports it.
-    pyver="$(chroot "$tree" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
-        die "python3 does not run in the $suite tree"
+    # The tag names the Python the image's `python` really is, as the interpreter reports it.
+    pyver="$(chroot "$tree" /usr/bin/env PATH=/usr/local/bin:/usr/bin:/bin \
+        python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
+        die "python does not run in the $suite tree"
+    [ -z "$version" ] || [ "$pyver" = "$version" ] ||
+        die "the $suite tree's python is $pyver, not $version"
 
     t0="$(now)"
     tar --numeric-owner -C "$tree" -cf - . |
@@ -209,7 +225,7 @@ build_base() {
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             --change 'ENV LANG=C.UTF-8' \
             --change "LABEL org.aiorun-template.python=$pyver org.aiorun-template.suite=$suite" \
-            --change 'CMD ["python3"]' \
+            --change 'CMD ["python"]' \
             - "$tag_suite" >/dev/null
     docker -H "$host" tag "$tag_suite" "aiorun-template/python:$pyver"
     rm -rf "$tree"

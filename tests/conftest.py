@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,3 +44,70 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Bake:
         return baked[key]
 
     return bake
+
+
+def run(*args: str | Path, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture its output, never raise on a non-zero exit."""
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Git with a fixed identity, so commits work on a machine with no git config."""
+    result = run(
+        "git",
+        "-c",
+        "user.name=Template Test",
+        "-c",
+        "user.email=test@example.invalid",
+        "-c",
+        "commit.gpgsign=false",
+        "-c",
+        "init.defaultBranch=main",
+        *args,
+        cwd=cwd,
+    )
+    assert result.returncode == 0, f"git {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result.stdout.strip()
+
+
+def copy_template(destination: Path) -> Path:
+    """The template as it is in this working tree (committed or not), as a fresh git repo.
+
+    Generation from a clone, a zip or with cruft has to see today's edits, not the last commit,
+    and cruft needs a repository whose commits it can record.
+    """
+    listed = run(
+        "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=TEMPLATE
+    )
+    if listed.returncode != 0:  # not a git checkout: everything but the usual caches
+        names = [
+            str(p.relative_to(TEMPLATE))
+            for p in TEMPLATE.rglob("*")
+            if p.is_file() and not {".git", ".venv", "build", "__pycache__"} & set(p.parts)
+        ]
+    else:
+        names = [name for name in listed.stdout.split("\0") if name]
+    for name in names:
+        source = TEMPLATE / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    git("init", "-q", cwd=destination)
+    git("add", "-A", cwd=destination)
+    git("commit", "-q", "-m", "template", cwd=destination)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding the template as it is in this working tree."""
+    return copy_template(tmp_path_factory.mktemp("template") / "aiorun-template")

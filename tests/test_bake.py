@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, Bake
+from conftest import TEMPLATE, Bake, run
 from cookiecutter.main import cookiecutter
 
 VARIANTS: dict[str, dict[str, object]] = {
@@ -26,7 +26,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "no-docker": {"use_docker": False},
     "no-windows": {"windows_scripts": False},
     "python-3.11": {"python_version": "3.11"},
-    "python-3.13": {"python_version": "3.13"},
+    "python-3.15": {"python_version": "3.15"},
 }
 LEFTOVER_JINJA = re.compile(r"\{\{-?\s*cookiecutter\b|\{%-?\s")
 DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml")
@@ -38,10 +38,7 @@ def project_files(project: Path) -> list[Path]:
     return [p for p in project.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
 
 
-def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, check=False, timeout=600
-    )
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(params=list(VARIANTS), scope="module")
@@ -84,6 +81,25 @@ def test_generated_suite_passes(variant: tuple[str, Path]) -> None:
     assert re.search(r"\d+ passed", result.stdout)
 
 
+def test_workflows_pass_zizmor_and_actionlint(variant: tuple[str, Path]) -> None:
+    """The generated CI has no finding from either linter (offline: nothing is fetched)."""
+    _, project = variant
+    zizmor = run(BIN / "zizmor", "--offline", "--no-progress", ".", cwd=project)
+    assert zizmor.returncode == 0, zizmor.stdout + zizmor.stderr
+    assert "No findings" in zizmor.stdout + zizmor.stderr, zizmor.stdout + zizmor.stderr
+    workflows = sorted((project / ".github" / "workflows").glob("*.yml"))
+    assert workflows
+    actionlint = run(BIN / "actionlint", "-shellcheck=", "-pyflakes=", *workflows, cwd=project)
+    assert actionlint.returncode == 0, actionlint.stdout + actionlint.stderr
+
+
+def test_lock_is_consistent_with_pyproject(variant: tuple[str, Path]) -> None:
+    """uv agrees that the shipped uv.lock is the lock of this project's pyproject.toml."""
+    _, project = variant
+    check = run(BIN / "uv", "lock", "--check", cwd=project, env={**os.environ, "UV_NO_CONFIG": "1"})
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 @pytest.mark.parametrize("platform", ["linux", "win32"])
 def test_mypy_strict_is_clean(bake: Bake, platform: str) -> None:
     project = bake()
@@ -92,8 +108,8 @@ def test_mypy_strict_is_clean(bake: Bake, platform: str) -> None:
 
 
 def test_runtime_is_copied_verbatim(bake: Bake) -> None:
-    vendored = TEMPLATE / "{{cookiecutter.project_slug}}" / "app" / "aiorun.py"
-    assert (bake() / "app" / "aiorun.py").read_bytes() == vendored.read_bytes()
+    vendored = TEMPLATE / "{{cookiecutter.project_slug}}" / "app" / "runtime" / "aiorun.py"
+    assert (bake() / "app" / "runtime" / "aiorun.py").read_bytes() == vendored.read_bytes()
 
 
 def test_options_prune_their_files(bake: Bake) -> None:
@@ -157,5 +173,5 @@ def test_bakes_from_a_git_clone(tmp_path: Path) -> None:
         output_dir=str(tmp_path / "out"),
         config_file=str(config),
     )
-    assert (Path(project) / "app" / "aiorun.py").is_file()
+    assert (Path(project) / "app" / "runtime" / "aiorun.py").is_file()
     assert (Path(project) / "Dockerfile").is_file()

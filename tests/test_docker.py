@@ -1,6 +1,7 @@
 """The generated image against a real Docker Engine: `docker stop` is a graceful, fast exit.
 
-What is proven here, on every base (Debian bookworm with Python 3.11, trixie with 3.13):
+What is proven here, on every base (Debian bookworm with Python 3.11, trixie with 3.13, forky
+with 3.14, sid's python3.15):
 
 * the image builds from the baked project with nothing but the package index;
 * it runs as a non-root user, and neither `.env` nor a secret in it reaches any layer, the
@@ -10,7 +11,9 @@ What is proven here, on every base (Debian bookworm with Python 3.11, trixie wit
   period; `docker logs` show the shutdown phases; the journal on the volume has every line;
 * negative control: the same service behind a shell-form CMD with no signal handler ignores
   SIGTERM and is SIGKILLed at the end of a short grace period, exit 137;
-* the project's own test suite passes inside the 3.13 image.
+* the project's own test suite passes inside the 3.14 and 3.15 images, under
+  -W error::DeprecationWarning;
+* any accepted description reaches the image's label unchanged (`'`, `&`, `<`, `$`, `é`).
 
 The tests talk to whatever engine DOCKER_HOST points at, through the `docker` SDK. Without one
 they skip, naming `scripts/docker-engine.sh`, which starts a private engine and builds the local
@@ -24,6 +27,7 @@ AIORUN_DOCKER_FIGURES=path they are also written there as JSON.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -54,8 +58,8 @@ SETUP_HINT = (
 
 # Base images per Python version; scripts/docker-engine.sh builds these with debootstrap.
 # AIORUN_DOCKER_BASES="3.11=python:3.11-slim,3.13=python:3.13-slim" uses others instead.
-DEFAULT_BASES = {"3.11": "aiorun-template/python:3.11", "3.13": "aiorun-template/python:3.13"}
-SELFTEST_VERSION = "3.13"
+DEFAULT_BASES = {v: f"aiorun-template/python:{v}" for v in ("3.11", "3.13", "3.14", "3.15")}
+SELFTEST_VERSIONS = ["3.14", "3.15"]
 
 STOP_TIMEOUT = 10  # the explicit `docker stop -t`, Docker's default grace period
 STOP_TARGET = 1.5  # seconds; the graceful stop should take a fraction of the grace period
@@ -72,6 +76,18 @@ def _bases() -> dict[str, str]:
         return dict(DEFAULT_BASES)
     pairs = (item.split("=", 1) for item in raw.split(",") if item.strip())
     return {version.strip(): image.strip() for version, image in pairs}
+
+
+def _base_image(config: pytest.Config, client: Any, python_version: str) -> str:
+    """The base image for a Python version, present on the engine, or a skip (a failure)."""
+    base = _bases().get(python_version)
+    if base is None:
+        _unavailable(config, f"AIORUN_DOCKER_BASES names no base for Python {python_version}")
+    try:
+        client.images.get(base)
+    except docker.errors.ImageNotFound:
+        _unavailable(config, f"base image {base} is missing")
+    return str(base)
 
 
 def _required(config: pytest.Config) -> bool:
@@ -181,11 +197,7 @@ def app_image(
     request: pytest.FixtureRequest, docker_client: Any, baked: Path, python_version: str
 ) -> Iterator[Any]:
     """The baked project's image on one base, built once per session."""
-    base = _bases()[python_version]
-    try:
-        docker_client.images.get(base)
-    except docker.errors.ImageNotFound:
-        _unavailable(request.config, f"base image {base} is missing")
+    base = _base_image(request.config, docker_client, python_version)
     tag = f"aiorun-template-test/app:{python_version}-{uuid.uuid4().hex[:8]}"
     image, seconds, _ = _build(
         docker_client, tag, path=str(baked), buildargs={"PYTHON_IMAGE": base}
@@ -232,10 +244,8 @@ def run_container(docker_client: Any) -> Iterator[Callable[..., Any]]:
     for container in started:
         container.remove(force=True, v=True)
     for volume in volumes:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             docker_client.volumes.get(volume).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 # --------------------------------------------------------------------------- helpers
@@ -304,7 +314,7 @@ def test_image_config(app_image: Any) -> None:
     """The settings that make `docker stop` work and keep the image safe are in the image."""
     config = app_image.attrs["Config"]
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert config["User"] == "app"
+    assert config["User"] == "10001:10001"  # numeric, so runAsNonRoot can check it
     assert config["StopSignal"] == "SIGTERM"
     assert config["Entrypoint"] == ["python", "-m", "app"]  # exec form: no /bin/sh -c
     assert not config.get("Cmd")
@@ -454,7 +464,7 @@ def _is_tar(data: bytes) -> bool:
     return len(data) > 262 and data[257:262] == b"ustar"
 
 
-@pytest.mark.parametrize("python_version", [SELFTEST_VERSION], indirect=True)
+@pytest.mark.parametrize("python_version", SELFTEST_VERSIONS, indirect=True)
 def test_project_suite_in_container(
     request: pytest.FixtureRequest,
     docker_client: Any,
@@ -462,7 +472,7 @@ def test_project_suite_in_container(
     baked: Path,
     python_version: str,
 ) -> None:
-    """The generated project's own tests pass on the image's Python (3.13), not only the host's."""
+    """The generated project's own tests pass on the image's Python, not only the host's."""
     if not any((baked / "tests").glob("test_*.py")):
         pytest.skip("the baked project has no tests yet")
     tag = f"{app_image.tags[0]}-selftest"
@@ -492,6 +502,37 @@ def test_project_suite_in_container(
         f"(build {build_seconds:.1f}s, run {seconds:.1f}s)",
     )
     assert status == 0, output[-8000:]
+
+
+TRICKY_DESCRIPTION = "Tom's café & <bar> costs $5 (${HOME}) — ünïcödé"
+
+
+def test_label_and_port_survive_any_accepted_text(
+    request: pytest.FixtureRequest, docker_client: Any, bake: Callable[..., Path]
+) -> None:
+    """Built for real and read back with `docker inspect`: the label is the text as written."""
+    base = _base_image(request.config, docker_client, "3.14")
+    project = bake(project_name="Label Test", description=TRICKY_DESCRIPTION, port="80")
+    tag = f"aiorun-template-test/label:{uuid.uuid4().hex[:8]}"
+    image, _, _ = _build(docker_client, tag, path=str(project), buildargs={"PYTHON_IMAGE": base})
+    try:
+        inspected = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Config}}", image.id],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        config = json.loads(inspected.stdout)
+        labels = config["Labels"]
+        assert labels["org.opencontainers.image.description"] == TRICKY_DESCRIPTION
+        assert labels["org.opencontainers.image.title"] == "label-test"
+        assert config["User"] == "10001:10001"
+        env = dict(item.split("=", 1) for item in config["Env"])
+        assert env["APP_PORT"] == "8080"  # port 80 is privileged: the container uses 8080
+        assert list(config["ExposedPorts"]) == ["8080/tcp"]
+    finally:
+        docker_client.images.remove(image.id, force=True)
 
 
 # --------------------------------------------------------------------------- no engine needed

@@ -32,7 +32,8 @@ GOOD_ANSWERS = {
     "project_slug": "echo-service",
     "description": "It echoes.",
     "author": "Ada O'Hara",
-    "python_version": "3.12",
+    "python_version": "3.14",
+    "license": "MIT",
     "port": "8888",
     "use_uvloop": True,
     "use_docker": True,
@@ -63,6 +64,8 @@ def test_good_answers_pass() -> None:
         ("description", "C:\\path", "backslash"),
         ("author", "   ", "must not be empty"),
         ("python_version", "2.7", "must be one of"),
+        ("python_version", "3.10", "must be one of"),
+        ("license", "WTFPL", "must be one of"),
         ("use_docker", "yes", "must be one of"),
     ],
 )
@@ -143,14 +146,11 @@ def test_prune_removes_what_answers_turned_off(tmp_path: Path, answers, removed)
         assert (tmp_path / "scripts/windows/run.bat").exists()
 
 
-def test_dockerfile_is_rendered_from_the_template_folder(tmp_path: Path) -> None:
-    template = tmp_path / "template"
-    template.mkdir()
-    (template / "Dockerfile.template").write_text("FROM python:{{ cookiecutter.python_version }}\n")
-    project = tmp_path / "project"
-    project.mkdir()
-    post.render_dockerfile(project, {**GOOD_ANSWERS, "_repo_dir": str(template)})
-    assert (project / "Dockerfile").read_text() == "FROM python:3.12\n"
+@pytest.mark.parametrize(("port", "docker", "warned"), [(80, True, True), (1024, True, False)])
+def test_privileged_port_warning(port: int, docker: bool, warned: bool) -> None:
+    warning = post.privileged_port_warning({"port": str(port), "use_docker": docker})
+    assert (warning is not None) == warned
+    assert post.privileged_port_warning({"port": "80", "use_docker": False}) is None
 
 
 def test_answers_are_recorded_without_local_paths(tmp_path: Path) -> None:
@@ -172,12 +172,3 @@ def test_prune_drops_tool_caches(tmp_path: Path) -> None:
         "app",
         "app/server.py",
     ]
-
-
-def test_uvloop_dependency_line_is_dropped(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text(
-        'dependencies = [\n    "python-dotenv>=1.0",\n    "uvloop>=0.19; x",  # note\n]\n'
-    )
-    post.drop_uvloop_dependency(tmp_path)
-    parsed = tomllib.loads((tmp_path / "pyproject.toml").read_text())
-    assert parsed["dependencies"] == ["python-dotenv>=1.0"]

@@ -1,0 +1,370 @@
+"""Generation as users run it: every way of calling cookiecutter, cruft, licences, answers.
+
+Each way of pointing cookiecutter at the template (the template folder itself, relative and
+absolute paths, a git clone through the `gh:` abbreviation, a zip, a replay file) and cruft's
+create and update run here as real commands against a git copy of this working tree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TEMPLATE, Bake, copy_template, git, run
+from packaging.licenses import canonicalize_license_expression
+from test_bake import VARIANTS
+
+BIN = Path(sys.executable).parent
+COOKIECUTTER = [sys.executable, "-m", "cookiecutter", "--no-input"]
+LICENSES = ("MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-or-later", "Proprietary")
+LICENSE_PHRASES = {
+    "MIT": "Permission is hereby granted, free of charge",
+    "Apache-2.0": "Apache License",
+    "BSD-3-Clause": "Neither the name of the copyright holder",
+    "GPL-3.0-or-later": "GNU GENERAL PUBLIC LICENSE",
+    "Proprietary": "All rights reserved",
+}
+
+
+def cookiecutter_config(tmp_path: Path, template_repo: Path) -> Path:
+    """A user config whose `gh:` abbreviation points at a local bare clone of the template."""
+    remote = tmp_path / "remote" / "org" / "aiorun-template.git"
+    remote.parent.mkdir(parents=True)
+    git("clone", "-q", "--bare", str(template_repo), str(remote), cwd=tmp_path)
+    config = tmp_path / "cookiecutter.yaml"
+    config.write_text(
+        f"cookiecutters_dir: {tmp_path / 'clones'}\n"
+        f"replay_dir: {tmp_path / 'replay'}\n"
+        "abbreviations:\n"
+        f"  gh: 'git+file://{tmp_path / 'remote'}/{{0}}.git'\n"
+    )
+    return config
+
+
+def zip_template(template_repo: Path, destination: Path) -> Path:
+    """A zip such as GitHub's "Download ZIP": one top folder holding the template."""
+    with zipfile.ZipFile(destination, "w") as archive:
+        archive.writestr("aiorun-template-main/", "")
+        for path in sorted(template_repo.rglob("*")):
+            if path.is_file() and ".git" not in path.relative_to(template_repo).parts:
+                archive.write(path, Path("aiorun-template-main") / path.relative_to(template_repo))
+    return destination
+
+
+def assert_complete_project(project: Path, answers: dict[str, str]) -> None:
+    dockerfile = (project / "Dockerfile").read_text()
+    assert f"python:{answers.get('python_version', '3.14')}-slim" in dockerfile
+    assert "{{" not in dockerfile
+    assert (project / "app" / "runtime" / "aiorun.py").is_file()
+    recorded = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
+    for key, value in answers.items():
+        assert recorded[key] == value
+
+
+WAYS = ("dot", "relative", "absolute", "gh", "zip", "replay")
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_every_way_of_running_cookiecutter(tmp_path: Path, template_repo: Path, way: str) -> None:
+    """The same project comes out however cookiecutter is pointed at the template."""
+    config = cookiecutter_config(tmp_path, template_repo)
+    out = tmp_path / "out"
+    answers = {"project_name": "Way Test", "python_version": "3.12"}
+    given = [f"{key}={value}" for key, value in answers.items()]
+    common = [*COOKIECUTTER, "--config-file", str(config), "-o", str(out)]
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    if way == "dot":
+        result = run(*common, ".", *given, cwd=template_repo)
+    elif way == "relative":
+        relative = Path("..") / template_repo.parent.name / template_repo.name
+        sibling = template_repo.parent.parent / "sibling"
+        sibling.mkdir(exist_ok=True)
+        result = run(*common, relative, *given, cwd=sibling)
+    elif way == "absolute":
+        result = run(*common, template_repo, *given, cwd=caller)
+    elif way == "gh":
+        result = run(*common, "gh:org/aiorun-template", *given, cwd=caller)
+    elif way == "zip":
+        archive = zip_template(template_repo, tmp_path / "aiorun-template-main.zip")
+        result = run(*common, archive, *given, cwd=caller)
+    else:
+        first = run(*common, template_repo, *given, cwd=caller)
+        assert first.returncode == 0, first.stderr
+        replay = out / "way-test" / ".cookiecutter.json"
+        again = tmp_path / "again"
+        result = run(
+            *COOKIECUTTER[:-1],
+            "--config-file",
+            str(config),
+            "--replay-file",
+            replay,
+            "-o",
+            str(again),
+            template_repo,
+            cwd=caller,
+        )
+        assert result.returncode == 0, result.stderr
+        regenerated = again / "way-test"
+        assert_complete_project(regenerated, answers)
+        assert tree(regenerated) == tree(out / "way-test")
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_complete_project(out / "way-test", answers)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".cookiecutter.json"
+    }
+
+
+# --------------------------------------------------------------------------- cruft
+
+
+def cruft(*args: str | Path, cwd: Path) -> str:
+    result = run(BIN / "cruft", *args, cwd=cwd)
+    assert result.returncode == 0, f"cruft {args}:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cruft_create_works_for_every_answer_set(
+    tmp_path: Path, template_repo: Path, variant: str
+) -> None:
+    extra = json.dumps(VARIANTS[variant])
+    cruft("create", "--no-input", "--output-dir", tmp_path, "--extra-context", extra,
+          f"file://{template_repo}", cwd=tmp_path)  # fmt: skip
+    (project,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    state = json.loads((project / ".cruft.json").read_text())
+    assert state["commit"] == git("rev-parse", "HEAD", cwd=template_repo)
+    assert (project / "app" / "__main__.py").is_file()
+    assert (project / "Dockerfile").is_file() == VARIANTS[variant].get("use_docker", True)
+
+
+def test_cruft_update_round_trip(tmp_path: Path) -> None:
+    """Generate at commit A, edit the project, change the template in B, `cruft update`."""
+    template = copy_template(tmp_path / "template")
+    commit_a = git("rev-parse", "HEAD", cwd=template)
+    out = tmp_path / "projects"
+    out.mkdir()
+    cruft("create", "--no-input", "--output-dir", out, f"file://{template}", cwd=tmp_path)
+    project = out / "echo-service"
+    assert json.loads((project / ".cruft.json").read_text())["commit"] == commit_a
+    git("init", "-q", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-q", "-m", "generated", cwd=project)
+
+    server = project / "app" / "server.py"
+    server.write_text(server.read_text() + "\n# my own change, kept across updates\n")
+    git("commit", "-q", "-am", "user edit", cwd=project)
+
+    ignore = template / "{{cookiecutter.project_slug}}" / ".gitignore"
+    ignore.write_text(ignore.read_text() + "# from template commit B\n")
+    git("commit", "-q", "-am", "template change", cwd=template)
+    commit_b = git("rev-parse", "HEAD", cwd=template)
+
+    cruft("update", "-y", cwd=project)
+    assert "# from template commit B" in (project / ".gitignore").read_text()
+    assert "# my own change, kept across updates" in server.read_text()
+    assert json.loads((project / ".cruft.json").read_text())["commit"] == commit_b
+    check = run(BIN / "cruft", "check", cwd=project)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_readme_documents_the_cruft_round_trip(bake: Bake) -> None:
+    readme = (bake() / "README.md").read_text()
+    for command in ("cruft create", "cruft update", "cruft check", ".cruft.json"):
+        assert command in readme, command
+
+
+# --------------------------------------------------------------------------- licences
+
+
+def test_template_repo_has_an_mit_licence() -> None:
+    text = (TEMPLATE / "LICENSE").read_text()
+    assert text.startswith("MIT License")
+    assert LICENSE_PHRASES["MIT"] in text
+
+
+@pytest.mark.parametrize("licence", LICENSES)
+def test_licence_answer_writes_licence_and_pep639_expression(bake: Bake, licence: str) -> None:
+    project = bake(license=licence, author="Ada O'Hara")
+    text = (project / "LICENSE").read_text()
+    assert LICENSE_PHRASES[licence] in text
+    for other, phrase in LICENSE_PHRASES.items():
+        if other != licence and other != "GPL-3.0-or-later":
+            assert phrase not in text, other
+    expression = tomllib.loads((project / "pyproject.toml").read_text())["project"]["license"]
+    assert canonicalize_license_expression(expression) == expression
+    if licence == "Proprietary":
+        assert expression == "LicenseRef-Proprietary"
+        metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+        assert metadata["classifiers"] == ["Private :: Do Not Upload"]
+    else:
+        assert expression == licence
+    if licence in ("MIT", "BSD-3-Clause", "Proprietary"):
+        assert "Ada O'Hara" in text
+    # The vendored runtime keeps its own licence, whatever the project's is.
+    runtime = (project / "app" / "runtime" / "aiorun.py").read_text()
+    assert "SPDX-License-Identifier: MIT" in runtime
+    assert "MIT" in (project / "README.md").read_text().split("## Licence", 1)[1]
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def test_python_versions_offered_with_314_default() -> None:
+    context = json.loads((TEMPLATE / "cookiecutter.json").read_text())
+    assert context["python_version"][0] == "3.14"
+    assert sorted(context["python_version"]) == ["3.11", "3.12", "3.13", "3.14", "3.15"]
+    keys = list(context)
+    assert keys.index("python_version") > keys.index("use_docker")
+    assert context["license"] == list(LICENSES)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "matrix"),
+    [("3.14", ["3.11", "3.14", "3.15"]), ("3.11", ["3.11", "3.15"]), ("3.15", ["3.11", "3.15"])],
+)
+def test_workflow_matrix_follows_python_version(bake: Bake, chosen: str, matrix: list[str]):
+    workflow = yaml.safe_load(
+        (bake(python_version=chosen) / ".github/workflows/ci.yml").read_text()
+    )
+    assert workflow["jobs"]["test"]["strategy"]["matrix"]["python"] == matrix
+
+
+def test_workflow_actions_are_pinned_by_sha(bake: Bake) -> None:
+    text = (bake() / ".github/workflows/ci.yml").read_text()
+    uses = re.findall(r"uses: (\S+)(.*)", text)
+    assert uses
+    for action, comment in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), action
+        assert re.fullmatch(r"\s+# v\d+\.\d+\.\d+", comment), (action, comment)
+    workflow = yaml.safe_load(text)
+    for job in workflow["jobs"].values():
+        for step in job["steps"]:
+            if step.get("uses", "").startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False
+
+
+def test_project_has_precommit_and_dependabot(bake: Bake) -> None:
+    for answers, ecosystems in (
+        ({}, {"uv", "github-actions", "docker"}),
+        ({"use_docker": False}, {"uv", "github-actions"}),
+    ):
+        project = bake(**answers)
+        precommit = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+        hooks = {hook["id"] for repo in precommit["repos"] for hook in repo["hooks"]}
+        assert {"ruff-check", "ruff-format", "mypy"} <= hooks
+        for repo in precommit["repos"]:
+            assert repo["repo"] == "local" or re.fullmatch(r"v?\d+(\.\d+)+", repo["rev"])
+        dependabot = yaml.safe_load((project / ".github/dependabot.yml").read_text())
+        assert {u["package-ecosystem"] for u in dependabot["updates"]} == ecosystems
+
+
+def test_readme_shows_uv_and_pip_installs(bake: Bake) -> None:
+    readme = (bake() / "README.md").read_text()
+    assert "uv sync" in readme
+    assert "pip install -e . --group dev" in readme
+    assert "pip install -e '.[dev]'" not in readme
+
+
+def test_slug_of_nothing_falls_back(tmp_path: Path) -> None:
+    """A name with no letters or digits (☕☕) still gets a usable folder and package name."""
+    result = run(*COOKIECUTTER, "-o", tmp_path, TEMPLATE, "project_name=☕☕", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (project,) = list(tmp_path.iterdir())
+    assert project.name == "service"
+    assert tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"] == "service"
+
+
+def test_privileged_port_warns_and_container_listens_unprivileged(tmp_path: Path) -> None:
+    result = run(*COOKIECUTTER, "-o", tmp_path, TEMPLATE, "port=80", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert "8080" in warnings[0] and "80" in warnings[0]
+    project = tmp_path / "echo-service"
+    dockerfile = (project / "Dockerfile").read_text()
+    assert re.search(r"^\s+APP_PORT=8080 \\$", dockerfile, re.MULTILINE), dockerfile
+    assert re.search(r"^EXPOSE 8080$", dockerfile, re.MULTILINE)
+    kube = project / "deploy" / "kubernetes"
+    service = yaml.safe_load((kube / "service.yaml").read_text())
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 80
+    deployment = yaml.safe_load((kube / "deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (container_port,) = container["ports"]
+    assert container_port["containerPort"] == 8080
+    assert port["targetPort"] in (8080, container_port["name"])
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert any(str(p).endswith(":80:8080") for p in compose["services"]["app"]["ports"])
+    # An unprivileged port answer changes nothing and warns about nothing.
+    quiet = run(*COOKIECUTTER, "-o", tmp_path / "q", TEMPLATE, "port=8888", cwd=tmp_path)
+    assert "warning:" not in quiet.stderr
+
+
+def test_dockerfile_user_is_numeric(bake: Bake) -> None:
+    dockerfile = (bake() / "Dockerfile").read_text()
+    assert re.findall(r"^USER (.*)$", dockerfile, re.MULTILINE) == ["10001:10001"]
+
+
+TEMPLATE_TALK = re.compile(
+    r"(pre|post)-gen hook|(?<!\.)cookiecutter\.json|template folder", re.IGNORECASE
+)
+
+
+@pytest.mark.parametrize("variant", ["all-on", "all-off"])
+def test_no_template_internal_comments_leak(bake: Bake, variant: str) -> None:
+    project = bake(**VARIANTS[variant])
+    leaks = [
+        f"{path.relative_to(project)}:{number}: {line.strip()}"
+        for path in project.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if TEMPLATE_TALK.search(line)
+    ]
+    assert not leaks, "\n".join(leaks)
+
+
+def test_template_code_is_lint_clean() -> None:
+    """hooks/, tests/, scripts/ and bench/ meet the same ruff bar as the generated projects."""
+    ruff = shutil.which("ruff", path=str(BIN)) or "ruff"
+    check = run(ruff, "check", ".", cwd=TEMPLATE)
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = run(ruff, "format", "--check", ".", cwd=TEMPLATE)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def _wheel_for_oldest_python(requirement: str, tmp_path: Path) -> bool:
+    """Whether PyPI has a CPython 3.11 manylinux x86_64 wheel for the requirement."""
+    result = run(
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+        "--platform", "manylinux2014_x86_64", "--disable-pip-version-check", "--quiet",
+        "-d", tmp_path, requirement, cwd=tmp_path,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+def test_uvloop_floor_is_the_first_release_with_wheels_for_the_oldest_python(
+    bake: Bake, tmp_path: Path
+) -> None:
+    """A floor below it would let pip try to compile uvloop on 3.11; above it, refuse for no
+    reason. Checked against the package index."""
+    dependencies = tomllib.loads((bake() / "pyproject.toml").read_text())["project"]
+    (uvloop,) = [d for d in dependencies["dependencies"] if d.startswith("uvloop")]
+    floor = re.fullmatch(r"uvloop>=([\d.]+); sys_platform != 'win32'", uvloop)
+    assert floor, uvloop
+    assert _wheel_for_oldest_python(f"uvloop=={floor.group(1)}", tmp_path)
+    assert not _wheel_for_oldest_python(f"uvloop<{floor.group(1)}", tmp_path)
