@@ -10,7 +10,7 @@ RESULTS.md (the report), shutdown.png (the plot) and results.json (every raw sam
     python bench/run.py                # full run, writes into bench/
     python bench/run.py --quick        # smoke run (< 30 s), writes into bench/.quick/
     python bench/run.py --out DIR      # anywhere else
-    python bench/run.py --only shutdown,drain
+    python bench/run.py --only shutdown,drain --reps 2
     python bench/run.py --report-only DIR   # rebuild RESULTS.md and the plot from DIR/results.json
     python bench/run.py --readme-table DIR  # print the README's table from DIR/results.json
 """
@@ -31,6 +31,7 @@ if __name__ == "__main__":
     bootstrap.reexec_in_venv(Path(__file__).resolve(), sys.argv[1:])
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
 import json  # noqa: E402
@@ -323,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="output folder (default: bench/, or bench/.quick/ with --quick)"
     )
+    parser.add_argument(
+        "--reps", type=int, help="repetitions of every section (default: the mode's own)"
+    )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument(
         "--readme-table",
@@ -351,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(json.loads((args.report_only / "results.json").read_text()), args.report_only)
         return 0
     plan = QUICK if args.quick else FULL
+    if args.reps:
+        plan = dataclasses.replace(
+            plan,
+            **{
+                f.name: args.reps
+                for f in dataclasses.fields(plan)
+                if f.name.endswith("_reps") and getattr(plan, f.name) > 0
+            },
+        )
     out = args.out or (BENCH_DIR / ".quick" if args.quick else BENCH_DIR)
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
     unknown = only - set(SECTIONS)

@@ -510,7 +510,7 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         "",
         *[
             f"- {name}: "
-            + (", ".join(f"`{k}={v}`" for k, v in sorted(env.items())) or "none")
+            + (", ".join(f"`{k}={_short(v)}`" for k, v in sorted(env.items())) or "none")
             + (
                 f"; **not recognised** (warned as unknown): {', '.join(unknown)}"
                 if (unknown := results.get("throughput_unrecognised", {}).get(name))
@@ -520,6 +520,11 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         ],
         "",
     ]
+
+
+def _short(value: str) -> str:
+    """A scratch path shown by its file name: the folder is a temporary one."""
+    return f".../{value.rsplit('/', 1)[1]}" if value.startswith("/") else value
 
 
 def goals_modes(results: dict[str, Any]) -> list[str]:

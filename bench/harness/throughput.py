@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from pathlib import Path
 from . import servers
 
 PY_LOADGEN = servers.PROCS / "loadgen.py"
+UNKNOWN_SETTING = re.compile(r"unknown setting (APP_\w+)")
+"""The service's warning for an APP_ variable it does not know (app/config.py)."""
 MODES = {"pingpong": 1, "pipeline": 16}
 """Lines per write in each mode."""
 
@@ -68,11 +71,7 @@ def _client_argv(
 
 def unrecognised_settings(lines: Sequence[str]) -> list[str]:
     """APP_ variables the server warned it does not know (so they were not in effect)."""
-    found = []
-    for line in lines:
-        if "unknown setting" in line:
-            found += [word for word in line.split() if word.startswith("APP_")]
-    return sorted(set(found))
+    return sorted({m.group(1) for line in lines if (m := UNKNOWN_SETTING.search(line))})
 
 
 def measure_once(
