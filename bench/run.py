@@ -37,6 +37,7 @@ import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
@@ -270,6 +271,15 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
         results["throughput_failed"] = {n: w for n, w in failed.items() if n not in optional}
         results["throughput_unavailable"] = {n: w for n, w in failed.items() if n in optional}
         results["throughput_unrecognised"] = unrecognised
+        seam = subprocess.run(
+            [sys.executable, str(BENCH_DIR / "procs" / "seam_call.py"), str(project),
+             str(200_000 if plan.tp_all_variants else 20_000)],
+            cwd=project, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        try:
+            results["seam_call"] = json.loads(seam.stdout)
+        except ValueError:
+            results["seam_call"] = {"unavailable": f"seam_call.py failed: {seam.stderr[-300:]}"}
     if "footprint" in only:
         results["footprint"] = footprint.run_all(
             footprint.specs(project, baseline, scratch, plan.idle_mem_conns),
