@@ -205,12 +205,14 @@ def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
         "```sh",
         "python bench/run.py            # full run, writes "
         "bench/RESULTS.md, bench/shutdown.png, bench/results.json",
-        "python bench/run.py --quick    # < 1 min smoke run, writes bench/.quick/",
+        "python bench/run.py --quick    # < 30 s smoke run, writes bench/.quick/",
+        "python bench/run.py --readme-table bench   # the top-level README's table",
         "```",
         "",
         "The first run builds bench/.venv (aiorun 2025.1.1, uvloop, matplotlib, cookiecutter, "
-        "python-dotenv from the package index). Section 5 needs a Docker engine at "
-        "`DOCKER_HOST` (`source scripts/docker-engine.sh`).",
+        "python-dotenv from the package index) and compiles bench/procs/loadgen.c with `cc`. "
+        "Sections 1b and 5 need a Docker engine at `DOCKER_HOST` (`source "
+        "scripts/docker-engine.sh`, which also builds the `aiorun-template/python:3.14` image).",
         "",
     ]
     return "\n".join(out)
