@@ -325,6 +325,15 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
             f"Shutdown latency, same echo server under each runner\n"
             f"{meta['date']}, {meta['cores']} cores, Python {meta['python']}",
         )
+    py314 = results.get("shutdown_py314") or {}
+    if py314.get("samples"):
+        meta = results["meta"]
+        plot.shutdown_plot(
+            py314["samples"],
+            out / "shutdown-py314.png",
+            f"Shutdown latency on Python {py314['python']} (container {py314['image']})\n"
+            f"{meta['date']}, {meta['cores']} cores",
+        )
     (out / "RESULTS.md").write_text(report.render(results))
 
 

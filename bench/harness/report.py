@@ -652,6 +652,8 @@ def _py314_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         "The same grid and server, run inside the image (host network, the bench and the "
         "baked project mounted read-only, aiorun 2025.1.1 from the bench venv on PYTHONPATH).",
         *body,
+        "![Shutdown latency on Python 3.14](shutdown-py314.png)",
+        "",
     ]
 
 
