@@ -3,14 +3,16 @@
 Why one command: the figures must be reproducible by anyone. This script builds its own venv
 (bench/.venv: aiorun 2025.1.1, uvloop, matplotlib, cookiecutter, python-dotenv) and re-runs
 itself inside it, bakes a project with default answers from the template at the repository
-root, runs the five benchmarks (see bench/harness/*.py), and writes into the output folder:
+root and another from the echo-first baseline commit (harness/bake.py), builds the C load
+generator, runs the benchmarks (see bench/harness/*.py), and writes into the output folder:
 RESULTS.md (the report), shutdown.png (the plot) and results.json (every raw sample).
 
-    python bench/run.py                # full run (< 10 min), writes into bench/
-    python bench/run.py --quick        # smoke run (< 1 min), writes into bench/.quick/
+    python bench/run.py                # full run, writes into bench/
+    python bench/run.py --quick        # smoke run (< 30 s), writes into bench/.quick/
     python bench/run.py --out DIR      # anywhere else
-    python bench/run.py --only shutdown,drain
+    python bench/run.py --only shutdown,drain --reps 2
     python bench/run.py --report-only DIR   # rebuild RESULTS.md and the plot from DIR/results.json
+    python bench/run.py --readme-table DIR  # print the README's table from DIR/results.json
 """
 
 from __future__ import annotations
@@ -29,17 +31,28 @@ if __name__ == "__main__":
     bootstrap.reexec_in_venv(Path(__file__).resolve(), sys.argv[1:])
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-SECTIONS = ("startup", "shutdown", "drain", "throughput", "container")
+SECTIONS = (
+    "startup",
+    "shutdown",
+    "shutdown314",
+    "drain",
+    "throughput",
+    "footprint",
+    "flood",
+    "container",
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +72,19 @@ class Plan:
     tp_warmup: float
     tp_seconds: float
     tp_reps: int
+    tp_all_variants: bool
+    """False: only the variants the goals need (ceiling, service, echo-first baseline)."""
+    disk_lines: int
+    disk_reps: int
+    idle_mem_conns: int
+    idle_mem_reps: int
+    flood_reps: int
+    flood_warmup: float
+    flood_seconds: float
     startup_reps: int
+    journal_lines: int
     docker_reps: int
+    py314_reps: int
 
 
 FULL = Plan(
@@ -76,14 +100,24 @@ FULL = Plan(
     tp_size=1024,
     tp_warmup=0.5,
     tp_seconds=3.0,
-    tp_reps=7,
+    tp_reps=5,
+    tp_all_variants=True,
+    disk_lines=200_000,
+    disk_reps=5,
+    idle_mem_conns=5000,
+    idle_mem_reps=3,
+    flood_reps=3,
+    flood_warmup=0.5,
+    flood_seconds=3.0,
     startup_reps=15,
+    journal_lines=1_000_000,
     docker_reps=5,
+    py314_reps=5,
 )
 QUICK = Plan(
     shutdown_conns=(0, 1000),
     shutdown_tasks=(10000,),
-    shutdown_reps=2,
+    shutdown_reps=1,
     drain_clients=200,
     drain_reps=1,
     drain_warm=3,
@@ -92,10 +126,20 @@ QUICK = Plan(
     tp_conns=50,
     tp_size=1024,
     tp_warmup=0.2,
-    tp_seconds=0.5,
+    tp_seconds=0.4,
     tp_reps=1,
-    startup_reps=3,
+    tp_all_variants=False,
+    disk_lines=16_000,
+    disk_reps=1,
+    idle_mem_conns=300,
+    idle_mem_reps=1,
+    flood_reps=1,
+    flood_warmup=0.2,
+    flood_seconds=0.4,
+    startup_reps=2,
+    journal_lines=50_000,
     docker_reps=0,
+    py314_reps=0,
 )
 
 
@@ -130,7 +174,19 @@ def load_average() -> str:
 
 
 def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> dict[str, Any]:
-    from harness import bake, container, drain, shutdown, startup, throughput
+    from harness import (
+        bake,
+        cbuild,
+        container,
+        diskbound,
+        drain,
+        flood,
+        footprint,
+        py314,
+        shutdown,
+        startup,
+        throughput,
+    )
 
     results: dict[str, Any] = {
         "headline_cell": [max(plan.shutdown_conns), max(plan.shutdown_tasks)]
@@ -138,9 +194,28 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
     log("baking the template with default answers")
     project = bake.bake(scratch)
     results["meta_template"] = bake.describe_template()
-    vendored = (project / "app" / "aiorun.py").exists()
+    baseline: Path | None = None
+    if only & {"throughput", "footprint", "flood"}:
+        log(f"baking the echo-first baseline from commit {bake.BASELINE_COMMIT}")
+        try:
+            baseline = bake.bake_baseline(scratch)
+        except RuntimeError as exc:
+            results["baseline_skipped"] = str(exc)
+            log(f"echo-first baseline: not available: {exc}")
+    results["baseline_commit"] = bake.BASELINE_COMMIT
+    loadgen, how = cbuild.build()
+    results["loadgen"] = {
+        "what": f"C epoll client (bench/procs/loadgen.c, built with {how})"
+        if loadgen
+        else f"**Python fallback** (bench/procs/loadgen.py): {how}; its own CPU may cap the "
+        "fastest servers, see the client CPU column",
+        "c": loadgen is not None,
+    }
+    vendored = (project / "app" / "runtime" / "aiorun.py").exists()
     if "startup" in only:
-        results["startup"] = startup.run_all(project, scratch, reps=plan.startup_reps, log=log)
+        results["startup"] = startup.run_all(
+            project, scratch, reps=plan.startup_reps, journal_lines=plan.journal_lines, log=log
+        )
     if "shutdown" in only:
         runners = [r for r in shutdown.RUNNERS if vendored or r != "vendored"]
         grid = shutdown.run_grid(
@@ -152,6 +227,19 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
             log=log,
         )
         results["shutdown"] = [s.as_dict() for s in grid]
+    if "shutdown314" in only:
+        if plan.py314_reps == 0:
+            results["shutdown_py314"] = {"skipped": "not part of --quick (runs in a container)"}
+        else:
+            results["shutdown_py314"] = py314.run_grid(
+                project,
+                conns_grid=plan.shutdown_conns,
+                tasks_grid=plan.shutdown_tasks,
+                reps=plan.py314_reps,
+                log=log,
+            )
+            if results["shutdown_py314"].get("skipped"):
+                log(f"shutdown on 3.14: skipped: {results['shutdown_py314']['skipped']}")
     if "drain" in only:
         drained = drain.run_all(
             project, scratch, reps=plan.drain_reps, clients=plan.drain_clients, log=log
@@ -162,10 +250,15 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
         )
         results["drain_idle"] = [asdict(s) for s in idle_runs]
     if "throughput" in only:
-        specs = throughput.default_specs(project, scratch)
+        results["diskbound"] = diskbound.measure(
+            scratch, lines=plan.disk_lines, reps=plan.disk_reps
+        )
+        specs = throughput.specs(project, baseline, scratch, full=plan.tp_all_variants)
         results["throughput_variants"] = [s.name for s in specs]
-        rates, failed = throughput.run_all(
+        results["throughput_settings"] = {s.name: s.settings() for s in specs}
+        samples, failed, unrecognised = throughput.run_all(
             specs,
+            loadgen=loadgen,
             reps=plan.tp_reps,
             conns=plan.tp_conns,
             size=plan.tp_size,
@@ -173,8 +266,36 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
             seconds=plan.tp_seconds,
             log=log,
         )
-        results["throughput"] = [s.as_dict() for s in rates]
-        results["throughput_failed"] = failed
+        optional = {s.name for s in specs if s.optional}
+        results["throughput"] = [s.as_dict() for s in samples]
+        results["throughput_failed"] = {n: w for n, w in failed.items() if n not in optional}
+        results["throughput_unavailable"] = {n: w for n, w in failed.items() if n in optional}
+        results["throughput_unrecognised"] = unrecognised
+        seam = subprocess.run(
+            [sys.executable, str(BENCH_DIR / "procs" / "seam_call.py"), str(project),
+             str(200_000 if plan.tp_all_variants else 20_000)],
+            cwd=project, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        try:
+            results["seam_call"] = json.loads(seam.stdout)
+        except ValueError:
+            results["seam_call"] = {"unavailable": f"seam_call.py failed: {seam.stderr[-300:]}"}
+    if "footprint" in only:
+        results["footprint"] = footprint.run_all(
+            footprint.specs(project, baseline, scratch, plan.idle_mem_conns),
+            count=plan.idle_mem_conns,
+            reps=plan.idle_mem_reps,
+            log=log,
+        )
+    if "flood" in only:
+        results["flood"] = flood.run_all(
+            flood.specs(project, baseline, scratch),
+            loadgen,
+            reps=plan.flood_reps,
+            warmup=plan.flood_warmup,
+            seconds=plan.flood_seconds,
+            log=log,
+        )
     if "container" in only:
         if plan.docker_reps == 0:
             results["container"] = {
@@ -204,6 +325,15 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
             f"Shutdown latency, same echo server under each runner\n"
             f"{meta['date']}, {meta['cores']} cores, Python {meta['python']}",
         )
+    py314 = results.get("shutdown_py314") or {}
+    if py314.get("samples"):
+        meta = results["meta"]
+        plot.shutdown_plot(
+            py314["samples"],
+            out / "shutdown-py314.png",
+            f"Shutdown latency on Python {py314['python']} (container {py314['image']})\n"
+            f"{meta['date']}, {meta['cores']} cores",
+        )
     (out / "RESULTS.md").write_text(report.render(results))
 
 
@@ -213,7 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="output folder (default: bench/, or bench/.quick/ with --quick)"
     )
+    parser.add_argument(
+        "--reps", type=int, help="repetitions of every section (default: the mode's own)"
+    )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--readme-table",
+        type=Path,
+        metavar="DIR",
+        help="print the README's benchmark table from DIR/results.json",
+    )
     parser.add_argument(
         "--report-only",
         type=Path,
@@ -222,10 +361,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.readme_table:
+        from harness import goals
+
+        print(
+            "\n".join(
+                goals.readme_table(json.loads((args.readme_table / "results.json").read_text()))
+            )
+        )
+        return 0
     if args.report_only:
         write_outputs(json.loads((args.report_only / "results.json").read_text()), args.report_only)
         return 0
     plan = QUICK if args.quick else FULL
+    if args.reps:
+        plan = dataclasses.replace(
+            plan,
+            **{
+                f.name: args.reps
+                for f in dataclasses.fields(plan)
+                if f.name.endswith("_reps") and getattr(plan, f.name) > 0
+            },
+        )
     out = args.out or (BENCH_DIR / ".quick" if args.quick else BENCH_DIR)
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
     unknown = only - set(SECTIONS)

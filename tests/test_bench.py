@@ -1,23 +1,42 @@
 """Run the benchmark's quick mode once, so the bench cannot rot unnoticed.
 
-This checks that every section ran and produced its report, not the figures: speed is
-judged by bench/RESULTS.md from a full run, side by side, never by a timed test.
+This checks that every section ran and produced its report, and that each goal got a verdict,
+not the figures: speed is judged by bench/RESULTS.md from a full run, side by side, never by a
+timed test.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import TEMPLATE
 
+RUN = TEMPLATE / "bench" / "run.py"
+VERDICTS = ("met", "**not met**", "not measured", "skipped", "reported")
+
+
+def _goal_rows(markdown: str) -> list[list[str]]:
+    """The rows of the first table that follows the '## Goals' heading (or starts the text)."""
+    body = markdown.split("## Goals", 1)[-1]
+    rows = []
+    for line in body.splitlines():
+        if line.startswith("| Goal ") or line.startswith("|---"):
+            continue
+        if line.startswith("| "):
+            rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+        elif rows:
+            break
+    return rows
+
 
 def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, str(TEMPLATE / "bench" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(RUN), "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -25,7 +44,53 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (out / "RESULTS.md").read_text()
-    for heading in ("## 1. Shutdown latency", "## 2. Drain", "## 3. Echo throughput", "## 4."):
+    for heading in (
+        "## Goals",
+        "## 1. Shutdown latency",
+        "## 2. Drain",
+        "## 3. Echo throughput",
+        "### 3b. Write-ahead journal cost",
+        "## 4. Startup",
+        "## 6. Idle connection cost",
+        "## 7. Bystander latency under flood",
+    ):
         assert heading in report, f"{heading!r} missing from the quick report"
     assert (out / "shutdown.png").read_bytes().startswith(b"\x89PNG")
-    assert json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+
+    # Both load shapes ran against the bare echo, the service and the echo-first baseline.
+    measured = {(s["variant"], s["mode"]) for s in results["throughput"]}
+    for variant in ("bare uvloop Protocol echo", "service (uvloop)", "echo-first 5c8c445 (uvloop)"):
+        for mode in ("pingpong", "pipeline"):
+            assert (variant, mode) in measured, (variant, mode)
+    if shutil.which("cc"):
+        assert results["loadgen"]["c"], results["loadgen"]["what"]
+        assert {s["client"] for s in results["throughput"]} == {"c"}
+    # The vendored runtime is found in the baked project and takes part in the shutdown grid.
+    assert any(s["runner"] == "vendored" for s in results["shutdown"])
+
+    rows = _goal_rows(report)
+    names = " ".join(row[0] for row in rows)
+    for goal in (
+        "Ping-pong",
+        "Pipelined",
+        "Idle connection",
+        "Default loop",
+        "Startup",
+        "Bystander",
+    ):
+        assert goal in names, f"no goal row for {goal!r}"
+    for row in rows:
+        assert len(row) == 4, row
+        assert row[3].startswith(VERDICTS), f"goal without a verdict: {row}"
+        if row[3].startswith("**not met**"):
+            assert "Limit:" in row[3] and "Way past:" in row[3], row
+
+    table = subprocess.run(
+        [sys.executable, str(RUN), "--readme-table", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert _goal_rows(table) == rows

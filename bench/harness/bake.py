@@ -13,6 +13,10 @@ import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+BASELINE_COMMIT = "5c8c445"
+"""Today's echo-first design (reply first, journal after; streams; one send per line): the
+service every new figure is compared with side by side. Baked from git, so it stays fixed
+while the working tree moves on."""
 
 
 SKIPPED_WITHOUT_GIT = (
@@ -86,5 +90,34 @@ def bake(workdir: Path, root: Path = REPO_ROOT) -> Path:
         shutil.copy2(root / name, target)
     project = cookiecutter(
         str(template), no_input=True, output_dir=str(workdir / "baked"), overwrite_if_exists=True
+    )
+    return Path(project)
+
+
+def bake_baseline(workdir: Path, commit: str = BASELINE_COMMIT, root: Path = REPO_ROOT) -> Path:
+    """Bake the template as it was at `commit` (git archive of the repository); return the
+    project folder. Raises RuntimeError with the reason when that commit cannot be had."""
+    from cookiecutter.main import cookiecutter  # bench venv only
+
+    template = workdir / f"template-{commit}"
+    template.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", "--format=tar", commit],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(template)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise RuntimeError(
+            f"cannot read commit {commit} from git at {root}: "
+            f"{detail.decode(errors='replace').strip() or exc}"
+        ) from exc
+    project = cookiecutter(
+        str(template.resolve()),
+        no_input=True,
+        output_dir=str(workdir / f"baked-{commit}"),
+        overwrite_if_exists=True,
     )
     return Path(project)

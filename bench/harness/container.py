@@ -122,6 +122,18 @@ def run_all(
     base = _pick_base(python_version)
     if base is None:
         return Result(skipped=f"no local Python base image (tried {', '.join(BASE_CANDIDATES)})")
+    try:
+        return _measure(project, scratch, base, reps=reps, log=log)
+    except (OSError, subprocess.SubprocessError) as exc:
+        # An image that does not build is a finding about the template, not a reason to lose
+        # every other section's figures: the report names it instead.
+        detail = (getattr(exc, "stderr", "") or "").strip()[-400:]
+        return Result(skipped=f"{type(exc).__name__}: {str(exc)[:200]} {detail}".strip())
+
+
+def _measure(
+    project: Path, scratch: Path, base: str, *, reps: int, log: Callable[[str], None]
+) -> Result:
     t0 = time.perf_counter()
     _docker(
         "build",

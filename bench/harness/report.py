@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import goals
 from .stats import fmt_number, fmt_seconds, median, ratio
 
 HEAVY = (1000, 10000)
@@ -19,12 +20,6 @@ RUNNER_NAMES = {
     "asyncio": "asyncio.run (SIGINT)",
     "exit": "floor: os._exit",
 }
-SERVICE_DEFAULT = "service (default loop)"
-SERVICE_UVLOOP = "service (uvloop)"
-SAME_ASYNCIO = "same server, asyncio.run"
-PLAIN_STREAMS = "plain streams echo, uvloop"
-CEILING = "ceiling: uvloop Protocol"
-NO_JOURNAL = "service (uvloop), no journal"
 
 
 def _shutdown_values(
@@ -87,47 +82,14 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     conns, tasks = results.get("headline_cell", HEAVY)
     cell = f"{conns:,} conns + {tasks:,} tasks"
     ours = _shutdown_values(results, "vendored", conns, tasks)
-    theirs = _shutdown_values(results, "aiorun", conns, tasks)
     plain = _shutdown_values(results, "asyncio", conns, tasks)
-    floor = _shutdown_values(results, "exit", conns, tasks)
-    if ours and theirs:
-        r = ratio(ours, theirs)
-        floor_ratio = ratio(floor, theirs) if floor else float("nan")
-        ours_in = _in_runner(results, "vendored", conns, tasks)
-        theirs_in = _in_runner(results, "aiorun", conns, tasks)
-        gap = (
-            f"of our {_ms(ours)}, {_ms(ours_in)} is run() itself (cancel and await every task, "
-            f"close each connection) and {_ms(_after_runner(results, 'vendored', conns, tasks))} "
-            f"the interpreter's exit after run() returned (freeing the {tasks:,} cancelled "
-            f"tasks the server holds, module teardown), which every runner pays alike "
-            f"(aiorun: {_ms(_after_runner(results, 'aiorun', conns, tasks))}). run() alone "
-            f"vs aiorun's run(): {ratio(ours_in, theirs_in):.2f}. The kernel's share "
-            f"(os._exit with the same load) is {_ms(floor)}, ratio {floor_ratio:.2f}."
-        )
+    if ours and plain:
         rows.append(
             (
-                f"Shutdown, {cell}: vendored / aiorun",
-                f"**{_goal_ratio(r, 0.35)}** ({_ms(ours)} vs {_ms(theirs)})",
-                "≤ 0.35",
-                _verdict(r <= 0.35, gap),
-            )
-        )
-        if plain:
-            rows.append(
-                (
-                    f"Shutdown, {cell}: vendored / asyncio.run",
-                    f"**{ratio(ours, plain):.2f}** ({_ms(ours)} vs {_ms(plain)})",
-                    "—",
-                    "",
-                )
-            )
-    elif theirs:
-        rows.append(
-            (
-                f"Shutdown, {cell}: vendored / aiorun",
-                "n/a (no app/runtime/aiorun.py in the baked project)",
-                "≤ 0.35",
-                _verdict(None),
+                f"Shutdown, {cell}: vendored / asyncio.run",
+                f"**{ratio(ours, plain):.2f}** ({_ms(ours)} vs {_ms(plain)})",
+                "—",
+                "",
             )
         )
     tb = {
@@ -175,82 +137,6 @@ def headline_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "idle clients hold the shutdown up, see section 2" if held else "",
             )
         )
-    default, same = _throughput(results, SERVICE_DEFAULT), _throughput(results, SAME_ASYNCIO)
-    if default and same:
-        r = ratio(default, same)
-        per_cpu = ratio(
-            _throughput(results, SERVICE_DEFAULT, "per_cpu_second"),
-            _throughput(results, SAME_ASYNCIO, "per_cpu_second"),
-        )
-        overlap = min(default) <= max(same) and min(same) <= max(default)
-        gap = (
-            f"the two ranges overlap ({_range(default)} vs {_range(same)} round trips/s) and "
-            f"per second of server CPU the ratio is {per_cpu:.2f}: other jobs on this shared "
-            "machine, not the runtime, which does no work between start and stop"
-            if overlap
-            else f"per second of server CPU the ratio is {per_cpu:.2f}"
-        )
-        rows.append(
-            (
-                "Echo throughput, runtime overhead: service / same server under asyncio.run "
-                "(default loop)",
-                f"**{_goal_ratio(r, 0.97)}** ({median(default):,.0f} vs {median(same):,.0f} "
-                "round trips/s; "
-                f"per server CPU-second {per_cpu:.2f})",
-                "≥ 0.97",
-                _verdict(r >= 0.97, gap),
-            )
-        )
-    uv, ceil = _throughput(results, SERVICE_UVLOOP), _throughput(results, CEILING)
-    if uv and ceil:
-        r = ratio(uv, ceil)
-        streams = _throughput(results, PLAIN_STREAMS)
-        ceiling_client = median(_throughput(results, CEILING, "client_cpu"))
-        gap = "see section 3."
-        if streams:
-            gap = (
-                f"the asyncio streams layer itself (a task per connection, readuntil() and "
-                f"drain() per line) caps a bare streams echo server on uvloop at "
-                f"{ratio(streams, ceil):.2f} of the ceiling; the service reaches "
-                f"{ratio(uv, streams):.2f} of that bare streams server."
-            )
-        no_journal = _throughput(results, NO_JOURNAL)
-        if no_journal:
-            gap += (
-                f" Measured in this run, the journal costs it {ratio(no_journal, uv):.2f}x "
-                f"(without it: {ratio(no_journal, ceil):.2f} of the ceiling); the idle limit "
-                "costs nothing per line (one lazy timer per connection)."
-            )
-        if ceiling_client >= 0.9:
-            per_cpu = ratio(
-                _throughput(results, SERVICE_UVLOOP, "per_cpu_second"),
-                _throughput(results, CEILING, "per_cpu_second"),
-            )
-            gap += (
-                f" The ceiling run is as much client-bound as server-bound (load generator at "
-                f"{ceiling_client:.0%} CPU): per second of server CPU, which does not depend on "
-                f"the client, the ratio is {per_cpu:.2f}."
-            )
-        rows.append(
-            (
-                "Echo throughput: service on uvloop / uvloop Protocol ceiling",
-                f"**{_goal_ratio(r, 0.8)}** ({median(uv):,.0f} vs {median(ceil):,.0f} "
-                "round trips/s)",
-                "≥ 0.8",
-                _verdict(r >= 0.8, gap),
-            )
-        )
-    start = results.get("startup", {})
-    if start.get("service"):
-        rows.append(
-            (
-                'Startup to `listening on` / `python -c "import asyncio"`',
-                f"**{ratio(start['service'], start['floor']):.2f}** "
-                f"({_ms(start['service'])} vs {_ms(start['floor'])})",
-                "—",
-                "",
-            )
-        )
     box = results.get("container", {})
     if box and not box.get("skipped"):
         rows.append(
@@ -296,28 +182,37 @@ def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
         "every figure is a median of alternated runs taken in this same run, given with its "
         "min-max, and compared as a ratio.",
         "",
-        "## Headline",
+        "## Goals",
+        "",
+        *goals.table(goals.all_rows(results)),
+        "",
+        "## Other headline figures",
         "",
         *_table(("Measure", "Result", "Goal", "Verdict"), headline_rows(results)),
         "",
     ]
     out += _shutdown_section(results, cfg, plot_name)
+    out += _py314_section(results, cfg)
     out += _drain_section(results, cfg)
     out += _throughput_section(results, cfg)
     out += _startup_section(results, cfg)
     out += _container_section(results)
+    out += _footprint_section(results)
+    out += _flood_section(results)
     out += [
         "## Reproduce",
         "",
         "```sh",
         "python bench/run.py            # full run, writes "
         "bench/RESULTS.md, bench/shutdown.png, bench/results.json",
-        "python bench/run.py --quick    # < 1 min smoke run, writes bench/.quick/",
+        "python bench/run.py --quick    # < 30 s smoke run, writes bench/.quick/",
+        "python bench/run.py --readme-table bench   # the top-level README's table",
         "```",
         "",
         "The first run builds bench/.venv (aiorun 2025.1.1, uvloop, matplotlib, cookiecutter, "
-        "python-dotenv from the package index). Section 5 needs a Docker engine at "
-        "`DOCKER_HOST` (`source scripts/docker-engine.sh`).",
+        "python-dotenv from the package index) and compiles bench/procs/loadgen.c with `cc`. "
+        "Sections 1b and 5 need a Docker engine at `DOCKER_HOST` (`source "
+        "scripts/docker-engine.sh`, which also builds the `aiorun-template/python:3.14` image).",
         "",
     ]
     return "\n".join(out)
@@ -511,77 +406,199 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
     if not samples:
         return []
     refs = {
-        SERVICE_DEFAULT: SAME_ASYNCIO,
-        SAME_ASYNCIO: SAME_ASYNCIO,
-        SERVICE_UVLOOP: CEILING,
-        NO_JOURNAL: SERVICE_UVLOOP,
-        PLAIN_STREAMS: CEILING,
-        CEILING: CEILING,
+        goals.SERVICE_DEFAULT: goals.BASE_DEFAULT,
+        goals.SAME_ASYNCIO: goals.SERVICE_DEFAULT,
+        goals.NO_JOURNAL: goals.SERVICE_UVLOOP,
     }
     failures = [
         f"**{name} failed and is left out**: `{why}`"
         for name, why in results.get("throughput_failed", {}).items()
     ]
+    failures += [
+        f"{name}: not available in this build (`{why[:300]}`)"
+        for name, why in results.get("throughput_unavailable", {}).items()
+    ]
     rows = []
-    for variant in results["throughput_variants"]:
-        if variant in results.get("throughput_failed", {}):
-            continue
-        values = _throughput(results, variant)
-        ref = refs.get(variant)
-        rel = (
-            f"{ratio(values, _throughput(results, ref)):.2f} of {ref}"
-            if ref and ref != variant and _throughput(results, ref)
-            else ""
-        )
-        rows.append(
-            [
-                variant,
-                fmt_number(values),
-                f"{median(_throughput(results, variant, 'mib_per_s')):.0f}",
-                f"{median(_throughput(results, variant, 'server_cpu')):.0%}",
-                f"{median(_throughput(results, variant, 'client_cpu')):.0%}",
-                f"{median(_throughput(results, variant, 'per_cpu_second')):,.0f}",
-                rel,
-            ]
-        )
+    for mode in goals_modes(results):
+        for variant in results["throughput_variants"]:
+            values = goals.tp(results, variant, mode)
+            if not values:
+                continue
+            ref = refs.get(variant, goals.CEILING)
+            ref_values = goals.tp(results, ref, mode)
+            per_cpu = ratio(
+                goals.tp(results, variant, mode, "per_cpu_second"),
+                goals.tp(results, ref, mode, "per_cpu_second"),
+            )
+            rel = (
+                f"{ratio(values, ref_values):.2f} / {per_cpu:.2f} of {ref}"
+                if ref != variant and ref_values
+                else ""
+            )
+            rows.append(
+                [
+                    mode,
+                    variant,
+                    fmt_number(values),
+                    f"{median(goals.tp(results, variant, mode, 'server_cpu')):.0%}",
+                    f"{median(goals.tp(results, variant, mode, 'client_cpu')):.0%}",
+                    f"{median(goals.tp(results, variant, mode, 'per_cpu_second')):,.0f}",
+                    rel,
+                ]
+            )
+    client = results.get("loadgen", {})
+    bound = goals.journal_bound(results)
+    disk = results.get("diskbound") or {}
     return [
         "## 3. Echo throughput",
         "",
-        f"{cfg['tp_conns']} connections, each a strict ping-pong of {cfg['tp_size']}-byte lines "
-        f"(one line in flight per connection, every echo checked byte for byte), "
+        f"{cfg['tp_conns']} connections of {cfg['tp_size']}-byte lines. `pingpong`: one line in "
+        "flight per connection. `pipeline`: 16 lines per write, all 16 echoes awaited before "
+        "the next write. Every echoed byte is checked. "
         f"{cfg['tp_warmup']} s warm-up then {cfg['tp_seconds']} s counted, {cfg['tp_reps']} "
-        "alternated run(s) per server.",
+        "alternated run(s) per server and mode, order rotated.",
         "",
-        "The load generator (`bench/procs/loadgen.py`) is one separate process: a bare "
-        "`asyncio.Protocol` on uvloop, no streams and no task per line, so a round trip costs it "
-        "far less than it costs any streams server. The machine has 2 cores: the server gets "
-        "one, the load generator the other. CPU columns are each process's user+system time "
-        "over the counted window (100% = one core); a server near 100% with the client well "
-        "below is server-bound, which is what the figures should measure. The generated "
-        "service journals every line (a write in a worker thread per batch), so its CPU "
-        "includes that thread.",
+        f"Load generator: {client.get('what', 'n/a')}. CPU columns are each side's user+system "
+        "time over the counted window (100% = one core; the server's includes its threads and "
+        "child processes). The machine has 2 cores shared with other jobs, so the ratio per "
+        "server CPU-second (second figure in the last column) is the steadier one.",
         "",
-        "glibc's malloc thresholds are pinned for every process here (`MALLOC_MMAP_THRESHOLD_` "
-        "1 MiB, `MALLOC_TRIM_THRESHOLD_` 8 MiB). Left alone, glibc's dynamic threshold decides "
-        "from incidental start-up history whether each 256 KiB `recv()` buffer of asyncio's "
-        "default loop costs an mmap/munmap pair and page faults on every read, and the same "
-        "command then runs at one of two speeds about 1.5x apart (27k or 41k round trips/s for "
-        "one unchanged `python -m app` on the default loop, observed while building this "
-        "bench). Pinned, every variant runs in the same steady allocator state.",
+        "No malloc tuning in any process: these are the figures users get. Settings of each "
+        "service variant are its `APP_` variables (section 3b); the echo-first baseline is "
+        f"the template at commit {goals.BASELINE_COMMIT}, baked beside the working tree.",
         "",
         *[line for failure in failures for line in (failure, "")],
         *_table(
             (
+                "mode",
                 "server",
-                "round trips/s, median (min-max)",
-                "MiB/s both ways",
+                "lines/s, median (min-max)",
                 "server CPU",
                 "client CPU",
-                "round trips per server CPU-second",
-                "ratio",
+                "lines per server CPU-second",
+                "ratio: rate / per CPU-second",
             ),
             rows,
         ),
+        "",
+        *(
+            [
+                f"Journalling bound: appending 1 KiB lines to a file in the journals' folder "
+                f"({disk['filesystem']}), {disk['batch']} lines per write(), costs "
+                f"{disk['cpu_us_per_line']:.2f} µs of CPU per line "
+                f"({disk['wall_us_per_line']:.2f} µs wall). With the bare echo's pipelined cost "
+                f"per line, a server that journals every line can reach at most "
+                f"**{bound:.2f}** of it per server CPU-second.",
+                "",
+            ]
+            if bound is not None
+            else []
+        ),
+        "### 3b. Write-ahead journal cost, per fsync policy, against the echo-first design",
+        "",
+        *_table(
+            (
+                "mode",
+                "server",
+                "APP_JOURNAL_FSYNC",
+                "lines/s",
+                "per server CPU-second",
+                f"rate / echo-first {goals.BASELINE_COMMIT}",
+            ),
+            goals.wal_rows(results),
+        ),
+        "",
+        "Settings in effect (`APP_` variables each service was started with):",
+        "",
+        *[
+            f"- {name}: "
+            + (", ".join(f"`{k}={_short(v)}`" for k, v in sorted(env.items())) or "none")
+            + (
+                f"; **not recognised** (warned as unknown): {', '.join(unknown)}"
+                if (unknown := results.get("throughput_unrecognised", {}).get(name))
+                else ""
+            )
+            for name, env in results.get("throughput_settings", {}).items()
+        ],
+        "",
+    ]
+
+
+def _short(value: str) -> str:
+    """A scratch path shown by its file name: the folder is a temporary one."""
+    return f".../{value.rsplit('/', 1)[1]}" if value.startswith("/") else value
+
+
+def goals_modes(results: dict[str, Any]) -> list[str]:
+    seen = {s.get("mode", "pingpong") for s in results.get("throughput", [])}
+    return [m for m in ("pingpong", "pipeline") if m in seen]
+
+
+def _footprint_section(results: dict[str, Any]) -> list[str]:
+    foot = results.get("footprint") or {}
+    if foot.get("skipped"):
+        return ["## 6. Idle connection cost", "", f"Skipped: {foot['skipped']}.", ""]
+    samples = foot.get("samples", [])
+    if not samples:
+        return []
+    rows = []
+    for variant in dict.fromkeys(s["variant"] for s in samples):
+        mine = [s for s in samples if s["variant"] == variant]
+        rows.append(
+            [
+                variant,
+                f"{median([s['rss_before_kib'] for s in mine]) / 1024:.1f} MiB",
+                f"{median([s['rss_after_kib'] for s in mine]) / 1024:.1f} MiB",
+                fmt_number([s["kib_per_conn"] for s in mine], digits=2),
+            ]
+        )
+    failed = [f"{n}: failed: `{why[:300]}`" for n, why in foot.get("failed", {}).items()]
+    return [
+        "## 6. Idle connection cost",
+        "",
+        f"RSS of the server (and its children) before the first and after the last of "
+        f"{foot['count']:,} idle connections, each confirmed by one echo. "
+        f"`APP_MAX_CONNECTIONS` is raised above that for the services; the bench raises its "
+        "soft RLIMIT_NOFILE, which the servers inherit.",
+        "",
+        *[line for f in failed for line in (f, "")],
+        *_table(("server", "RSS at 0", f"RSS at {foot['count']:,}", "KiB per connection"), rows),
+        "",
+    ]
+
+
+def _flood_section(results: dict[str, Any]) -> list[str]:
+    flood = results.get("flood") or {}
+    samples = flood.get("samples", [])
+    if not samples and not flood.get("failed"):
+        return []
+    rows = []
+    for variant in dict.fromkeys(s["variant"] for s in samples):
+        for flooded in (True, False):
+            mine = [s for s in samples if s["variant"] == variant and s["flood"] is flooded]
+            if not mine:
+                continue
+            rows.append(
+                [
+                    variant,
+                    "flood" if flooded else "quiet",
+                    f"{sum(s['count'] for s in mine):,}",
+                    f"{median([s['p50'] for s in mine]) * 1000:.2f} ms",
+                    f"{median([s['p99'] for s in mine]) * 1000:.2f} ms",
+                    f"{max(s['max'] for s in mine) * 1000:.1f} ms",
+                ]
+            )
+    failed = [f"{n}: failed: `{why[:300]}`" for n, why in flood.get("failed", {}).items()]
+    return [
+        "## 7. Bystander latency under flood",
+        "",
+        f"One client writes blocks of {flood.get('block', 0) // 1024} KiB of empty lines as "
+        "fast as the server takes them and drops the replies; a bystander on its own "
+        "connection sends one short line at a time and times each echo. The control (quiet) "
+        "is the same bystander with no flood. p99 is the median over runs of each run's p99.",
+        "",
+        *[line for f in failed for line in (f, "")],
+        *_table(("server", "load", "pings", "p50", "p99", "worst"), rows),
         "",
     ]
 
@@ -590,21 +607,52 @@ def _startup_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     start = results.get("startup", {})
     if not start.get("service"):
         return []
+    rows = [
+        ("`python -m app` → `listening on`", fmt_seconds(start["service"])),
+        ("bare uvloop Protocol server → `ready`", fmt_seconds(start.get("bare_uvloop", []))),
+        ('`python -c "import asyncio"` → exit', fmt_seconds(start.get("floor", []))),
+    ]
+    if start.get("service_big_journal"):
+        rows.append(
+            (
+                f"`python -m app` with a {start['journal_lines']:,}-line journal → `listening on`",
+                fmt_seconds(start["service_big_journal"]),
+            )
+        )
     return [
         "## 4. Startup to ready",
         "",
-        f"From just before the fork to the `listening on` line on stderr (default settings, "
-        f'uvloop on), against `python -c "import asyncio"` run to exit, the floor for any '
-        f"asyncio service. {cfg['startup_reps']} alternated runs each.",
+        "From just before the fork to the ready line (default settings, uvloop where "
+        f"installed), {cfg['startup_reps']} alternated runs each, after one warm-up start of "
+        f"each (compiled .pyc files present: {start.get('pyc_files', '?')} under `app/`). The "
+        f"big journal is {start.get('journal_bytes', 0) / 2**20:.0f} MiB of complete lines "
+        f"written before the first start; the services grew it by "
+        f"{start.get('journal_grown_bytes', 0):,} bytes over all starts.",
         "",
-        *_table(
-            ("", "time, median (min-max)"),
-            [
-                ("`python -m app` → `listening on`", fmt_seconds(start["service"])),
-                ('`python -c "import asyncio"` → exit', fmt_seconds(start["floor"])),
-                ("ratio", f"{ratio(start['service'], start['floor']):.2f}"),
-            ],
-        ),
+        *_table(("", "time, median (min-max)"), rows),
+        "",
+    ]
+
+
+def _py314_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    py314 = results.get("shutdown_py314") or {}
+    if py314.get("skipped"):
+        return ["## 1b. Shutdown latency on Python 3.14", "", f"Skipped: {py314['skipped']}.", ""]
+    if not py314.get("samples"):
+        return []
+    inner = _shutdown_section(
+        {"shutdown": py314["samples"]},
+        {**cfg, "shutdown_reps": cfg.get("py314_reps", cfg["shutdown_reps"])},
+        plot="",
+    )
+    body = [line for line in inner[1:] if not line.startswith("![")]
+    return [
+        f"## 1b. Shutdown latency on Python {py314['python']} (container `{py314['image']}`)",
+        "",
+        "The same grid and server, run inside the image (host network, the bench and the "
+        "baked project mounted read-only, aiorun 2025.1.1 from the bench venv on PYTHONPATH).",
+        *body,
+        "![Shutdown latency on Python 3.14](shutdown-py314.png)",
         "",
     ]
 

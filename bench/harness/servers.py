@@ -18,6 +18,7 @@ from .procs import Child
 PROCS = Path(__file__).resolve().parent.parent / "procs"
 SERVICE_READY = r"listening on (?P<host>\S+):(?P<port>\d+)"
 SCRIPT_READY = r"^ready (?P<port>\d+)$"
+CEILING_NAME = "bare uvloop Protocol echo"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,15 @@ class ServerSpec:
     ready_pattern: str = SCRIPT_READY
     stop_signal: int = signal.SIGTERM
     notes: dict[str, str] = field(default_factory=dict)
+    modes: tuple[str, ...] = ("pingpong",)
+    """Throughput modes this variant runs in (harness/throughput.py)."""
+    optional: bool = False
+    """A measurement aid that reaches into the service's internals: when it no longer fits
+    the build, the report names it "not available in this build" instead of failing the run."""
+
+    def settings(self) -> dict[str, str]:
+        """The APP_ variables this server was started with (shown in the report)."""
+        return {k: v for k, v in (self.env or {}).items() if k.startswith("APP_")}
 
 
 def start(spec: ServerSpec, timeout: float = 20.0) -> tuple[Child, int]:
@@ -60,13 +70,33 @@ def service_env(journal: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def generated_service(project: Path, journal: Path, **settings: str) -> ServerSpec:
-    """The baked project's `python -m app`, configured by APP_ variables."""
+def _label(settings: dict[str, str]) -> str:
     label = {"1": "uvloop", "0": "default loop"}.get(settings.get("APP_USE_UVLOOP", ""), "default")
     if settings.get("APP_WORKERS", "1") != "1":
         label += f", workers={settings['APP_WORKERS']}"
+    if "APP_JOURNAL_FSYNC" in settings:
+        label += f", fsync={settings['APP_JOURNAL_FSYNC']}"
+    return label
+
+
+def generated_service(project: Path, journal: Path, **settings: str) -> ServerSpec:
+    """The baked project's `python -m app`, configured by APP_ variables."""
     return ServerSpec(
-        name=f"service ({label})",
+        name=f"service ({_label(settings)})",
+        argv=[sys.executable, "-m", "app"],
+        cwd=project,
+        env=service_env(journal, **settings),
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
+    )
+
+
+def baseline_service(project: Path, journal: Path, **settings: str) -> ServerSpec:
+    """`python -m app` of the echo-first baseline (bake.BASELINE_COMMIT)."""
+    from .bake import BASELINE_COMMIT
+
+    return ServerSpec(
+        name=f"echo-first {BASELINE_COMMIT} ({_label(settings)})",
         argv=[sys.executable, "-m", "app"],
         cwd=project,
         env=service_env(journal, **settings),
@@ -91,26 +121,8 @@ def service_under_asyncio_run(project: Path, journal: Path) -> ServerSpec:
 def ceiling() -> ServerSpec:
     """A bare uvloop Protocol echo server: the most a line echo can do here."""
     return ServerSpec(
-        name="ceiling: uvloop Protocol",
+        name=CEILING_NAME,
         argv=[sys.executable, str(PROCS / "ceiling_server.py")],
-        stop_signal=signal.SIGINT,
-    )
-
-
-def plain_streams_uvloop() -> ServerSpec:
-    """The bench's own minimal streams echo server (procs/echo_server.py) on uvloop: no
-    journal, no limits, no timeouts. It splits the gap between the service and the ceiling
-    into what the streams API costs and what the service adds on top."""
-    return ServerSpec(
-        name="plain streams echo, uvloop",
-        argv=[
-            sys.executable,
-            str(PROCS / "echo_server.py"),
-            "--runner",
-            "asyncio",
-            "--loop",
-            "uvloop",
-        ],
         stop_signal=signal.SIGINT,
     )
 

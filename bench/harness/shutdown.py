@@ -108,3 +108,36 @@ def run_grid(
                 )
             )
     return samples
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m harness.shutdown`: run the grid here and print the samples as JSON.
+
+    For running the grid under another Python, such as inside a container (harness/py314.py):
+    stdlib only, and aiorun importable from wherever PYTHONPATH points.
+    """
+    import argparse
+    import json
+    import platform
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--project", type=Path, required=True)
+    parser.add_argument("--conns", required=True, help="comma-separated, e.g. 0,1000")
+    parser.add_argument("--tasks", required=True, help="comma-separated, e.g. 10000")
+    parser.add_argument("--reps", type=int, required=True)
+    args = parser.parse_args(argv)
+    vendored = (args.project / "app" / "runtime" / "aiorun.py").exists()
+    grid = run_grid(
+        runners=[r for r in RUNNERS if vendored or r != "vendored"],
+        conns_grid=[int(c) for c in args.conns.split(",")],
+        tasks_grid=[int(t) for t in args.tasks.split(",")],
+        reps=args.reps,
+        project=args.project,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    print(json.dumps({"python": platform.python_version(), "samples": [s.as_dict() for s in grid]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

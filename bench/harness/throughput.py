@@ -1,24 +1,25 @@
-"""Benchmark 3: echo throughput, ping-pong of 1 KiB lines over 50 connections.
+"""Benchmark 3: echo throughput, 1 KiB lines over 50 connections, ping-pong and pipelined.
 
-Each server variant is started, loaded by procs/loadgen.py (a separate process: uvloop and a
-bare Protocol, see its docstring) for a warm-up and then a fixed window, and stopped. Variants
-are alternated, rotating the order every repetition. The machine has 2 cores: the server gets
-one and the load generator the other; both processes' CPU use over the window is recorded, so
-the report can say which side was the bottleneck.
+Modes: `pingpong` keeps one line in flight per connection; `pipeline` writes 16 lines at once
+and waits for all 16 echoes, the load that shows whether a server writes once per read chunk
+or once per line. Each server variant is started, loaded for a warm-up and a fixed window, and
+stopped; variants are alternated, the order rotated every repetition.
 
-glibc's malloc thresholds are pinned for the servers and the load generator (MALLOC_PIN).
-Without that, glibc's dynamic mmap threshold decides from incidental heap history at start-up
-whether each 256 KiB recv() buffer of asyncio's default loop is an mmap/munmap pair with page
-faults on every read: the same server then runs at either of two speeds ~1.5x apart, and which
-one a process gets changes with unrelated edits (seen here: 27k vs 41k round trips/s for one
-unchanged command). Pinned, each variant is measured in the same, steady allocator state.
+The load generator is the C epoll client (procs/loadgen.c, built by harness/cbuild.py), so the
+client is not the bottleneck; procs/loadgen.py only when no compiler is found. Both report the
+CPU share of the client and of the server (the server's pid and its children, from /proc) over
+the counted window, so every rate also has a per-server-CPU-second figure, which other jobs on
+this shared machine disturb less.
+
+No malloc tuning anywhere: what the bench measures is what users get. (An earlier version
+pinned glibc's malloc thresholds; the default loop's speed then depended on them.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -27,116 +28,185 @@ from pathlib import Path
 
 from . import servers
 
-LOADGEN = servers.PROCS / "loadgen.py"
-MALLOC_PIN = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(8 << 20)}
-"""Large buffers stay on the heap and the heap top is not returned after each read."""
-
-
-def _pinned(env: dict[str, str] | None) -> dict[str, str]:
-    return {**(os.environ if env is None else env), **MALLOC_PIN}
+PY_LOADGEN = servers.PROCS / "loadgen.py"
+UNKNOWN_SETTING = re.compile(r"unknown setting (APP_\w+)")
+"""The service's warning for an APP_ variable it does not know (app/config.py)."""
+MODES = {"pingpong": 1, "pipeline": 16}
+"""Lines per write in each mode."""
 
 
 @dataclass
 class Sample:
     variant: str
-    roundtrips_per_s: float
+    mode: str
+    lines_per_s: float
     mib_per_s: float
     server_cpu: float
     client_cpu: float
+    client: str
 
     @property
     def per_cpu_second(self) -> float:
-        """Round trips per second of server CPU: less sensitive than the rate to other jobs
-        taking the core away, since both sides of the ratio shrink together."""
-        return self.roundtrips_per_s / self.server_cpu if self.server_cpu > 0 else float("nan")
+        """Lines per second of server CPU: both sides shrink together when other jobs take
+        the core away, so this is steadier than the rate."""
+        return self.lines_per_s / self.server_cpu if self.server_cpu > 0 else float("nan")
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "per_cpu_second": self.per_cpu_second}
 
 
+def _client_argv(
+    loadgen: Path | None, mode: str, port: int, pid: int, conns: int, size: int, w: float, s: float
+) -> list[str]:
+    depth = MODES[mode]
+    if loadgen is not None:
+        return [str(loadgen), mode, str(port), str(conns), str(size), str(depth), str(w), str(s),
+                str(pid)]  # fmt: skip
+    return [
+        sys.executable, str(PY_LOADGEN), "--port", str(port), "--conns", str(conns),
+        "--size", str(size), "--depth", str(depth), "--warmup", str(w), "--seconds", str(s),
+        "--server-pid", str(pid),
+    ]  # fmt: skip
+
+
+def unrecognised_settings(lines: Sequence[str]) -> list[str]:
+    """APP_ variables the server warned it does not know (so they were not in effect)."""
+    return sorted({m.group(1) for line in lines if (m := UNKNOWN_SETTING.search(line))})
+
+
 def measure_once(
-    spec: servers.ServerSpec, *, conns: int, size: int, warmup: float, seconds: float
-) -> Sample:
-    child, port = servers.start(dataclasses.replace(spec, env=_pinned(spec.env)))
+    spec: servers.ServerSpec,
+    mode: str,
+    loadgen: Path | None,
+    *,
+    conns: int,
+    size: int,
+    warmup: float,
+    seconds: float,
+) -> tuple[Sample, list[str]]:
+    """One window; returns the sample and the settings the server did not recognise."""
+    child, port = servers.start(spec)
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                str(LOADGEN),
-                "--port",
-                str(port),
-                "--conns",
-                str(conns),
-                "--size",
-                str(size),
-                "--warmup",
-                str(warmup),
-                "--seconds",
-                str(seconds),
-                "--server-pid",
-                str(child.pid),
-            ],
-            check=True,
-            env=_pinned(None),
-            capture_output=True,
-            text=True,
-            timeout=warmup + seconds + 60,
-        ).stdout
+        argv = _client_argv(loadgen, mode, port, child.pid, conns, size, warmup, seconds)
+        run = subprocess.run(
+            argv, check=False, capture_output=True, text=True, timeout=warmup + seconds + 60
+        )
     finally:
         servers.stop(child, spec.stop_signal)
-    result = json.loads(out)
-    return Sample(
+        journal = (spec.env or {}).get("APP_JOURNAL_PATH")
+        if journal:  # a pipelined window journals hundreds of MiB; keep the disk from filling
+            Path(journal).unlink(missing_ok=True)
+    if run.returncode != 0:
+        raise RuntimeError(
+            f"load generator exited {run.returncode}: {run.stderr.strip()[-500:]}; "
+            f"server stderr tail: {child.stderr.lines[-8:]!r}"
+        )
+    result = json.loads(run.stdout)
+    sample = Sample(
         variant=spec.name,
-        roundtrips_per_s=result["roundtrips_per_s"],
+        mode=mode,
+        lines_per_s=result["lines_per_s"],
         mib_per_s=result["mib_per_s"],
         server_cpu=result["server_cpu"],
         client_cpu=result["client_cpu"],
+        client=result.get("client", "?"),
     )
+    return sample, unrecognised_settings(child.stderr.lines)
 
 
 def run_all(
     specs: Sequence[servers.ServerSpec],
     *,
+    loadgen: Path | None,
     reps: int,
     conns: int,
     size: int,
     warmup: float,
     seconds: float,
     log: Callable[[str], None],
-) -> tuple[list[Sample], dict[str, str]]:
-    """Every variant once per repetition, order rotated; returns samples and, for a variant
-    that failed (it is then left out of later repetitions), why."""
+) -> tuple[list[Sample], dict[str, str], dict[str, list[str]]]:
+    """Every (variant, mode) once per repetition, order rotated.
+
+    Returns the samples; for each variant that failed (left out of later repetitions) why;
+    and for each variant the APP_ settings it warned it did not recognise.
+    """
     samples: list[Sample] = []
     failed: dict[str, str] = {}
+    unrecognised: dict[str, list[str]] = {}
+    cells = [(spec, mode) for spec in specs for mode in spec.modes]
     for rep in range(reps):
-        shift = rep % len(specs)
-        for spec in [*specs[shift:], *specs[:shift]]:
+        shift = rep % len(cells)
+        for spec, mode in [*cells[shift:], *cells[:shift]]:
             if spec.name in failed:
                 continue
             try:
-                sample = measure_once(spec, conns=conns, size=size, warmup=warmup, seconds=seconds)
+                sample, unknown = measure_once(
+                    spec, mode, loadgen, conns=conns, size=size, warmup=warmup, seconds=seconds
+                )
             except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
                 failed[spec.name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                 log(f"throughput {spec.name}: failed, left out: {failed[spec.name]}")
                 continue
+            unrecognised[spec.name] = unknown
             samples.append(sample)
             log(
-                f"throughput rep {rep + 1}/{reps} {spec.name}: "
-                f"{sample.roundtrips_per_s:,.0f} rt/s, server cpu {sample.server_cpu:.0%}, "
-                f"client cpu {sample.client_cpu:.0%}, {sample.per_cpu_second:,.0f} rt per cpu-s"
+                f"throughput rep {rep + 1}/{reps} {mode} {spec.name}: "
+                f"{sample.lines_per_s:,.0f} lines/s, server cpu {sample.server_cpu:.0%}, "
+                f"client cpu {sample.client_cpu:.0%}, {sample.per_cpu_second:,.0f} per cpu-s"
             )
-    return samples, failed
+    return samples, failed, unrecognised
 
 
-def default_specs(project: Path, scratch: Path) -> list[servers.ServerSpec]:
-    return [
-        servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
-        servers.generated_service(project, scratch / "j-uvloop.log", APP_USE_UVLOOP="1"),
-        servers.generated_service(
-            project, scratch / "j-workers.log", APP_USE_UVLOOP="1", APP_WORKERS="2"
+def specs(
+    project: Path, baseline: Path | None, scratch: Path, *, full: bool
+) -> list[servers.ServerSpec]:
+    """The variants, each with the modes it runs in. --quick keeps the goal rows only."""
+    both = ("pingpong", "pipeline")
+    out = [
+        dataclasses.replace(servers.ceiling(), modes=both),
+        dataclasses.replace(
+            servers.generated_service(project, scratch / "j-uvloop.log", APP_USE_UVLOOP="1"),
+            modes=both,
         ),
-        servers.service_under_asyncio_run(project, scratch / "j-asyncio.log"),
-        servers.service_ablation(project, scratch / "j-no-journal.log", "--no-journal"),
-        servers.plain_streams_uvloop(),
-        servers.ceiling(),
+        dataclasses.replace(
+            servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
+            modes=("pingpong",),
+        ),
     ]
+    if baseline is not None:
+        out += [
+            dataclasses.replace(
+                servers.baseline_service(baseline, scratch / "jb-uvloop.log", APP_USE_UVLOOP="1"),
+                modes=both,
+            ),
+            dataclasses.replace(
+                servers.baseline_service(baseline, scratch / "jb-default.log", APP_USE_UVLOOP="0"),
+                modes=("pingpong",),
+            ),
+        ]
+    for policy in ("always", "never") if full else ():
+        out.append(
+            dataclasses.replace(
+                servers.generated_service(
+                    project,
+                    scratch / f"j-fsync-{policy}.log",
+                    APP_USE_UVLOOP="1",
+                    APP_JOURNAL_FSYNC=policy,
+                ),
+                modes=both,
+            )
+        )
+    if full:
+        out += [
+            dataclasses.replace(
+                servers.service_under_asyncio_run(project, scratch / "j-asyncio.log"),
+                modes=("pingpong",),
+                optional=True,
+            ),
+            dataclasses.replace(
+                servers.service_ablation(project, scratch / "j-no-journal.log", "--no-journal"),
+                modes=("pingpong", "pipeline"),
+                optional=True,
+            ),
+        ]
+    return out

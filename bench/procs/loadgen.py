@@ -1,4 +1,7 @@
-"""Echo load generator: strict ping-pong of fixed-size lines over N connections, on uvloop.
+"""Echo load generator in Python, the fallback when no C compiler builds loadgen.c.
+
+Strict ping-pong of fixed-size lines over N connections, on uvloop (--depth N: N lines per
+write, all echoed before the next write).
 
 Why built like this: the figure must measure the server, not the client. The client is a bare
 asyncio.Protocol on uvloop (no streams layer, no per-line task), one process, so it spends far
@@ -7,7 +10,8 @@ measured window so the report can show who was busy. Each connection keeps exact
 flight and checks every echo byte for byte. After a warm-up, round trips are counted for a fixed
 window; the result is one JSON object on stdout.
 
-    python loadgen.py --port P --conns 50 --size 1024 --warmup 0.5 --seconds 3 [--server-pid N]
+    python loadgen.py --port P --conns 50 --size 1024 [--depth 16] --warmup 0.5 --seconds 3
+                      [--server-pid N]
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ def self_cpu() -> float:
 class PingPong(asyncio.Protocol):
     """Send one line, wait for its full echo, send the next."""
 
-    def __init__(self, line: bytes, counter: list[int], lost: asyncio.Future[None]) -> None:
+    def __init__(
+        self, line: bytes, depth: int, counter: list[int], lost: asyncio.Future[None]
+    ) -> None:
         self.line = line
+        self.depth = depth
         self.counter = counter
         self.lost = lost
         self.buf = bytearray()
@@ -63,7 +70,7 @@ class PingPong(asyncio.Protocol):
             self.transport.close()  # type: ignore[union-attr]
             return
         self.buf.clear()
-        self.counter[0] += 1
+        self.counter[0] += self.depth
         assert self.transport is not None
         if self.stopping:  # close only between round trips, so no echo is cut off (no RST)
             self.transport.close()
@@ -80,13 +87,13 @@ class PingPong(asyncio.Protocol):
 
 async def drive(args: argparse.Namespace) -> dict[str, float]:
     loop = asyncio.get_running_loop()
-    line = b"x" * (args.size - 1) + b"\n"
+    line = (b"x" * (args.size - 1) + b"\n") * args.depth
     counter = [0]
     lost: asyncio.Future[None] = loop.create_future()
     protocols: list[PingPong] = []
     for _ in range(args.conns):
         _, protocol = await loop.create_connection(
-            lambda: PingPong(line, counter, lost), args.host, args.port
+            lambda: PingPong(line, args.depth, counter, lost), args.host, args.port
         )
         protocols.append(protocol)
     await asyncio.sleep(args.warmup)  # warm-up is load, not synchronisation
@@ -103,11 +110,13 @@ async def drive(args: argparse.Namespace) -> dict[str, float]:
         raise RuntimeError("server closed a connection during the measurement")
     wall = t1 - t0
     return {
+        "lines_per_s": (n1 - n0) / wall,
         "roundtrips_per_s": (n1 - n0) / wall,
-        "mib_per_s": (n1 - n0) * len(line) * 2 / wall / 2**20,
+        "mib_per_s": (n1 - n0) * args.size * 2 / wall / 2**20,
         "client_cpu": (c1 - c0) / wall,
         "server_cpu": (s1 - s0) / wall if args.server_pid else float("nan"),
         "seconds": wall,
+        "client": "python",
     }
 
 
@@ -117,6 +126,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--server-pid", type=int, default=0)

@@ -1,4 +1,4 @@
-"""Run the generated service's own EchoService under plain `asyncio.run`, not app.runtime.aiorun.
+"""Run the generated service's own EchoService under plain `asyncio.run`, not app.runtime.
 
 Why: the throughput benchmark compares this with `python -m app` on the same (default) loop.
 Between start and stop the runtime should cost nothing, so the ratio shows its overhead.

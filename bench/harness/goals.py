@@ -1,0 +1,412 @@
+"""The goals of the issue "Throughput and footprint near the limit", judged from one run.
+
+Why a module of its own: each goal is a computation over results.json (a ratio of medians
+against a target), and the same rows feed RESULTS.md and the README table (`run.py
+--readme-table`), so nothing in either is typed by hand. A row that misses its target names the
+limit measured in the same run and a way past it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .bake import BASELINE_COMMIT
+from .servers import CEILING_NAME
+from .stats import median, ratio
+
+CEILING = CEILING_NAME
+SERVICE_UVLOOP = "service (uvloop)"
+SERVICE_DEFAULT = "service (default loop)"
+BASE_UVLOOP = f"echo-first {BASELINE_COMMIT} (uvloop)"
+BASE_DEFAULT = f"echo-first {BASELINE_COMMIT} (default loop)"
+FSYNC = {p: f"service (uvloop, fsync={p})" for p in ("always", "never")}
+SAME_ASYNCIO = "same server, asyncio.run"
+NO_JOURNAL = "service (uvloop), no journal"
+NO_SEAM = "service (uvloop), no seam"
+
+Row = tuple[str, str, str, str]
+"""(measure, result, goal, verdict)"""
+
+
+def tp(
+    results: dict[str, Any], variant: str, mode: str = "pingpong", key: str = "lines_per_s"
+) -> list[float]:
+    """One figure of every throughput sample of `variant` in `mode`."""
+    return [
+        s[key]
+        for s in results.get("throughput", [])
+        if s["variant"] == variant and s.get("mode", "pingpong") == mode
+    ]
+
+
+def _fmt(value: float, goal: float) -> str:
+    """Two decimals, or three when two would round onto the goal and hide which side it is."""
+    return f"{value:.3f}" if round(value, 2) == goal and value != goal else f"{value:.2f}"
+
+
+def verdict(ok: bool | None, limit: str = "", way: str = "") -> str:
+    if ok is None:
+        return "not measured" + (f": {limit}" if limit else "")
+    if ok:
+        return "met"
+    return f"**not met**. Limit: {limit} Way past: {way}"
+
+
+def _us_per_line(per_cpu_second: float) -> float:
+    return 1e6 / per_cpu_second if per_cpu_second > 0 else float("nan")
+
+
+def pingpong(results: dict[str, Any]) -> Row | None:
+    ours, bare = tp(results, SERVICE_UVLOOP), tp(results, CEILING)
+    if not (ours and bare):
+        return None
+    r = ratio(ours, bare)
+    cpu_ours = median(tp(results, SERVICE_UVLOOP, key="per_cpu_second"))
+    cpu_bare = median(tp(results, CEILING, key="per_cpu_second"))
+    r_cpu = cpu_ours / cpu_bare
+    client = median(tp(results, CEILING, key="client_cpu"))
+    limit = (
+        f"the service spends {_us_per_line(cpu_ours):.1f} µs of server CPU per round trip, the "
+        f"bare echo {_us_per_line(cpu_bare):.1f} µs (client CPU on the bare run {client:.0%}); "
+        "the difference is the service's own per-line work: framing, the journal append, the "
+        "call into the handler, and one send() per line."
+    )
+    return (
+        "Ping-pong (50 conns, 1 KiB, one in flight): service on uvloop / bare uvloop Protocol echo",
+        f"**{_fmt(r, 0.85)}** by rate ({median(ours):,.0f} vs {median(bare):,.0f} /s), "
+        f"**{_fmt(r_cpu, 0.85)}** per server CPU-second",
+        "≥ 0.85 both",
+        verdict(
+            r >= 0.85 and r_cpu >= 0.85,
+            limit,
+            "one write per read chunk from a BufferedProtocol connection, and a handler reply "
+            "that needs no suspension answered without a task (issue 16, item 1).",
+        ),
+    )
+
+
+def journal_bound(results: dict[str, Any]) -> float | None:
+    """The most a server that appends each 1 KiB line to a file can reach of the bare echo in
+    the pipelined mode, per server CPU-second, on this disk in this run."""
+    disk = results.get("diskbound")
+    bare = tp(results, CEILING, "pipeline", "per_cpu_second")
+    if not disk or not bare:
+        return None
+    return 1.0 / (1.0 + median(bare) * disk["cpu_us_per_line"] / 1e6)
+
+
+def pipelined(results: dict[str, Any]) -> Row | None:
+    ours, bare = tp(results, SERVICE_UVLOOP, "pipeline"), tp(results, CEILING, "pipeline")
+    if not (ours and bare):
+        return None
+    r = ratio(ours, bare)
+    r_cpu = ratio(
+        tp(results, SERVICE_UVLOOP, "pipeline", "per_cpu_second"),
+        tp(results, CEILING, "pipeline", "per_cpu_second"),
+    )
+    bound = journal_bound(results)
+    cost = _us_per_line(median(tp(results, SERVICE_UVLOOP, "pipeline", "per_cpu_second")))
+    disk = results.get("diskbound") or {}
+    bound_text = (
+        f"; journalling bound on this disk **{bound:.2f}** "
+        f"({disk['cpu_us_per_line']:.2f} µs CPU per 1 KiB line appended, {disk['filesystem']})"
+        if bound is not None
+        else ""
+    )
+    return (
+        "Pipelined (16 lines per write): service on uvloop / bare uvloop Protocol echo",
+        f"**{_fmt(r, 0.30)}** by rate ({median(ours):,.0f} vs {median(bare):,.0f} lines/s), "
+        f"{r_cpu:.2f} per server CPU-second{bound_text}",
+        "≥ 0.30",
+        verdict(
+            r >= 0.30,
+            f"the service spends {cost:.1f} µs of server CPU per pipelined line; a send() "
+            "per line where the bare echo makes one per read chunk"
+            + (f", and no journalling server can pass {bound:.2f} here." if bound else "."),
+            "handle every complete line of a read chunk, write the replies together, and "
+            "append the chunk to the journal in one write (group commit).",
+        ),
+    )
+
+
+def idle_memory(results: dict[str, Any]) -> Row | None:
+    foot = results.get("footprint") or {}
+    samples = foot.get("samples", [])
+
+    def per_conn(variant: str) -> list[float]:
+        return [s["kib_per_conn"] for s in samples if s["variant"] == variant]
+
+    ours, bare = per_conn(SERVICE_UVLOOP), per_conn(CEILING)
+    if not ours:
+        return None
+    value = median(ours)
+    base = per_conn(BASE_UVLOOP)
+    extra = f", echo-first {median(base):.1f}" if base else ""
+    return (
+        f"Idle connection cost (RSS, 0 → {foot['count']:,} connections, uvloop)",
+        f"**{value:.2f} KiB** per connection (bare Protocol echo {median(bare):.2f}{extra})",
+        "≤ 2.5 KiB",
+        verdict(
+            value <= 2.5,
+            f"the bare Protocol echo needs {median(bare):.2f} KiB (socket, transport, "
+            f"protocol object); the service's other {value - median(bare):.2f} KiB is its own "
+            "per-connection state: a StreamReader/StreamWriter pair, a task parked in "
+            "readline() with its coroutine frames, and the idle watchdog.",
+            "a BufferedProtocol connection with one small read buffer and no task while idle.",
+        ),
+    )
+
+
+def default_loop(results: dict[str, Any]) -> Row | None:
+    ours, base = tp(results, SERVICE_DEFAULT), tp(results, BASE_DEFAULT)
+    if not (ours and base):
+        return None
+    r = ratio(ours, base)
+    r_cpu = ratio(
+        tp(results, SERVICE_DEFAULT, key="per_cpu_second"),
+        tp(results, BASE_DEFAULT, key="per_cpu_second"),
+    )
+    return (
+        f"Default loop, no malloc tuning: service / echo-first {BASELINE_COMMIT} (ping-pong)",
+        f"**{_fmt(r, 1.5)}x** ({median(ours):,.0f} vs {median(base):,.0f} /s; "
+        f"{r_cpu:.2f}x per server CPU-second)",
+        "≥ 1.5x",
+        verdict(
+            r >= 1.5,
+            "the default loop's StreamReader reads into a fresh 256 KiB buffer per recv(), "
+            "which glibc's dynamic mmap threshold may serve by mmap/munmap with page faults on "
+            "every read; the streams layer then costs a task wake-up per line.",
+            "asyncio.BufferedProtocol: one read buffer per connection, reused, so the "
+            "allocator is out of the path.",
+        ),
+    )
+
+
+def startup(results: dict[str, Any]) -> list[Row]:
+    start = results.get("startup") or {}
+    if not start.get("service") or not start.get("bare_uvloop"):
+        return []
+    r = ratio(start["service"], start["bare_uvloop"])
+    svc, bare = median(start["service"]), median(start["bare_uvloop"])
+    rows: list[Row] = [
+        (
+            f"Startup to `listening on` / bare uvloop server to ready (.pyc present: "
+            f"{start.get('pyc_files', '?')} files)",
+            f"**{_fmt(r, 1.2)}** ({svc * 1000:.0f} ms vs {bare * 1000:.0f} ms)",
+            "≤ 1.2",
+            verdict(
+                r <= 1.2,
+                f"{(svc - bare) * 1000:.0f} ms more than a bare uvloop server: the modules the "
+                "service imports on every start (settings and .env parsing, logging set-up, "
+                "the runtime, the journal) and opening the journal.",
+                "import lazily what only some paths need (`python -X importtime -m app` lists "
+                "them): .env parsing only when a .env exists, the supervisor only for "
+                "APP_WORKERS > 1.",
+            ),
+        )
+    ]
+    if start.get("service_big_journal"):
+        big = ratio(start["service_big_journal"], start["service"])
+        rows.append(
+            (
+                f"Startup with a {start['journal_lines']:,}-line journal "
+                f"({start['journal_bytes'] / 2**20:.0f} MiB) / with an empty one",
+                f"**{_fmt(big, 1.1)}** ({median(start['service_big_journal']) * 1000:.0f} ms vs "
+                f"{svc * 1000:.0f} ms)",
+                "≤ 1.1 (a no-op recover() reads nothing)",
+                verdict(
+                    big <= 1.1,
+                    f"{(median(start['service_big_journal']) - svc) * 1000:.0f} ms spent on the "
+                    "journal before listening.",
+                    "skip the replay when recover() is the no-op; fence only the tail.",
+                ),
+            )
+        )
+    return rows
+
+
+def bystander(results: dict[str, Any]) -> Row | None:
+    flood = results.get("flood") or {}
+    samples = flood.get("samples", [])
+
+    def p99(variant: str, flooded: bool) -> list[float]:
+        return [s["p99"] for s in samples if s["variant"] == variant and s["flood"] is flooded]
+
+    ours, quiet = p99(SERVICE_UVLOOP, True), p99(SERVICE_UVLOOP, False)
+    if not ours:
+        failed = flood.get("failed", {}).get(SERVICE_UVLOOP)
+        if failed:
+            return (
+                "Bystander p99 under flood",
+                "failed",
+                "< 100 ms",
+                verdict(False, failed, "see section 6."),
+            )
+        return None
+    value = median(ours)
+    base = p99(BASE_UVLOOP, True)
+    base_text = f"; echo-first {median(base) * 1000:.1f} ms" if base else ""
+    return (
+        "Bystander round trip p99 while another client floods 1 MiB blocks of empty lines",
+        f"**{value * 1000:.1f} ms** (quiet: {median(quiet) * 1000:.2f} ms{base_text})",
+        "< 100 ms",
+        verdict(
+            value < 0.1,
+            "the flooded connection's handler works through every buffered line before the "
+            "loop serves anyone else.",
+            "yield to the loop after a bounded number of lines or bytes per connection turn.",
+        ),
+    )
+
+
+def seam(results: dict[str, Any]) -> Row:
+    """The seam's cost as a share of the service's server CPU per ping-pong round trip.
+
+    A server without the seam is not in the build to run side by side, so the cost is
+    measured directly: the call through `protocol.handle` alone (procs/seam_call.py), in the
+    same run, against what one round trip costs the service in server CPU.
+    """
+    name = "Seam cost: `app/protocol.py`'s handle() per request, share of the service's CPU"
+    call = results.get("seam_call") or {}
+    per_cpu = tp(results, SERVICE_UVLOOP, key="per_cpu_second")
+    if "us_per_call" not in call or not per_cpu:
+        return (name, "n/a", "≤ 5%", verdict(None, call.get("unavailable", "not run")))
+    line_us = _us_per_line(median(per_cpu))
+    share = call["us_per_call"] / line_us
+    return (
+        name,
+        f"**{share:.1%}** ({call['us_per_call']:.2f} µs per call of {line_us:.1f} µs "
+        "server CPU per round trip)",
+        "≤ 5%",
+        verdict(
+            share <= 0.05,
+            "creating and driving a coroutine per request.",
+            "let handle() be a plain function when it needs no await.",
+        ),
+    )
+
+
+def wal_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Write-ahead journal cost: each fsync policy against the echo-first baseline, both modes."""
+    settings = results.get("throughput_settings", {})
+    unknown = results.get("throughput_unrecognised", {})
+    rows = []
+    names = [BASE_UVLOOP, SERVICE_UVLOOP, *FSYNC.values()]
+    for mode in ("pingpong", "pipeline"):
+        base = tp(results, BASE_UVLOOP, mode)
+        for name in names:
+            values = tp(results, name, mode)
+            if not values:
+                continue
+            env = settings.get(name, {})
+            policy = env.get("APP_JOURNAL_FSYNC", "(the build's default)")
+            if "APP_JOURNAL_FSYNC" in unknown.get(name, []):
+                policy += ": **not recognised by this build** (warned as unknown)"
+            rows.append(
+                [
+                    mode,
+                    name,
+                    policy if name != BASE_UVLOOP else "n/a: replies before journaling",
+                    f"{median(values):,.0f}",
+                    f"{median(tp(results, name, mode, 'per_cpu_second')):,.0f}",
+                    f"{ratio(values, base):.2f}" if base else "n/a",
+                ]
+            )
+    return rows
+
+
+def shutdown(results: dict[str, Any], key: str, label: str, goal: float | None) -> Row | None:
+    conns, tasks = results.get("headline_cell", (1000, 10000))
+    samples = results.get(key, [])
+    if isinstance(samples, dict):
+        samples = samples.get("samples", [])
+
+    def values(runner: str) -> list[float]:
+        return [
+            s["seconds"]
+            for s in samples
+            if s["runner"] == runner and s["conns"] == conns and s["tasks"] == tasks
+        ]
+
+    ours, theirs, floor = values("vendored"), values("aiorun"), values("exit")
+    if not (ours and theirs):
+        return None
+    inside = [
+        s["run_returned"]
+        for s in samples
+        if s["runner"] == "vendored"
+        and s["conns"] == conns
+        and s["tasks"] == tasks
+        and s.get("run_returned") is not None
+    ]
+    split = (
+        f"of our {median(ours) * 1000:.0f} ms, run() itself takes {median(inside) * 1000:.0f} ms "
+        f"(cancel and await every task, close each connection) and the interpreter's exit "
+        f"after it the rest (freeing the {tasks:,} cancelled tasks, module teardown); "
+        if inside
+        else ""
+    )
+    r = ratio(ours, theirs)
+    ok = None if goal is None else r <= goal
+    return (
+        f"Shutdown, SIGTERM → exit, {conns:,} conns + {tasks:,} tasks, {label}: vendored / aiorun",
+        f"**{r:.2f}** ({median(ours) * 1000:.0f} ms vs {median(theirs) * 1000:.0f} ms; "
+        f"os._exit floor {median(floor) * 1000:.0f} ms)",
+        f"≤ {goal:.2f}" if goal is not None else "measured",
+        verdict(
+            ok,
+            split + f"the kernel's own teardown (the os._exit floor) is "
+            f"{ratio(floor, theirs):.2f} of aiorun.",
+            "freeze the heap before exit (gc.freeze()) as the service's choice, so the exit "
+            "does not walk every cancelled task.",
+        )
+        if ok is not None
+        else "reported (no target on this version)",
+    )
+
+
+def all_rows(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row | None] = [
+        pingpong(results),
+        pipelined(results),
+        idle_memory(results),
+        default_loop(results),
+        *startup(results),
+        bystander(results),
+        shutdown(
+            results, "shutdown", f"Python {results.get('meta', {}).get('python', '3.11')}", 0.30
+        ),
+    ]
+    py314 = results.get("shutdown_py314") or {}
+    if py314.get("samples"):
+        rows.append(
+            shutdown(results, "shutdown_py314", f"Python {py314['python']} (container)", None)
+        )
+    elif py314.get("skipped"):
+        rows.append(
+            ("Shutdown on Python 3.14", "not run", "measured", f"skipped: {py314['skipped']}")
+        )
+    if results.get("throughput"):
+        rows.append(seam(results))
+    return [row for row in rows if row is not None]
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    lines = ["| Goal | Result | Target | Verdict |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def readme_table(results: dict[str, Any]) -> list[str]:
+    """The top-level README's benchmark table: every goal row of this run, with a line
+    saying which run it came from. Printed by `python bench/run.py --readme-table DIR`."""
+    meta = results.get("meta", {})
+    return [
+        *table(all_rows(results)),
+        "",
+        f"From `{meta.get('command', '?')}` on {meta.get('date', '?')}, template at "
+        f"`{meta.get('template', '?')}`, {meta.get('cores', '?')} shared cores, Python "
+        f"{meta.get('python', '?')}; details and raw samples in "
+        "[bench/RESULTS.md](bench/RESULTS.md).",
+    ]
