@@ -255,7 +255,7 @@ def test_second_signal_is_forwarded_and_its_status_is_the_exit_status(
                 stubborn.send(b"never read\n" * 4096)
         service.send(signal.SIGTERM)
         service.wait_for(r"\[worker \d\] .*draining 1 connection")
-        service.send(signal.SIGTERM)
+        service.send_again(signal.SIGTERM)
         assert service.wait() == 128 + signal.SIGTERM, service.log
     assert "SIGTERM received again" in service.log
 
