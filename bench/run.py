@@ -399,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     template = results.pop("meta_template")
     results["meta"] = {
         **machine(),
-        "command": "python bench/run.py" + (" --quick" if args.quick else ""),
+        "command": "python bench/run.py"
+        + (" --quick" if args.quick else "")
+        + (f" --reps {args.reps}" if args.reps else "")
+        + (f" --only {args.only}" if args.only else ""),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "template": template,
         "elapsed_s": time.monotonic() - STARTED,

@@ -34,7 +34,7 @@ def tp(
 ) -> list[float]:
     """One figure of every throughput sample of `variant` in `mode`."""
     return [
-        s[key]
+        s[key] if key in s else s["roundtrips_per_s"]  # results.json before the pipelined mode
         for s in results.get("throughput", [])
         if s["variant"] == variant and s.get("mode", "pingpong") == mode
     ]
