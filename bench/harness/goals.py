@@ -402,11 +402,18 @@ def readme_table(results: dict[str, Any]) -> list[str]:
     """The top-level README's benchmark table: every goal row of this run, with a line
     saying which run it came from. Printed by `python bench/run.py --readme-table DIR`."""
     meta = results.get("meta", {})
+    client = results.get("loadgen", {})
+    client_text = (
+        ("C epoll load generator" if client.get("c") else "**Python load generator (fallback)**")
+        + "; "
+        if client
+        else ""
+    )
     return [
         *table(all_rows(results)),
         "",
         f"From `{meta.get('command', '?')}` on {meta.get('date', '?')}, template at "
         f"`{meta.get('template', '?')}`, {meta.get('cores', '?')} shared cores, Python "
-        f"{meta.get('python', '?')}; details and raw samples in "
+        f"{meta.get('python', '?')}; {client_text}details and raw samples in "
         "[bench/RESULTS.md](bench/RESULTS.md).",
     ]
