@@ -150,10 +150,13 @@ def idle_memory(results: dict[str, Any]) -> Row | None:
         verdict(
             value <= 2.5,
             f"the bare Protocol echo needs {median(bare):.2f} KiB (socket, transport, "
-            f"protocol object); the service's other {value - median(bare):.2f} KiB is its own "
-            "per-connection state: a StreamReader/StreamWriter pair, a task parked in "
-            "readline() with its coroutine frames, and the idle watchdog.",
-            "a BufferedProtocol connection with one small read buffer and no task while idle.",
+            f"protocol object); the service's other {value - median(bare):.2f} KiB is the "
+            "state it keeps per parked connection beyond that (read buffer, connection "
+            "object, timers; at the echo-first commit also a StreamReader/StreamWriter pair "
+            "and a task parked in readline()).",
+            "no task and no timer per idle connection, and a read buffer sized to the line "
+            "limit or taken only while data arrives (tracemalloc on one parked connection "
+            "shows what remains).",
         ),
     )
 
