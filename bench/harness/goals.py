@@ -325,6 +325,36 @@ def wal_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def wal_summary(results: dict[str, Any]) -> Row | None:
+    """One row for the README: each fsync policy's rate over the echo-first design's."""
+    parts = []
+    unknown = results.get("throughput_unrecognised", {})
+    for mode in ("pingpong", "pipeline"):
+        base = tp(results, BASE_UVLOOP, mode)
+        cells = []
+        for label, name in (
+            ("always", FSYNC["always"]),
+            ("default", SERVICE_UVLOOP),
+            ("never", FSYNC["never"]),
+        ):
+            values = tp(results, name, mode)
+            if values and base:
+                flag = "*" if "APP_JOURNAL_FSYNC" in unknown.get(name, []) else ""
+                cells.append(f"{label}{flag} {ratio(values, base):.2f}")
+        if cells:
+            parts.append(f"{mode}: " + ", ".join(cells))
+    if not parts:
+        return None
+    starred = any("*" in p for p in parts)
+    return (
+        f"Write-ahead journal cost: service on uvloop / echo-first {BASELINE_COMMIT}, "
+        "per APP_JOURNAL_FSYNC",
+        "; ".join(parts) + (" (* setting not recognised by this build)" if starred else ""),
+        "measured",
+        "reported (section 3b)",
+    )
+
+
 def shutdown(results: dict[str, Any], key: str, label: str, goal: float | None) -> Row | None:
     conns, tasks = results.get("headline_cell", (1000, 10000))
     samples = results.get(key, [])
@@ -383,6 +413,7 @@ def all_rows(results: dict[str, Any]) -> list[Row]:
         default_loop(results),
         *startup(results),
         bystander(results),
+        wal_summary(results),
         shutdown(
             results, "shutdown", f"Python {results.get('meta', {}).get('python', '3.11')}", 0.30
         ),
