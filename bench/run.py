@@ -173,7 +173,9 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> dict[str, Any]:
+def measure(
+    plan: Plan, only: set[str], scratch: Path, python_version: str, template: Path
+) -> dict[str, Any]:
     from harness import (
         bake,
         cbuild,
@@ -192,8 +194,8 @@ def measure(plan: Plan, only: set[str], scratch: Path, python_version: str) -> d
         "headline_cell": [max(plan.shutdown_conns), max(plan.shutdown_tasks)]
     }
     log("baking the template with default answers")
-    project = bake.bake(scratch)
-    results["meta_template"] = bake.describe_template()
+    project = bake.bake(scratch, root=template)
+    results["meta_template"] = bake.describe_template(template)
     baseline: Path | None = None
     if only & {"throughput", "footprint", "flood"}:
         log(f"baking the echo-first baseline from commit {bake.BASELINE_COMMIT}")
@@ -344,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="output folder (default: bench/, or bench/.quick/ with --quick)"
     )
     parser.add_argument(
+        "--template",
+        type=Path,
+        default=BENCH_DIR.parent,
+        help="template checkout to bake (default: this repository's working tree)",
+    )
+    parser.add_argument(
         "--reps", type=int, help="repetitions of every section (default: the mode's own)"
     )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SECTIONS)}")
@@ -395,11 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     python_version = defaults["python_version"][0]
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="aiorun-bench-") as tmp:
-        results = measure(plan, only, Path(tmp), python_version)
+        results = measure(plan, only, Path(tmp), python_version, args.template.resolve())
     template = results.pop("meta_template")
     results["meta"] = {
         **machine(),
-        "command": "python bench/run.py" + (" --quick" if args.quick else ""),
+        "command": "python bench/run.py"
+        + (" --quick" if args.quick else "")
+        + (f" --reps {args.reps}" if args.reps else "")
+        + (f" --only {args.only}" if args.only else ""),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "template": template,
         "elapsed_s": time.monotonic() - STARTED,

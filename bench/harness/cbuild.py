@@ -19,7 +19,12 @@ BUILD_DIR = BENCH_DIR / ".build"
 
 
 def build() -> tuple[Path | None, str]:
-    """Return (binary, how it was built) or (None, why the Python client is used instead)."""
+    """Return (binary, how it was built) or (None, why the Python client is used instead).
+
+    BENCH_LOADGEN=python forces the fallback (to compare the two clients, or to check it).
+    """
+    if os.environ.get("BENCH_LOADGEN") == "python":
+        return None, "BENCH_LOADGEN=python was set"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None, "no C compiler (`cc`) on this machine"

@@ -11,6 +11,7 @@ same few idle connections (for the floor: none, it does not listen) and are alte
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -127,8 +128,16 @@ def run_all(
     except (OSError, subprocess.SubprocessError) as exc:
         # An image that does not build is a finding about the template, not a reason to lose
         # every other section's figures: the report names it instead.
-        detail = (getattr(exc, "stderr", "") or "").strip()[-400:]
-        return Result(skipped=f"{type(exc).__name__}: {str(exc)[:200]} {detail}".strip())
+        return Result(skipped=f"failed: {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """What went wrong, fit for a table cell: the error lines of the command's stderr (no
+    terminal colours, no line breaks), else the exception itself."""
+    stderr = re.sub(r"\x1b\[[0-9;]*m", "", getattr(exc, "stderr", "") or "")
+    errors = [line.strip() for line in stderr.splitlines() if "Error" in line or "error" in line]
+    command = " ".join(getattr(exc, "cmd", [])[:2]) or type(exc).__name__
+    return f"`{command}`: " + (" / ".join(errors)[-400:] or str(exc)[:300]).replace("|", "/")
 
 
 def _measure(

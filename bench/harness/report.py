@@ -448,6 +448,24 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
             )
     client = results.get("loadgen", {})
     bound = goals.journal_bound(results)
+    client_note = ""
+    bare = [
+        x
+        for x in samples
+        if x["variant"] == goals.CEILING and x["mode"] == "pingpong" and x["lines_per_s"] > 0
+    ]
+    if bare and all("client_sys" in x for x in bare):
+        us = median([x["client_cpu"] / x["lines_per_s"] * 1e6 for x in bare])
+        server_us = median([x["server_cpu"] / x["lines_per_s"] * 1e6 for x in bare])
+        kernel = median([x["client_sys"] / x["client_cpu"] for x in bare if x["client_cpu"] > 0])
+        client_note = (
+            f" Against the bare echo in ping-pong the client spends {us:.1f} µs of CPU per round "
+            f"trip (the server {server_us:.1f} µs), {kernel:.0%} of it in the kernel: on "
+            "loopback the sender's send() also runs the receiver's TCP processing, so no client "
+            "can be much cheaper than the bare server, and two such processes share the 2 "
+            "cores. The rate of the fastest servers is therefore partly the client's; the ratio "
+            "per server CPU-second does not depend on it."
+        )
     disk = results.get("diskbound") or {}
     return [
         "## 3. Echo throughput",
@@ -458,10 +476,11 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         f"{cfg['tp_warmup']} s warm-up then {cfg['tp_seconds']} s counted, {cfg['tp_reps']} "
         "alternated run(s) per server and mode, order rotated.",
         "",
-        f"Load generator: {client.get('what', 'n/a')}. CPU columns are each side's user+system "
-        "time over the counted window (100% = one core; the server's includes its threads and "
-        "child processes). The machine has 2 cores shared with other jobs, so the ratio per "
-        "server CPU-second (second figure in the last column) is the steadier one.",
+        f"Load generator: {client.get('what', 'n/a')}.{client_note} CPU columns are each "
+        "side's user+system time over the counted window (100% = one core; the server's "
+        "includes its threads and child processes). The machine has 2 cores shared with "
+        "other jobs, so the ratio per server CPU-second (second figure in the last column) "
+        "is the steadier one.",
         "",
         "No malloc tuning in any process: these are the figures users get. Settings of each "
         "service variant are its `APP_` variables (section 3b); the echo-first baseline is "

@@ -44,6 +44,8 @@ class Sample:
     server_cpu: float
     client_cpu: float
     client: str
+    client_sys: float = float("nan")
+    """The part of client_cpu spent in the kernel."""
 
     @property
     def per_cpu_second(self) -> float:
@@ -110,6 +112,7 @@ def measure_once(
         server_cpu=result["server_cpu"],
         client_cpu=result["client_cpu"],
         client=result.get("client", "?"),
+        client_sys=result.get("client_sys", float("nan")),
     )
     return sample, unrecognised_settings(child.stderr.lines)
 

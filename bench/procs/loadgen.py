@@ -41,6 +41,10 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def self_sys() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 class PingPong(asyncio.Protocol):
     """Send one line, wait for its full echo, send the next."""
 
@@ -97,10 +101,10 @@ async def drive(args: argparse.Namespace) -> dict[str, float]:
         )
         protocols.append(protocol)
     await asyncio.sleep(args.warmup)  # warm-up is load, not synchronisation
-    n0, t0, c0 = counter[0], time.perf_counter(), self_cpu()
+    n0, t0, c0, k0 = counter[0], time.perf_counter(), self_cpu(), self_sys()
     s0 = proc_cpu(args.server_pid) if args.server_pid else 0.0
     done, _ = await asyncio.wait([lost], timeout=args.seconds)
-    n1, t1, c1 = counter[0], time.perf_counter(), self_cpu()
+    n1, t1, c1, k1 = counter[0], time.perf_counter(), self_cpu(), self_sys()
     s1 = proc_cpu(args.server_pid) if args.server_pid else 0.0
     for protocol in protocols:
         protocol.stopping = True
@@ -114,6 +118,7 @@ async def drive(args: argparse.Namespace) -> dict[str, float]:
         "roundtrips_per_s": (n1 - n0) / wall,
         "mib_per_s": (n1 - n0) * args.size * 2 / wall / 2**20,
         "client_cpu": (c1 - c0) / wall,
+        "client_sys": (k1 - k0) / wall,
         "server_cpu": (s1 - s0) / wall if args.server_pid else float("nan"),
         "seconds": wall,
         "client": "python",
