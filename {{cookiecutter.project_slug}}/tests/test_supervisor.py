@@ -9,7 +9,6 @@ worker and which must carry on.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import signal
@@ -35,10 +34,6 @@ from app.config import Settings
 from app.exitcodes import ExitCode
 from app.runtime import supervisor
 
-pytestmark = pytest.mark.skipif(
-    "workers" not in {f.name for f in dataclasses.fields(Settings)},
-    reason="APP_WORKERS is not wired into app/config.py yet",
-)
 reuse_port_only = pytest.mark.skipif(
     not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT"
 )
