@@ -348,7 +348,7 @@ def test_workers_of_a_vanished_or_hung_up_supervisor_drain_and_exit(
 def test_sigstopped_worker_misses_its_heartbeat_and_is_replaced(
     start_workers: StartService,
 ) -> None:
-    service = start_workers(APP_WORKERS="2", APP_HEARTBEAT_TIMEOUT="1")
+    service = start_workers(APP_WORKERS="2", APP_HEARTBEAT_TIMEOUT="2")
     frozen = started_workers(service)[1]
     os.kill(frozen, signal.SIGSTOP)
     service.wait_for(rf"worker 1 \(pid {frozen}\) missed its heartbeat for [\d.]+ s: killing it")
