@@ -80,7 +80,7 @@ class Settings:
     )
     use_uvloop: bool = _setting(
         default_factory=_uvloop_default,
-        shown="on where installed",
+        shown="{{ 'on where installed' if cookiecutter.use_uvloop else 'false' }}",
         what="Run on uvloop (never on Windows)",
     )
     max_connections: int = _setting(
