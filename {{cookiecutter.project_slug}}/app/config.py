@@ -99,7 +99,7 @@ class Settings:
     journal_path: Path = _setting(  # noqa: RUF009 (a Path is immutable)
         Path("data/journal.log"), what="Where every request is recorded before it is answered"
     )
-    journal_fsync: FsyncPolicy = _setting(
+    journal_fsync: FsyncPolicy = _setting(  # noqa: RUF009 (an enum member is immutable)
         FsyncPolicy.INTERVAL,
         what="When the journal is forced to disk: always (before each reply), interval (at most"
         " once a second), never (at stop only)",

@@ -26,7 +26,7 @@ class ExitCode(enum.IntEnum):
     OK = 0, "stopped and shut down cleanly: every request answered, journal flushed"
     ERROR = 1, "an unhandled error stopped it, after a full graceful shutdown"
     CONFIG = 2, "bad configuration (a setting, a .env line, an argument); nothing started"
-    ADDRESS_IN_USE = 69, "the port (or, with workers, the journals) is in use (EX_UNAVAILABLE)"
+    ADDRESS_IN_USE = 69, "the port or the journal is in use by another process (EX_UNAVAILABLE)"
     JOURNAL_UNWRITABLE = 73, "the journal cannot be created, or a write failed (EX_CANTCREAT)"
     SHUTDOWN_TIMEOUT = (
         75,

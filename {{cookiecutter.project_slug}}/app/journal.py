@@ -19,10 +19,11 @@ does not cancel it, and the shutdown waits for its last write and fsync. It is t
 service's example of protected work.
 
 The file is created 0600 in a folder created 0700, because it holds what clients sent; a
-symbolic link at its path is refused rather than followed. The service never changes the
-mode of a file or folder that already exists, so an operator who wants it readable by a group
-sets that once. A file that cannot be fsynced (``/dev/null``, a FIFO) is used without fsync,
-and the start says so once.
+symbolic link at its path is refused rather than followed. One process at a time may write it
+(an exclusive lock, on POSIX): a second service started on the same journal is refused. The
+service never changes the mode of a file or folder that already exists, so an operator who
+wants it readable by a group sets that once. A file that cannot be fsynced (``/dev/null``, a
+FIFO) is used without fsync, and the start says so once.
 
 A crash can leave the last line cut short. On open, such a torn tail is moved to
 ``<journal>.torn`` and cut off, so the next request starts on a line of its own. A write
@@ -65,6 +66,10 @@ class FsyncPolicy(enum.StrEnum):
     ALWAYS = "always"
     INTERVAL = "interval"
     NEVER = "never"
+
+
+class JournalInUse(Exception):
+    """Another process has the journal open for writing; two writers would interleave."""
 
 
 class Journal:
@@ -113,8 +118,12 @@ class Journal:
             self._open_special(existing.st_mode)
             return
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW
-        self._fd = os.open(self.path, flags, 0o600)
-        self._size = self._fence_torn_tail(self._fd)
+        fd = os.open(self.path, flags, 0o600)
+        if not _lock(fd):
+            os.close(fd)
+            raise JournalInUse(f"{self.path} is in use by another process")
+        self._fd = fd
+        self._size = self._fence_torn_tail(fd)
 
     def _open_special(self, mode: int) -> None:
         """A device or FIFO: written, never read back, fenced or fsynced."""
@@ -305,6 +314,23 @@ class Journal:
                 os.close(self._fd)
             self._fd = None
         self._on_failure(error)
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock on the open journal; False if another process holds it.
+
+    The kernel drops the lock when the process ends, however it ends, so a restart after
+    ``kill -9`` is never refused. Windows has no such advisory lock; there it always succeeds.
+    """
+    if sys.platform == "win32":
+        return True
+    import fcntl  # POSIX only
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:

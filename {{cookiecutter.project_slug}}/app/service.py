@@ -23,7 +23,7 @@ import time
 
 from app.config import Settings
 from app.exitcodes import ExitCode, StartupError, bind_exit_code
-from app.journal import Journal
+from app.journal import Journal, JournalInUse
 from app.runtime import notify
 from app.server import EchoServer
 
@@ -58,6 +58,8 @@ class EchoService:
         """
         try:
             self.journal.open()
+        except JournalInUse as exc:
+            raise StartupError(ExitCode.ADDRESS_IN_USE, f"cannot start: {exc}") from None
         except OSError as exc:
             raise StartupError(
                 ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"

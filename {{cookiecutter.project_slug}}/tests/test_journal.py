@@ -80,6 +80,22 @@ def test_a_symlink_at_the_journal_path_is_refused(run_app, workdir: Path) -> Non
     assert not target.exists()
 
 
+@posix_only
+def test_a_second_service_on_the_same_journal_refuses_with_69(
+    start_service: StartService, run_app
+) -> None:
+    """Two processes appending to one journal would interleave their batches: refuse the second."""
+    first = start_service()
+    result = run_app(APP_PORT="0")
+    assert result.returncode == ExitCode.ADDRESS_IN_USE, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "data/journal.log is in use by another process" in result.stderr
+    with connect(first) as sock:
+        assert echo(sock, b"still mine\n") == b"still mine\n"
+    assert first.stop() == ExitCode.OK, first.log
+    assert first.journal.read_bytes() == b"still mine\n"
+
+
 @linux_only
 def test_dev_null_as_journal_stops_with_0(start_service: StartService) -> None:
     """/dev/null cannot be fsynced; that is said once at start, and the clean stop exits 0."""
