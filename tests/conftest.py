@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cookiecutter.main import cookiecutter
@@ -42,3 +44,23 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Bake:
         return baked[key]
 
     return bake
+
+
+@pytest.fixture(scope="session")
+def docker_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A client for the engine at DOCKER_HOST, or a skip (a failure with --require-docker)."""
+    from dockerlib import unavailable, write_figures
+
+    try:
+        import docker
+    except ImportError:
+        unavailable(request.config, "the docker SDK is not installed (pip install docker)")
+    where = os.environ.get("DOCKER_HOST", "the default socket")
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:  # requests errors are OSErrors
+        unavailable(request.config, f"no Docker engine answers at {where} ({exc})")
+    yield client
+    write_figures()
+    client.close()
