@@ -75,6 +75,11 @@ class Settings:
     worker_index: int = 0
     """Set by the supervisor in each worker's environment (1..N); 0 in a process started by
     hand. A worker binds its port with SO_REUSEPORT so that all workers can share it."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT even as a single process, so that copies of the service started
+    by someone else (Docker Swarm replicas on the host network, a new copy started before
+    the old one stops) share the port. Linux: see deploy/swarm/README.md for the host
+    setting that keeps a stopping copy's queued connections."""
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -146,6 +151,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "journal_path": _parse_path,
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
+    "reuse_port": _parse_bool,
 }
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 
