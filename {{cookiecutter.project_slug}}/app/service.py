@@ -99,7 +99,8 @@ class EchoService:
     async def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Shutdown callback: drain connections, then flush the journal."""
         self._stopping = True
-        notify.send("STOPPING=1\nSTATUS=draining connections")
+        notify.send("STOPPING=1")
+        notify.status("draining connections")
         budget = self.settings.shutdown_timeout * DRAIN_SHARE
         deadline = time.monotonic() + budget
         if await self.server.drain(grace=budget):
