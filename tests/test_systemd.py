@@ -25,6 +25,7 @@ and the service binds 127.0.0.1 only.
 from __future__ import annotations
 
 import io
+import os
 import re
 import socket
 import tarfile
@@ -44,6 +45,7 @@ docker = pytest.importorskip(
 FIXTURES = Path(__file__).resolve().parent / "docker_fixtures"
 SYSTEMD_IMAGE = "aiorun-template/systemd:bookworm"
 SYSTEMD_HINT = "build it with `sudo scripts/systemd-image.sh` (after scripts/docker-engine.sh)"
+CGROUP_ROOT = "/sys/fs/cgroup"
 SLUG = "systemd-echo"
 UNIT = f"{SLUG}.service"
 START_DELAY = 2.0  # seconds the test hook delays the start, before the service listens
@@ -137,6 +139,11 @@ def machine(
         dockerfile=str(FIXTURES / "Dockerfile.systemd"),
         buildargs={"SYSTEMD_IMAGE": SYSTEMD_IMAGE, "SLUG": SLUG},
     )
+    # The host's cgroup hierarchies, each bound writable, on a tmpfs of the container's own:
+    # systemd creates and mounts what it misses there, not in the host's /sys/fs/cgroup
+    # (a shared one would keep the empty folders it makes, which then confuse podman).
+    hierarchies = _cgroup_hierarchies()
+    before = sorted(os.listdir(CGROUP_ROOT))
     container = docker_client.containers.run(
         image.id,
         detach=True,
@@ -144,8 +151,8 @@ def machine(
         cap_add=["SYS_ADMIN"],
         security_opt=["seccomp=unconfined"],
         cgroupns="host",
-        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
-        tmpfs={"/run": "", "/run/lock": "", "/tmp": ""},
+        volumes={path: {"bind": path, "mode": "rw"} for path in hierarchies},
+        tmpfs={CGROUP_ROOT: "mode=755", "/run": "", "/run/lock": "", "/tmp": ""},
     )
     try:
         started = time.monotonic()
@@ -168,6 +175,18 @@ def machine(
     finally:
         container.remove(force=True, v=True)
         docker_client.images.remove(image.id, force=True)
+        assert sorted(os.listdir(CGROUP_ROOT)) == before, "the host's /sys/fs/cgroup changed"
+
+
+def _cgroup_hierarchies() -> list[str]:
+    """Mount points of the cgroup hierarchies under /sys/fs/cgroup (v1, or the v2 root)."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mount_point, fstype = fields[4], fields[fields.index("-") + 1]
+        if fstype in ("cgroup", "cgroup2") and mount_point.startswith(CGROUP_ROOT):
+            points.append(mount_point)
+    return points
 
 
 def _echo(port: int, *lines: str) -> list[str]:
