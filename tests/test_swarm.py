@@ -60,10 +60,11 @@ MIN_ANSWERED_AFTER = 200  # requests answered after the scale-down, before the c
 
 
 @pytest.fixture(scope="module")
-def cli() -> str:
+def cli(request: pytest.FixtureRequest) -> str:
     docker_cli = shutil.which("docker")
     if docker_cli is None:
-        pytest.skip("the docker CLI is not installed (it ships `docker stack`)")
+        unavailable(request.config, "the docker CLI is not installed (it ships `docker stack`)")
+    assert docker_cli is not None
     return docker_cli
 
 
