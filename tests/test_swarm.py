@@ -99,7 +99,9 @@ def migrate_req(request: pytest.FixtureRequest) -> Iterator[Callable[[int], None
         MIGRATE_REQ.write_text(before + "\n")
     except OSError as exc:
         unavailable(
-            request.config, f"cannot set net.ipv4.tcp_migrate_req (Linux 5.14+, root): {exc}"
+            request.config,
+            f"cannot set net.ipv4.tcp_migrate_req: {exc}",
+            "run the tests as root on Linux 5.14 or later",
         )
 
     def set_value(value: int) -> None:
