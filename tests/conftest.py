@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cookiecutter.main import cookiecutter
@@ -111,3 +113,23 @@ def copy_template(destination: Path) -> Path:
 def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository holding the template as it is in this working tree."""
     return copy_template(tmp_path_factory.mktemp("template") / "aiorun-template")
+
+
+@pytest.fixture(scope="session")
+def docker_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A client for the engine at DOCKER_HOST, or a skip (a failure with --require-docker)."""
+    from dockerlib import unavailable, write_figures
+
+    try:
+        import docker
+    except ImportError:
+        unavailable(request.config, "the docker SDK is not installed (pip install docker)")
+    where = os.environ.get("DOCKER_HOST", "the default socket")
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:  # requests errors are OSErrors
+        unavailable(request.config, f"no Docker engine answers at {where} ({exc})")
+    yield client
+    write_figures()
+    client.close()

@@ -44,133 +44,28 @@ from typing import Any
 
 import pytest
 import yaml
+from dockerlib import base_image, build_app_image
+from dockerlib import bases as _bases
+from dockerlib import build as _build
+from dockerlib import free_port as _free_port
+from dockerlib import logs as _logs
+from dockerlib import report as _report
+from dockerlib import wait_for as _wait_for
 
 docker = pytest.importorskip(
     "docker", reason="the docker SDK is not installed (pip install docker)"
 )
 
 FIXTURES = Path(__file__).resolve().parent / "docker_fixtures"
-ENGINE_SCRIPT = "scripts/docker-engine.sh"
-SETUP_HINT = (
-    f"start one with `sudo {ENGINE_SCRIPT}` and export the DOCKER_HOST line it prints "
-    f"(or `source {ENGINE_SCRIPT}`)"
-)
-
-# Base images per Python version; scripts/docker-engine.sh builds these with debootstrap.
-# AIORUN_DOCKER_BASES="3.11=python:3.11-slim,3.13=python:3.13-slim" uses others instead.
-DEFAULT_BASES = {v: f"aiorun-template/python:{v}" for v in ("3.11", "3.13", "3.14", "3.15")}
 SELFTEST_VERSIONS = ["3.14", "3.15"]
 
 STOP_TIMEOUT = 10  # the explicit `docker stop -t`, Docker's default grace period
 STOP_TARGET = 1.5  # seconds; the graceful stop should take a fraction of the grace period
 CONTROL_TIMEOUT = 2  # the short `-t` of the negative control
 CONNECTIONS = 5
-WAIT_LIMIT = 30.0  # bound on waiting for a log line or a health status; catches hangs only
-
-FIGURES: dict[str, Any] = {}
-
-
-def _bases() -> dict[str, str]:
-    raw = os.environ.get("AIORUN_DOCKER_BASES", "")
-    if not raw:
-        return dict(DEFAULT_BASES)
-    pairs = (item.split("=", 1) for item in raw.split(",") if item.strip())
-    return {version.strip(): image.strip() for version, image in pairs}
-
-
-def _base_image(config: pytest.Config, client: Any, python_version: str) -> str:
-    """The base image for a Python version, present on the engine, or a skip (a failure)."""
-    base = _bases().get(python_version)
-    if base is None:
-        _unavailable(config, f"AIORUN_DOCKER_BASES names no base for Python {python_version}")
-    try:
-        client.images.get(base)
-    except docker.errors.ImageNotFound:
-        _unavailable(config, f"base image {base} is missing")
-    return str(base)
-
-
-def _required(config: pytest.Config) -> bool:
-    return bool(config.getoption("--require-docker", default=False)) or (
-        os.environ.get("REQUIRE_DOCKER") == "1"
-    )
-
-
-def _unavailable(config: pytest.Config, why: str) -> None:
-    message = f"{why}; {SETUP_HINT}"
-    if _required(config):
-        pytest.fail(f"Docker tests are required here but cannot run: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def _report(config: pytest.Config, key: str, value: Any, text: str) -> None:
-    """Put a measured figure in the test output, and in the figures file if one is asked for."""
-    FIGURES[key] = value
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    line = f"[docker] {text}"
-    if reporter is None or capture is None:
-        print(line, file=sys.stderr)
-        return
-    with capture.global_and_fixture_disabled():  # shown even when output is captured
-        reporter.write_line(line)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _logs(container: Any) -> str:
-    return container.logs(stdout=True, stderr=True).decode(errors="replace")
-
-
-def _wait_for(what: str, check: Callable[[], bool], container: Any | None = None) -> None:
-    """Poll a condition (a log line, a health status) until it holds; fail after WAIT_LIMIT."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not check():
-        if container is not None:
-            container.reload()
-            if container.status not in ("created", "running"):
-                pytest.fail(f"container exited before {what}:\n{_logs(container)}")
-        if time.monotonic() > deadline:
-            logs = _logs(container) if container is not None else ""
-            pytest.fail(f"no {what} within {WAIT_LIMIT:g}s\n{logs}")
-        time.sleep(0.05)
-
-
-def _build(client: Any, tag: str, **kwargs: Any) -> tuple[Any, float, str]:
-    """Build with the engine's classic builder on the host network; return image, secs, log."""
-    started = time.monotonic()
-    log: list[str] = []
-    for chunk in client.api.build(
-        tag=tag, network_mode="host", rm=True, forcerm=True, pull=False, decode=True, **kwargs
-    ):
-        if "stream" in chunk:
-            log.append(chunk["stream"])
-        if "error" in chunk:
-            pytest.fail(f"docker build of {tag} failed: {chunk['error']}\n{''.join(log)[-4000:]}")
-    return client.images.get(tag), time.monotonic() - started, "".join(log)
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def docker_client(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A client for the engine at DOCKER_HOST, or a skip (a failure with --require-docker)."""
-    where = os.environ.get("DOCKER_HOST", "the default socket")
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except (docker.errors.DockerException, OSError) as exc:  # requests errors are OSErrors
-        _unavailable(request.config, f"no Docker engine answers at {where} ({exc})")
-    yield client
-    path = os.environ.get("AIORUN_DOCKER_FIGURES")
-    if path and FIGURES:
-        Path(path).write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
-    client.close()
 
 
 @pytest.fixture(scope="session")
@@ -197,11 +92,9 @@ def app_image(
     request: pytest.FixtureRequest, docker_client: Any, baked: Path, python_version: str
 ) -> Iterator[Any]:
     """The baked project's image on one base, built once per session."""
-    base = _base_image(request.config, docker_client, python_version)
     tag = f"aiorun-template-test/app:{python_version}-{uuid.uuid4().hex[:8]}"
-    image, seconds, _ = _build(
-        docker_client, tag, path=str(baked), buildargs={"PYTHON_IMAGE": base}
-    )
+    image, seconds = build_app_image(request.config, docker_client, baked, python_version, tag)
+    base = _bases()[python_version]
     size_mb = image.attrs["Size"] / 1e6
     _report(
         request.config,
@@ -511,7 +404,7 @@ def test_label_and_port_survive_any_accepted_text(
     request: pytest.FixtureRequest, docker_client: Any, bake: Callable[..., Path]
 ) -> None:
     """Built for real and read back with `docker inspect`: the label is the text as written."""
-    base = _base_image(request.config, docker_client, "3.14")
+    base = base_image(request.config, docker_client, "3.14")
     project = bake(project_name="Label Test", description=TRICKY_DESCRIPTION, port="80")
     tag = f"aiorun-template-test/label:{uuid.uuid4().hex[:8]}"
     image, _, _ = _build(docker_client, tag, path=str(project), buildargs={"PYTHON_IMAGE": base})

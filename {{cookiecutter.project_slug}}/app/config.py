@@ -112,7 +112,6 @@ class Settings:
     worker_index: int = _setting(
         0, what="Set by the supervisor in each worker (1..N; binds with SO_REUSEPORT); leave unset"
     )
-    # --- Settings of the ops branch (supervisor heartbeat, log format) ---
     heartbeat_timeout: float = _setting(
         10.0,
         what="With workers: seconds a worker's event loop may miss its heartbeat before the"
@@ -120,6 +119,11 @@ class Settings:
     )
     log_format: str = _setting(
         "text", what="text (for people) or json (one JSON object per line, for log pipelines)"
+    )
+    reuse_port: bool = _setting(
+        False,
+        what="Bind with SO_REUSEPORT as a single process too, so copies started by someone else"
+        " (Swarm replicas on the host network) share the port; see deploy/swarm/README.md",
     )
 
 
@@ -209,6 +213,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "worker_index": _parse_int(0, 64),
     "heartbeat_timeout": _parse_seconds,
     "log_format": _parse_log_format,
+    "reuse_port": _parse_bool,
 }
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 

@@ -66,7 +66,9 @@ class EchoService:
             ) from None
         try:
             host, port = await self.server.listen(
-                self.settings.host, self.settings.port, reuse_port=self.settings.worker_index > 0
+                self.settings.host,
+                self.settings.port,
+                reuse_port=self.settings.reuse_port or self.settings.worker_index > 0,
             )
         except OSError as exc:
             self.journal.abandon()
@@ -87,15 +89,18 @@ class EchoService:
         self.journal.start()
         logger.info("listening on %s:%d", *self.address)
         notify.send("READY=1")
+        notify.start_watchdog()
 
     async def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Shutdown callback: drain connections, then flush the journal."""
         self._stopping = True
         notify.send("STOPPING=1")
+        notify.status("draining connections")
         budget = self.settings.shutdown_timeout * DRAIN_SHARE
         deadline = time.monotonic() + budget
         if await self.server.drain(grace=budget):
             self._set_exit_code(ExitCode.SHUTDOWN_TIMEOUT)
+        notify.status("flushing the journal")
         # A flush that takes longer stays protected; the runtime waits for it in its own half
         # of the budget and names it if even that is not enough.
         await self.journal.close(grace=max(deadline - time.monotonic(), 0.0))

@@ -322,6 +322,7 @@ class _Supervisor:
             raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._forward, signum)
+        notify.start_watchdog()  # systemd watches the supervisor; it watches the workers
         tasks = [asyncio.create_task(self._keep_running(worker)) for worker in self._workers]
         watchdog = asyncio.create_task(self._watch_heartbeats())
         await self._stopping.wait()
