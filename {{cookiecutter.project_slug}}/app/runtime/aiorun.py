@@ -2,7 +2,7 @@
 
 A stdlib-only drop-in for the public API of aiorun 2025.1.1: ``run()`` and
 ``shutdown_waits_for()``; swap ``from aiorun import ...`` for ``from app.runtime import ...``.
-``run()`` keeps the loop running until a signal (SIGINT/SIGTERM, on Windows Ctrl-C and
+``run()`` keeps the loop running until a signal (SIGINT/SIGTERM/SIGHUP, on Windows Ctrl-C and
 Ctrl-Break) or ``loop.stop()``, then shuts down in this order: run the shutdown callback,
 cancel every task that is not protected by ``shutdown_waits_for()``, wait for all of them
 and then for the executor within one time budget, close the loop it created, put the
