@@ -944,6 +944,25 @@ def test_signals_are_heard_directly_and_wake_the_loop_through_our_fd() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@POSIX_ONLY
+def test_sighup_is_heard_unless_nohup_ignored_it() -> None:
+    seen: list[Any] = []
+
+    async def main() -> None:
+        seen.append(signal.getsignal(signal.SIGHUP))
+        stop_soon()
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        run(main())
+        assert seen == [signal.SIG_IGN]
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    run(main())
+    assert isinstance(getattr(seen[1], "__self__", None), aiorun._SignalHooks)
+
+
 class NoReaderLoop(asyncio.SelectorEventLoop):
     """A loop like some third-party ones: it cannot watch a file descriptor."""
 

@@ -730,6 +730,8 @@ class _Platform:
 
     windows: bool
     signals: tuple[int, ...]
+    kept_if_ignored: tuple[int, ...] = ()
+    """Signals left alone when already ignored: under ``nohup``, SIGHUP must not stop us."""
     proactor_types: tuple[type, ...] = ()
     """Loop types whose wake-up fd lets a signal wake them (Windows' ProactorEventLoop)."""
     wakeup_interval: float = 0.1
@@ -744,7 +746,11 @@ def _this_platform() -> _Platform:
             proactor_types=(asyncio.ProactorEventLoop,),
         )
     # SIGHUP too: a closed terminal or SSH session should stop the service gracefully.
-    return _Platform(windows=False, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+    return _Platform(
+        windows=False,
+        signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+        kept_if_ignored=(signal.SIGHUP,),
+    )
 
 
 class _SignalHooks:
@@ -788,7 +794,10 @@ class _SignalHooks:
             logger.debug("signals: not installed, run() is not in the main thread")
             return
         for sig in self._platform.signals:
-            self._previous[sig] = signal.getsignal(sig)
+            previous = signal.getsignal(sig)
+            if sig in self._platform.kept_if_ignored and previous == signal.SIG_IGN:
+                continue
+            self._previous[sig] = previous
             signal.signal(sig, self._direct)
         _SignalHooks.installed = self
         if self._platform.windows:
