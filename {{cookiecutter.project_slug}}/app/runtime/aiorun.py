@@ -63,6 +63,11 @@ _DUPLICATE_WINDOW = 0.1
 """Seconds within which the same signal again is the same request, not a second one:
 ``timeout``, process-group delivery and wrappers that forward Ctrl-C send it twice."""
 
+_DUPLICATE_TAIL = 0.025
+"""Seconds after the first signal that a shutdown faster than that still listens, so a
+duplicate sent milliseconds later is heard, not met by the default action once the
+handlers are back. Short, because every fast shutdown pays it."""
+
 _STACKS_SHOWN = 20
 """How many task stacks one log line shows; the rest are only counted."""
 
@@ -576,13 +581,13 @@ class _Shutdown:
         )
 
     async def hear_duplicates(self) -> None:
-        """Keep hearing signals until a duplicate of the first could no longer come.
+        """Keep hearing signals for a moment after the first, if the shutdown was faster.
 
-        A fast shutdown may finish within the window; restoring the default handler then
-        would let the duplicate kill the process that had just stopped cleanly.
+        Restoring the default handler before a duplicate arrives would let it kill the
+        process that had just stopped cleanly.
         """
         if self.first_heard is not None and self.state is _State.STOPPING:
-            left = self.first_heard[1] + _DUPLICATE_WINDOW - time.monotonic()
+            left = self.first_heard[1] + _DUPLICATE_TAIL - time.monotonic()
             if left > 0:
                 await asyncio.sleep(left)
 
