@@ -25,7 +25,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
-SECOND_SIGNAL_GAP = 0.3
+SECOND_SIGNAL_GAP = 0.15
 """Seconds between two signals meant as two requests: past the runtime's 100 ms merge window."""
 HANG_GUARD = 20.0
 """Seconds after which a wait is a failure, not a slow machine: far above any normal time."""
@@ -104,6 +104,7 @@ class Process:
             errors="replace",
             **options,
         )
+        self.last_signal = 0.0
         self.lines: list[str] = []
         """The log as text, whichever APP_LOG_FORMAT: JSON records are rendered as text
         lines (see as_text), so tests read one format."""
@@ -155,14 +156,15 @@ class Process:
                 self._changed.wait(remaining)
 
     def send(self, signum: int) -> None:
+        self.last_signal = time.monotonic()
         self.popen.send_signal(signum)
 
     def send_again(self, signum: int) -> None:
         """Send a signal as a second request: the runtime merges a repeat of the same signal
         within 100 ms into the first (a process group or a wrapper delivers it twice), so the
-        spacing is what this call is about, not a wait for something to happen."""
-        time.sleep(SECOND_SIGNAL_GAP)
-        self.popen.send_signal(signum)
+        spacing from the last signal is what this call is about, not a wait for an event."""
+        time.sleep(max(0.0, self.last_signal + SECOND_SIGNAL_GAP - time.monotonic()))
+        self.send(signum)
 
     def wait(self, timeout: float = HANG_GUARD) -> int:
         """The exit status; kills the process and fails if it does not end in time."""

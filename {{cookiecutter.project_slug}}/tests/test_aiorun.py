@@ -355,6 +355,41 @@ def test_the_garbage_collector_is_as_it_was_after_run(enabled: bool) -> None:
     assert paused == [True]
 
 
+def test_every_shutdown_line_carries_structured_fields(
+    runtime_log: pytest.LogCaptureFixture,
+) -> None:
+    """A JSON log formatter emits these ``extra=`` fields; the text stays as it was."""
+
+    async def protected() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        for _ in range(4):
+            keep(asyncio.sleep(3600))
+        keep(shutdown_waits_for(protected()))
+        signal.raise_signal(STOP)
+
+    run(main(), shutdown_callback=lambda loop: None)
+    fields = {
+        record.getMessage().split(" ", 2)[1]: {
+            key: getattr(record, key)
+            for key in ("phase", "signal", "tasks", "protected", "duration")
+            if hasattr(record, key)
+        }
+        for record in runtime_log.records
+        if record.name == "app.runtime.aiorun" and record.levelno >= logging.INFO
+    }
+    assert fields[STOP.name] == {"phase": "signal", "signal": STOP.name}
+    assert fields["running"] == {"phase": "callback"}
+    assert fields["cancelling"]["phase"] == "cancel"
+    assert fields["cancelling"]["protected"] == 1
+    assert fields["cancelling"]["tasks"] >= 5  # the sleepers, main, and the awaiting handle
+    assert fields["executor"] == {"phase": "executor"}
+    assert fields["complete"]["phase"] == "complete"
+    assert 0 <= fields["complete"]["duration"] < HANG_GUARD
+
+
 # --- shutdown_waits_for() ---------------------------------------------------------------------
 
 USAGES: dict[str, Callable[[Any], Any]] = {
@@ -907,6 +942,25 @@ def test_signals_are_heard_directly_and_wake_the_loop_through_our_fd() -> None:
     assert seen[1] not in (-1, fd_before)
     assert signal.set_wakeup_fd(fd_before) == fd_before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@POSIX_ONLY
+def test_sighup_is_heard_unless_nohup_ignored_it() -> None:
+    seen: list[Any] = []
+
+    async def main() -> None:
+        seen.append(signal.getsignal(signal.SIGHUP))
+        stop_soon()
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        run(main())
+        assert seen == [signal.SIG_IGN]
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    run(main())
+    assert isinstance(getattr(seen[1], "__self__", None), aiorun._SignalHooks)
 
 
 class NoReaderLoop(asyncio.SelectorEventLoop):

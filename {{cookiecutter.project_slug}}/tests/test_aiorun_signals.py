@@ -263,8 +263,8 @@ def test_force_exit_works_while_the_loop_is_wedged_and_stderr_is_unread() -> Non
 def test_a_duplicate_signal_is_the_same_request(start, use_uvloop: bool) -> None:
     if use_uvloop and importlib.util.find_spec("uvloop") is None:
         pytest.skip("uvloop not installed")
-    args = ["service", "--force-exit", "--clients", "5", *(["--uvloop"] if use_uvloop else [])]
-    child = start(*args)
+    uvloop = ["--uvloop"] if use_uvloop else []
+    child = start("service", "--force-exit", "--slow-callback", "0.3", *uvloop)
     child.wait_for("ready", "stdout")
     child.signal(signal.SIGTERM)
     child.signal_again(signal.SIGTERM, gap=0.02)  # as timeout(1) or a process group does
@@ -276,6 +276,18 @@ def test_a_duplicate_signal_is_the_same_request(start, use_uvloop: bool) -> None
     assert len(repeats) == 1, child.output()  # logged, never dropped in silence
     assert "the same request" in repeats[0]
     assert phases[-1].startswith("shutdown: complete in ")
+
+
+def test_a_duplicate_after_a_fast_shutdown_does_not_kill_the_process(start) -> None:
+    child = start("service", "--force-exit", "--clients", "0", "--sleepers", "0")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    first = child.last_signal
+    child.signal_again(signal.SIGTERM, gap=0.005)
+    if child.last_signal - first > 0.02:
+        pytest.skip("this test process was descheduled between the two signals")
+    assert child.finish() == 0, child.output()
+    assert child.lines["stdout"][-1] == f"report signal={int(signal.SIGTERM)} unfinished="
 
 
 def test_a_repeat_after_the_window_is_the_second_signal(start) -> None:
@@ -346,12 +358,13 @@ def test_a_bad_argument_is_refused_before_anything_starts(start) -> None:
 
 
 def test_a_forked_child_signal_is_not_the_parents(start) -> None:
-    child = attack(start, "fork-pool")
+    child = attack(start, "fork-child")
     child.wait_for("ready", "stdout")
     assert not child.runtime_lines(), child.output()
+    child.wait_for(f"forked child ended with {-signal.SIGTERM}")  # its signal was its own
     child.signal(signal.SIGTERM)
     assert child.finish() == 0, child.output()
-    assert "survived the pool" in "\n".join(child.lines["stderr"])
+    assert "survived the child's signal" in "\n".join(child.lines["stderr"])
     assert len([line for line in child.runtime_lines() if " received" in line]) == 1
 
 

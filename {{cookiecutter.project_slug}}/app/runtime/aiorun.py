@@ -2,7 +2,7 @@
 
 A stdlib-only drop-in for the public API of aiorun 2025.1.1: ``run()`` and
 ``shutdown_waits_for()``; swap ``from aiorun import ...`` for ``from app.runtime import ...``.
-``run()`` keeps the loop running until a signal (SIGINT/SIGTERM, on Windows Ctrl-C and
+``run()`` keeps the loop running until a signal (SIGINT/SIGTERM/SIGHUP, on Windows Ctrl-C and
 Ctrl-Break) or ``loop.stop()``, then shuts down in this order: run the shutdown callback,
 cancel every task that is not protected by ``shutdown_waits_for()``, wait for all of them
 and then for the executor within one time budget, close the loop it created, put the
@@ -62,6 +62,11 @@ _EXIT_WATCHDOG = 1.0
 _DUPLICATE_WINDOW = 0.1
 """Seconds within which the same signal again is the same request, not a second one:
 ``timeout``, process-group delivery and wrappers that forward Ctrl-C send it twice."""
+
+_DUPLICATE_TAIL = 0.025
+"""Seconds after the first signal that a shutdown faster than that still listens, so a
+duplicate sent milliseconds later is heard, not met by the default action once the
+handlers are back. Short, because every fast shutdown pays it."""
 
 _STACKS_SHOWN = 20
 """How many task stacks one log line shows; the rest are only counted."""
@@ -576,13 +581,13 @@ class _Shutdown:
         )
 
     async def hear_duplicates(self) -> None:
-        """Keep hearing signals until a duplicate of the first could no longer come.
+        """Keep hearing signals for a moment after the first, if the shutdown was faster.
 
-        A fast shutdown may finish within the window; restoring the default handler then
-        would let the duplicate kill the process that had just stopped cleanly.
+        Restoring the default handler before a duplicate arrives would let it kill the
+        process that had just stopped cleanly.
         """
         if self.first_heard is not None and self.state is _State.STOPPING:
-            left = self.first_heard[1] + _DUPLICATE_WINDOW - time.monotonic()
+            left = self.first_heard[1] + _DUPLICATE_TAIL - time.monotonic()
             if left > 0:
                 await asyncio.sleep(left)
 
@@ -730,6 +735,8 @@ class _Platform:
 
     windows: bool
     signals: tuple[int, ...]
+    kept_if_ignored: tuple[int, ...] = ()
+    """Signals left alone when already ignored: under ``nohup``, SIGHUP must not stop us."""
     proactor_types: tuple[type, ...] = ()
     """Loop types whose wake-up fd lets a signal wake them (Windows' ProactorEventLoop)."""
     wakeup_interval: float = 0.1
@@ -744,7 +751,11 @@ def _this_platform() -> _Platform:
             proactor_types=(asyncio.ProactorEventLoop,),
         )
     # SIGHUP too: a closed terminal or SSH session should stop the service gracefully.
-    return _Platform(windows=False, signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+    return _Platform(
+        windows=False,
+        signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+        kept_if_ignored=(signal.SIGHUP,),
+    )
 
 
 class _SignalHooks:
@@ -788,7 +799,10 @@ class _SignalHooks:
             logger.debug("signals: not installed, run() is not in the main thread")
             return
         for sig in self._platform.signals:
-            self._previous[sig] = signal.getsignal(sig)
+            previous = signal.getsignal(sig)
+            if sig in self._platform.kept_if_ignored and previous == signal.SIG_IGN:
+                continue
+            self._previous[sig] = previous
             signal.signal(sig, self._direct)
         _SignalHooks.installed = self
         if self._platform.windows:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from app.runtime.aiorun import run, shutdown_waits_for
 
@@ -73,6 +74,16 @@ def blocking_callback(loop: asyncio.AbstractEventLoop) -> None:
     time.sleep(60)
 
 
+def slow_callback(seconds: float) -> Callable[[asyncio.AbstractEventLoop], Awaitable[None]]:
+    """A shutdown callback that takes a while without blocking the loop."""
+
+    async def callback(loop: asyncio.AbstractEventLoop) -> None:
+        logger.info("callback takes %.1fs", seconds)
+        await asyncio.sleep(seconds)
+
+    return callback
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["service", "no-coroutine"])
@@ -80,6 +91,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sleepers", type=int, default=10)
     parser.add_argument("--stubborn", action="store_true")
     parser.add_argument("--blocking-callback", action="store_true")
+    parser.add_argument("--slow-callback", type=float, default=0.0)
     parser.add_argument("--force-exit", action="store_true")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--timeout", type=float, default=5.0)
@@ -102,7 +114,11 @@ def main_entry(argv: list[str]) -> int:
         report = run(
             main(args),
             use_uvloop=args.uvloop,
-            shutdown_callback=blocking_callback if args.blocking_callback else None,
+            shutdown_callback=blocking_callback
+            if args.blocking_callback
+            else slow_callback(args.slow_callback)
+            if args.slow_callback
+            else None,
             timeout_task_shutdown=args.timeout,
             force_exit_on_second_signal=args.force_exit,
         )
