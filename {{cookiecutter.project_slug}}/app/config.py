@@ -66,6 +66,9 @@ class Settings:
     idle_timeout: float = 300.0
     """Seconds a connection may stay silent, or refuse to read our replies, before it is
     closed."""
+    line_timeout: float = 10.0
+    """Seconds a client may take to complete a line it has begun, however slowly it sends:
+    a few bytes now and then must not hold a connection open for the whole idle timeout."""
     stop_on_error: bool = True
     """Stop gracefully (exit 1) on an unhandled error instead of running on half-broken."""
     journal_path: Path = Path("data/journal.log")
@@ -142,6 +145,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections": _parse_int(1, 1_000_000),
     "max_line_bytes": _parse_int(2, 1 << 30),
     "idle_timeout": _parse_seconds,
+    "line_timeout": _parse_seconds,
     "stop_on_error": _parse_bool,
     "journal_path": _parse_path,
     "workers": _parse_int(1, 64),

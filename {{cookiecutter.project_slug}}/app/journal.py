@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +36,7 @@ class Journal:
         self._on_failure = on_failure
         self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Future[None] | None = None
@@ -58,12 +60,22 @@ class Journal:
         self._writer = asyncio.ensure_future(shutdown_waits_for(self._write_until_closed()))
         self._writer.add_done_callback(self._check_failure)
 
-    def append(self, line: bytes) -> None:
-        """Queue one line (with its newline) for writing; never blocks."""
+    def replay(self) -> Iterator[bytes]:
+        """Every journaled request, oldest first, without its newline (stand-in)."""
+        with self.path.open("rb") as journal:
+            for line in journal:
+                yield line.rstrip(b"\n")
+
+    def append(self, requests: Sequence[bytes]) -> asyncio.Future[None]:
+        """Queue requests (without newlines); the future is done once they are written."""
+        done = asyncio.get_running_loop().create_future()
         if self.failed:
-            return  # nothing more can be written; the service is stopping
-        self._pending.append(line)
+            done.set_exception(OSError("the journal has failed"))
+            return done
+        self._pending.extend(request + b"\n" for request in requests)
+        self._waiters.append(done)
         self._wakeup.set()
+        return done
 
     async def close(self, grace: float) -> None:
         """Write everything queued, fsync and close; wait for that at most ``grace`` seconds.
@@ -81,8 +93,16 @@ class Journal:
             await self._wakeup.wait()
             self._wakeup.clear()
             batch, self._pending = self._pending, []
+            waiters, self._waiters = self._waiters, []
             if batch:
-                await asyncio.to_thread(self._write, batch)
+                try:
+                    await asyncio.to_thread(self._write, batch)
+                except OSError as exc:
+                    for waiter in waiters:
+                        waiter.set_exception(exc)
+                    raise
+            for waiter in waiters:
+                waiter.set_result(None)
         await asyncio.to_thread(self._sync_and_close)
         logger.info("journal flushed: %d line(s) in %s", self.lines_written, self.path)
 
@@ -94,7 +114,8 @@ class Journal:
 
     def _sync_and_close(self) -> None:
         assert self._file is not None, "open() the journal before start()"
-        os.fsync(self._file.fileno())
+        if stat.S_ISREG(os.fstat(self._file.fileno()).st_mode):  # a FIFO cannot be synced
+            os.fsync(self._file.fileno())
         self._file.close()
 
     def _check_failure(self, writer: asyncio.Future[None]) -> None:

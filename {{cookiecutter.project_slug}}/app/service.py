@@ -8,6 +8,10 @@ than in a cancelled task, is what makes the order deterministic:
     signal -> stop accepting -> drain connections -> journal flush (protected)
            -> runtime cancels what is left -> executor -> exit
 
+Before it listens, ``open()`` replays the journal through ``protocol.recover``, so a stateful
+protocol has rebuilt its state before the first client arrives. A ``recover`` whose body is
+empty is recognised (``does_nothing``) and the journal is not read at all.
+
 A failure at start (port taken, no permission, journal unwritable) raises StartupError with
 its exit status: nothing is running yet, so there is nothing to shut down, and the user sees
 one line. A failure later (the journal cannot be written) records its exit status and stops
@@ -21,12 +25,14 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 
+from app import protocol
 from app.config import Settings
 from app.exitcodes import ExitCode
 from app.journal import Journal
 from app.runtime import notify
-from app.server import EchoServer
+from app.server import Server
 
 logger = logging.getLogger("app")
 
@@ -49,28 +55,35 @@ class EchoService:
         self.settings = settings
         self.exit_code = ExitCode.OK
         self.journal = Journal(settings.journal_path, on_failure=self._journal_failed)
-        self.server = EchoServer(
+        self.server = Server(
             self.journal,
             max_connections=settings.max_connections,
             max_line_bytes=settings.max_line_bytes,
             idle_timeout=settings.idle_timeout,
+            line_timeout=settings.line_timeout,
         )
         self._stopping = False
-        self.address: tuple[str, int] = ("", 0)
+        self.addresses: list[tuple[str, int]] = []
 
     async def open(self) -> None:
-        """Open the journal and the listening socket; raise StartupError if either fails.
+        """Open the journal, replay it, listen; raise StartupError if any of it fails.
 
         Nothing is served yet: connections are accepted once ``run()`` runs the loop.
         """
         try:
             self.journal.open()
+            if not does_nothing(protocol.recover):
+                replayed = 0
+                for request in self.journal.replay():
+                    protocol.recover(request)
+                    replayed += 1
+                logger.info("recovered %d request(s) from %s", replayed, self.journal.path)
         except OSError as exc:
             raise StartupError(
                 ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"
             ) from None
         try:
-            host, port = await self.server.listen(
+            self.addresses = await self.server.listen(
                 self.settings.host, self.settings.port, reuse_port=self.settings.worker_index > 0
             )
         except OSError as exc:
@@ -79,7 +92,6 @@ class EchoService:
             raise StartupError(
                 bind_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
             ) from None
-        self.address = (host, port)
 
     async def serve(self) -> None:
         """Start the background work and say the service is ready; then return.
@@ -90,7 +102,8 @@ class EchoService:
         background tasks here too, for the same reason.
         """
         self.journal.start()
-        logger.info("listening on %s:%d", *self.address)
+        for address in self.addresses:
+            logger.info("listening on %s:%d", *address)
         notify.send("READY=1")
 
     async def stop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -118,6 +131,27 @@ class EchoService:
     def _set_exit_code(self, code: ExitCode) -> None:
         if self.exit_code == ExitCode.OK:  # the first problem is the one to report
             self.exit_code = code
+
+
+def does_nothing(function: Callable[[bytes], None]) -> bool:
+    """True if the function's body is empty: only a docstring, ``pass`` or ``...``.
+
+    Its bytecode is compared with that of empty functions compiled by this same interpreter,
+    so the test holds on every Python version. Equal bytecode can at most return another
+    constant, which does nothing either; any other body counts as work.
+    """
+    code = getattr(function, "__code__", None)
+    return code is not None and any(
+        code.co_code == empty.__code__.co_code for empty in (_empty, _empty_with_docstring)
+    )
+
+
+def _empty(request: bytes) -> None:
+    pass
+
+
+def _empty_with_docstring(request: bytes) -> None:
+    """An empty body."""
 
 
 def bind_exit_code(exc: OSError) -> ExitCode:
