@@ -22,6 +22,8 @@ from typing import Any
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
+from app.journal import FsyncPolicy
+
 PREFIX = "APP_"
 DEFAULT_PORT = {{ cookiecutter.port | int }}
 _TRUE = {"1", "true", "yes", "on"}
@@ -72,6 +74,10 @@ class Settings:
     stop_on_error: bool = True
     """Stop gracefully (exit 1) on an unhandled error instead of running on half-broken."""
     journal_path: Path = Path("data/journal.log")
+    journal_fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    """When the journal is forced to disk: ``always`` (before each reply), ``interval`` (at
+    most once a second: a power cut loses at most the last second), ``never`` (at stop only).
+    Written to the OS, which survives a killed process, is guaranteed before every reply."""
     workers: int = 1
     """Processes serving the port (1..64). Above 1, ``python -m app`` becomes a supervisor
     of that many workers sharing the port (``app/runtime/supervisor.py``); POSIX only."""
@@ -130,6 +136,13 @@ def _parse_host(raw: str) -> str:
     return host
 
 
+def _parse_fsync(raw: str) -> FsyncPolicy:
+    try:
+        return FsyncPolicy(raw.strip().lower())
+    except ValueError:
+        raise ValueError("expected always, interval or never") from None
+
+
 def _parse_path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("expected a file path")
@@ -148,6 +161,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "line_timeout": _parse_seconds,
     "stop_on_error": _parse_bool,
     "journal_path": _parse_path,
+    "journal_fsync": _parse_fsync,
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
 }

@@ -54,7 +54,9 @@ class EchoService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.exit_code = ExitCode.OK
-        self.journal = Journal(settings.journal_path, on_failure=self._journal_failed)
+        self.journal = Journal(
+            settings.journal_path, fsync=settings.journal_fsync, on_failure=self._journal_failed
+        )
         self.server = Server(
             self.journal,
             max_connections=settings.max_connections,

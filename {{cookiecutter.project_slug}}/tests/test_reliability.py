@@ -385,6 +385,7 @@ def test_journal_that_cannot_be_written_stops_the_service_with_73(
     service = start_service(APP_JOURNAL_PATH="/dev/full")  # every write fails: disk full
     assert reply_to(service, b"doomed\n") == b"", "a reply for a request that is not journaled"
     assert service.wait() == ExitCode.JOURNAL_UNWRITABLE, service.log
+    assert "1 request(s) could not be journaled" in service.log
     assert "cannot write journal: [Errno 28] No space left on device" in service.log
     assert "Traceback" not in service.log
     assert "shutdown: complete" in service.log

@@ -1,0 +1,274 @@
+"""The write-ahead journal: what it promises about the file, whatever the disk or a crash does.
+
+The service-level invariant (every reply a client received is in the journal, even after
+``kill -9``) is tested in test_reliability.py. Here the journal itself is attacked: a torn last
+line left by a crash, a disk that fills up in the middle of a write, special files, a symlink
+planted at its path, and the group commit and fsync policies it is configured with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from conftest import HANG_GUARD, StartService, ask, connect, is_reply, service_env
+
+import app.journal
+from app.exitcodes import ExitCode
+from app.journal import FsyncPolicy, Journal
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+def test_a_torn_last_line_is_fenced_not_fused(start_service: StartService, workdir: Path) -> None:
+    """A crash mid-write leaves a partial line; the next run must not glue its first line on."""
+    (workdir / "data").mkdir()
+    (workdir / "data" / "journal.log").write_bytes(b"complete\npartial-li")
+    service = start_service()
+    assert "fenced a torn last line: 10 byte(s) moved to data/journal.log.torn" in service.log
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"next-line\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.journal.read_bytes() == b"complete\nnext-line\n"
+    assert (workdir / "data" / "journal.log.torn").read_bytes() == b"partial-li"
+
+
+def test_a_journal_ending_on_a_line_is_left_alone(
+    start_service: StartService, workdir: Path
+) -> None:
+    (workdir / "data").mkdir()
+    (workdir / "data" / "journal.log").write_bytes(b"one\ntwo\n")
+    service = start_service()
+    assert service.stop() == ExitCode.OK, service.log
+    assert "fenced" not in service.log
+    assert service.journal.read_bytes() == b"one\ntwo\n"
+    assert not (workdir / "data" / "journal.log.torn").exists()
+
+
+@posix_only
+def test_the_journal_is_private(start_service: StartService, workdir: Path) -> None:
+    """It holds client data: readable by the service's user only, in a folder only it opens."""
+    service = start_service()
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"private\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    assert stat.S_IMODE(service.journal.stat().st_mode) == 0o600
+    assert stat.S_IMODE(service.journal.parent.stat().st_mode) == 0o700
+
+
+@posix_only
+def test_a_symlink_at_the_journal_path_is_refused(run_app, workdir: Path) -> None:
+    """Someone who can write the folder must not redirect client data to a file of their choice."""
+    (workdir / "data").mkdir()
+    target = workdir / "elsewhere.log"
+    (workdir / "data" / "journal.log").symlink_to(target)
+    result = run_app(APP_PORT="0")
+    assert result.returncode == ExitCode.JOURNAL_UNWRITABLE, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "is a symbolic link" in result.stderr
+    assert not target.exists()
+
+
+@linux_only
+def test_dev_null_as_journal_stops_with_0(start_service: StartService) -> None:
+    """/dev/null cannot be fsynced; that is said once at start, and the clean stop exits 0."""
+    service = start_service(APP_JOURNAL_PATH="/dev/null", APP_JOURNAL_FSYNC="always")
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"into the void\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.log.count("cannot be synced") == 1, service.log
+
+
+@linux_only
+def test_a_fifo_nobody_reads_is_refused_at_start(run_app, workdir: Path) -> None:
+    """Opening a FIFO for writing would wait forever for a reader: refuse it instead."""
+    (workdir / "data").mkdir()
+    os.mkfifo(workdir / "data" / "journal.log")
+    result = run_app(APP_PORT="0")
+    assert result.returncode == ExitCode.JOURNAL_UNWRITABLE, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "cannot write journal" in result.stderr
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import asyncio, logging, resource, sys
+    from pathlib import Path
+    from app.journal import FsyncPolicy, Journal
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+    failures = []
+
+    async def main():
+        journal = Journal(Path(sys.argv[1]), fsync=FsyncPolicy.NEVER, on_failure=failures.append)
+        journal.open()
+        journal.start()
+        acknowledged = 0
+        for group in range(30):
+            requests = [b"group %02d request %d, some padding" % (group, n) for n in range(7)]
+            try:
+                await journal.append(requests)
+            except OSError:
+                break
+            acknowledged += len(requests)
+        try:
+            await journal.append([b"after the failure"])
+        except OSError:
+            print("refused after failure")
+        await journal.close(5)
+        print("acknowledged", acknowledged, "failures", len(failures))
+
+    asyncio.run(main())
+    """
+)
+
+
+@linux_only
+def test_a_disk_that_fills_mid_write_leaves_whole_lines_and_an_exact_count(
+    tmp_path: Path,
+) -> None:
+    """The file size limit cuts a write in the middle, as a full disk does."""
+    path = tmp_path / "journal.log"
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(path)],
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    acknowledged = int(words[words.index("acknowledged") + 1])
+    assert "refused after failure" in result.stdout
+    assert words[-1] == "1", "on_failure is called once"
+    content = path.read_bytes()
+    assert content.endswith(b"\n"), "the file must end on a line boundary"
+    assert len(content.splitlines()) == acknowledged
+    assert 0 < acknowledged < 30 * 7
+    # Exactly the batch that was cut is reported; nothing else was queued at that moment.
+    assert "7 request(s) could not be journaled" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+class Counted:
+    """Wraps an ``os`` function for one test, counting calls and waking a waiter on each."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.function = getattr(os, name)
+        self.calls = 0
+        self.called = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        monkeypatch.setattr(app.journal.os, name, self)
+
+    def __call__(self, *args: object) -> object:
+        self.calls += 1
+        self.loop.call_soon_threadsafe(self.called.set)
+        return self.function(*args)
+
+
+def run_journal(
+    tmp_path: Path, policy: FsyncPolicy, scenario: Callable[[Journal], Awaitable[None]]
+) -> None:
+    """Run ``scenario`` with an open, started journal on a fresh loop, then close it."""
+    failures: list[OSError] = []
+
+    async def main() -> None:
+        journal = Journal(tmp_path / "journal.log", fsync=policy, on_failure=failures.append)
+        journal.open()
+        journal.start()
+        await scenario(journal)
+        await journal.close(HANG_GUARD)
+
+    asyncio.run(main())
+    assert not failures
+
+
+def test_requests_are_on_file_before_the_append_is_done(tmp_path: Path) -> None:
+    async def scenario(journal: Journal) -> None:
+        done = journal.append([b"first", b"second"])
+        assert not done.done(), "a reply may only follow the write"
+        await done
+        assert (tmp_path / "journal.log").read_bytes() == b"first\nsecond\n"
+
+    run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
+
+
+def test_group_commit_writes_everything_queued_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends from many connections that arrive while nothing is written make one write."""
+
+    async def scenario(journal: Journal) -> None:
+        writes = Counted(monkeypatch, "write")
+        await asyncio.gather(*(journal.append([b"connection %d" % n]) for n in range(50)))
+        assert writes.calls == 1
+
+    run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
+    lines = (tmp_path / "journal.log").read_bytes().splitlines()
+    assert lines == [b"connection %d" % n for n in range(50)]
+
+
+def test_fsync_always_syncs_each_batch_before_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario(journal: Journal) -> None:
+        syncs = Counted(monkeypatch, "fsync")
+        for n in range(3):
+            await journal.append([b"line %d" % n])
+            assert syncs.calls == n + 1
+
+    run_journal(tmp_path, FsyncPolicy.ALWAYS, scenario)
+
+
+def test_fsync_never_syncs_only_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs: list[Counted] = []
+
+    async def scenario(journal: Journal) -> None:
+        syncs.append(Counted(monkeypatch, "fsync"))
+        for n in range(3):
+            await journal.append([b"line %d" % n])
+        assert syncs[0].calls == 0
+
+    run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
+    assert syncs[0].calls == 1
+
+
+def test_fsync_interval_syncs_a_quiet_tail_within_the_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most one fsync per interval, and data written just after one is synced by the next."""
+
+    async def scenario(journal: Journal) -> None:
+        syncs = Counted(monkeypatch, "fsync")
+        await journal.append([b"first"])
+        await asyncio.wait_for(syncs.called.wait(), HANG_GUARD)  # the first write syncs at once
+        syncs.called.clear()
+        for n in range(5):
+            await journal.append([b"then %d" % n])
+        assert syncs.calls == 1, "a second sync inside the interval"
+        await asyncio.wait_for(syncs.called.wait(), HANG_GUARD)  # no new write: the timer syncs
+        assert syncs.calls == 2
+
+    run_journal(tmp_path, FsyncPolicy.INTERVAL, scenario)
+
+
+@posix_only
+def test_the_journal_flushes_on_sigterm_with_every_policy(start_service: StartService) -> None:
+    for policy in FsyncPolicy:
+        service = start_service(APP_JOURNAL_FSYNC=policy.value)
+        line = policy.value.encode() + b"\n"
+        with connect(service) as sock:
+            assert is_reply(ask(sock, line))
+        assert service.stop(signal.SIGTERM) == ExitCode.OK, service.log
+    assert service.journal.read_bytes() == b"always\ninterval\nnever\n"
