@@ -122,7 +122,7 @@ class Server:
     async def listen(
         self, host: str, port: int, *, reuse_port: bool = False
     ) -> list[tuple[str, int]]:
-        """Bind every address ``host`` resolves to and start accepting; return them.
+        """Bind every address ``host`` resolves to; return them. ``start()`` accepts.
 
         With port 0, the first address gets an ephemeral port and the others are bound to the
         same one, so ``localhost`` is one port on both 127.0.0.1 and ::1. ``reuse_port`` lets
@@ -144,10 +144,22 @@ class Server:
                 bound = sock.getsockname()
                 addresses.append((str(bound[0]), int(bound[1])))
         except OSError:
-            self._close_sockets()
+            self.close()
             raise
-        self._acceptors = [loop.create_task(self._accept(sock)) for sock in self._sockets]
         return addresses
+
+    def start(self) -> None:
+        """Start accepting on every bound address."""
+        loop = asyncio.get_running_loop()
+        self._acceptors = [loop.create_task(self._accept(sock)) for sock in self._sockets]
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets (the kernel refuses from now on)."""
+        for acceptor in self._acceptors:
+            acceptor.cancel()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
 
     async def drain(self, grace: float) -> int:
         """Stop accepting, answer what was received, close; return how many were aborted.
@@ -156,9 +168,7 @@ class Server:
         """
         loop = asyncio.get_running_loop()
         self.drain_deadline = loop.time() + grace
-        for acceptor in self._acceptors:
-            acceptor.cancel()
-        self._close_sockets()
+        self.close()
         logger.info("stopped accepting connections")
         logger.info("draining %d connection(s)", len(self.connections))
         for connection in list(self.connections):
@@ -214,11 +224,6 @@ class Server:
             )
             self._accept_failures = 0
             self._accept_logged_at = now
-
-    def _close_sockets(self) -> None:
-        for sock in self._sockets:
-            sock.close()
-        self._sockets.clear()
 
 
 def _configure(sock: socket.socket, reuse_port: bool) -> None:

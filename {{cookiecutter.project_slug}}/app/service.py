@@ -68,18 +68,14 @@ class EchoService:
         self.addresses: list[tuple[str, int]] = []
 
     async def open(self) -> None:
-        """Open the journal, replay it, listen; raise StartupError if any of it fails.
+        """Open the journal, bind, replay the journal; raise StartupError if any of it fails.
 
-        Nothing is served yet: connections are accepted once ``run()`` runs the loop.
+        Nothing is accepted yet: that starts in ``serve()``, after ``recover`` has seen every
+        journaled request. Binding comes before the replay, so a port in use is reported at
+        once, however long the journal.
         """
         try:
             self.journal.open()
-            if not does_nothing(protocol.recover):
-                replayed = 0
-                for request in self.journal.replay():
-                    protocol.recover(request)
-                    replayed += 1
-                logger.info("recovered %d request(s) from %s", replayed, self.journal.path)
         except OSError as exc:
             raise StartupError(
                 ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"
@@ -94,6 +90,18 @@ class EchoService:
             raise StartupError(
                 bind_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
             ) from None
+        if does_nothing(protocol.recover):
+            return
+        try:
+            replayed = 0
+            for request in self.journal.replay():
+                protocol.recover(request)
+                replayed += 1
+        except OSError as exc:
+            self.server.close()
+            self.journal.abandon()
+            raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
+        logger.info("recovered %d request(s) from %s", replayed, self.journal.path)
 
     async def serve(self) -> None:
         """Start the background work and say the service is ready; then return.
@@ -104,6 +112,7 @@ class EchoService:
         background tasks here too, for the same reason.
         """
         self.journal.start()
+        self.server.start()
         for address in self.addresses:
             logger.info("listening on %s:%d", *address)
         notify.send("READY=1")

@@ -14,11 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import protocol
+from app.service import does_nothing
 
 
 def test_handle_echoes_and_recover_keeps_nothing() -> None:
     assert asyncio.run(protocol.handle(b"hello")) == b"hello"
     assert protocol.recover(b"hello") is None
+
+
+def test_the_echo_keeps_no_state_so_the_journal_is_not_replayed() -> None:
+    assert does_nothing(protocol.recover)
 
 
 def test_client_prints_each_echo(start_service: StartService, run_app) -> None:
