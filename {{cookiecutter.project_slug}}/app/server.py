@@ -113,6 +113,8 @@ class Server:
         """Shared by all connections: a read is handled, and copied if kept, before the next."""
         self.own_buffers = sys.platform == "win32"
         """The proactor loop keeps a read in flight per connection: no sharing there."""
+        self.loop: asyncio.AbstractEventLoop
+        """The loop the server listens on, set by ``listen()``; looked up once, not per line."""
         self._sockets: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
         self._all_closed: asyncio.Future[None] | None = None
@@ -128,7 +130,7 @@ class Server:
         same one, so ``localhost`` is one port on both 127.0.0.1 and ::1. ``reuse_port`` lets
         the workers of ``APP_WORKERS`` bind the same port (SO_REUSEPORT).
         """
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         addresses: list[tuple[str, int]] = []
         try:
@@ -367,11 +369,11 @@ class _Connection(asyncio.BufferedProtocol):
         elif not rest:
             self.line_deadline = 0.0
         self.pending = rest
-        self.deadline = self._now() + server.idle_timeout
+        self.deadline = server.loop.time() + server.idle_timeout
         if not parts:
             self._after_batch(too_long)
             return
-        requests = [line for line in parts if line]
+        requests = parts if all(parts) else [line for line in parts if line]
         written = server.journal.append(requests) if requests else None
         replies: list[bytes] = []
         handle = server.handle
@@ -383,7 +385,10 @@ class _Connection(asyncio.BufferedProtocol):
             try:
                 step = coroutine.send(None)
             except StopIteration as done:
-                replies.append(_checked(done.value))
+                reply = done.value
+                if type(reply) is not bytes or b"\n" in reply:
+                    reply = _checked(reply)
+                replies.append(reply)
                 continue
             except Exception as exc:
                 replies.append(_failed(exc))
@@ -391,7 +396,7 @@ class _Connection(asyncio.BufferedProtocol):
             # It suspended: finish this batch in a task.
             self.busy = True
             self._pause()
-            self.task = asyncio.get_running_loop().create_task(
+            self.task = server.loop.create_task(
                 self._finish(coroutine, step, parts[n + 1 :], replies, written, too_long)
             )
             return
@@ -463,7 +468,7 @@ class _Connection(asyncio.BufferedProtocol):
         if b"\n" in self.pending:
             if not (self.scheduled or self.write_blocked):
                 self.scheduled = True
-                asyncio.get_running_loop().call_soon(self._turn)
+                self.server.loop.call_soon(self._turn)
         elif self.eof or self.server.drain_deadline is not None:
             self._end()
         elif not self.write_blocked:
@@ -486,7 +491,7 @@ class _Connection(asyncio.BufferedProtocol):
     # --- deadlines and the end ----------------------------------------------------------
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self.server.loop.time()
 
     def _start_line_clock(self) -> None:
         self.line_deadline = self._now() + self.server.line_timeout
@@ -497,7 +502,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.watchdog is not None:
             self.watchdog.cancel()
         self.armed_at = when
-        self.watchdog = asyncio.get_running_loop().call_at(when, self._watch)
+        self.watchdog = self.server.loop.call_at(when, self._watch)
 
     def _watch(self) -> None:
         """Fired at ``armed_at``: end the connection if a deadline passed, else re-arm."""
