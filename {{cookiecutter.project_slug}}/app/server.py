@@ -310,10 +310,10 @@ class _Connection(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        data = self.buffer[:nbytes].tobytes()
         if self.ending:
             self.last_input = self._now()  # thrown away: we have said all we will say
             return
+        data = self.buffer[:nbytes].tobytes()
         if self.pending:
             data = self.pending + data
         self.pending = data
@@ -327,7 +327,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.ending:
             self._close_when_flushed()
         elif not (self.busy or self.scheduled):
-            self._end()
+            self._advance()  # answers what is complete (once the client reads), then ends
         return True  # keep our half open: replies may still be on their way
 
     def pause_writing(self) -> None:

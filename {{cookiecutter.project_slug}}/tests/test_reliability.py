@@ -632,3 +632,27 @@ def test_a_slow_loris_cannot_hold_connections(start_service: StartService, figur
     assert reply_to(service, b"\n") == b"\n"
     assert elapsed < HANG_GUARD
     figure("slow-loris", f"20 byte-a-time clients: dropped at the line timeout ({elapsed:.1f}s)")
+
+
+def test_a_client_that_sends_everything_then_half_closes_gets_every_reply(
+    start_service: StartService,
+) -> None:
+    """Like ``nc -q``: all requests, then EOF, then it reads. The EOF may arrive while the
+    service waits for the client to read; the requests it had received must still be answered."""
+    service = start_service()
+    requests = [b"request %06d %s\n" % (n, b"r" * 200) for n in range(20_000)]
+    with connect(service) as sock:
+
+        def send() -> None:
+            sock.sendall(b"".join(requests))
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        stream = sock.makefile("rb")
+        replies = [reply for reply in iter(stream.readline, b"")]
+        sender.join(HANG_GUARD)
+    assert len(replies) == len(requests)
+    assert all(map(is_reply, replies))
+    assert service.stop() == ExitCode.OK
+    assert journal_of(service) == requests
