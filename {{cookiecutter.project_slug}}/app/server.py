@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import socket
@@ -76,11 +77,30 @@ LINGER_SECONDS = 2.0
 """How long an ending connection may take to deliver its last replies outside a drain."""
 QUIET_SECONDS = 0.2
 """Silence after our FIN that shows no more input is on its way, so closing cannot reset."""
+ABORT_WAIT = 1.0
+"""Seconds the drain waits for aborted connections to be reported lost."""
 ACCEPT_PAUSE = 0.25
 """Seconds accepting pauses after the OS refused a new connection for lack of resources."""
 ACCEPT_LOG_INTERVAL = 10.0
 """Accept failures are logged at most once per this many seconds, with a count."""
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_CLIENT_GAVE_UP = {
+    getattr(errno, name, None)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "EPERM",
+        "EINTR",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "EHOSTDOWN",
+        "EHOSTUNREACH",
+        "ENONET",
+        "ENOPROTOOPT",
+        "EOPNOTSUPP",
+    )
+} - {None}
+"""Errors of accept() that concern one pending client (Linux's accept(2) lists them), not us."""
 
 Handler = Callable[[bytes], Coroutine[Any, Any, bytes]]
 
@@ -117,6 +137,7 @@ class Server:
         """The loop the server listens on, set by ``listen()``; looked up once, not per line."""
         self._sockets: list[socket.socket] = []
         self._acceptors: list[asyncio.Task[None]] = []
+        self._wrapping: set[asyncio.Task[Any]] = set()
         self._all_closed: asyncio.Future[None] | None = None
         self._accept_failures = 0
         self._accept_logged_at: float | None = None
@@ -154,14 +175,26 @@ class Server:
         """Start accepting on every bound address."""
         loop = asyncio.get_running_loop()
         self._acceptors = [loop.create_task(self._accept(sock)) for sock in self._sockets]
+        for acceptor in self._acceptors:
+            acceptor.add_done_callback(_report_failure)
 
     def close(self) -> None:
-        """Stop accepting and close the listening sockets (the kernel refuses from now on)."""
-        for acceptor in self._acceptors:
-            acceptor.cancel()
+        """Close the listening sockets: the kernel refuses new connections from now on.
+
+        Call it once nothing accepts on them any more (``stop_accepting()``), so that no
+        event loop still watches a closed descriptor.
+        """
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
+
+    async def stop_accepting(self) -> None:
+        """Cancel the accept loops and wait until they have let go of the sockets."""
+        for acceptor in self._acceptors:
+            acceptor.cancel()
+        if self._acceptors:
+            await asyncio.wait(self._acceptors)
+        self._acceptors.clear()
 
     async def drain(self, grace: float) -> int:
         """Stop accepting, answer what was received, close; return how many were aborted.
@@ -170,7 +203,10 @@ class Server:
         """
         loop = asyncio.get_running_loop()
         self.drain_deadline = loop.time() + grace
+        await self.stop_accepting()
         self.close()
+        if self._wrapping:  # accepted just now: they are refused with SHUTTING_DOWN
+            await asyncio.wait(self._wrapping)
         logger.info("stopped accepting connections")
         logger.info("draining %d connection(s)", len(self.connections))
         for connection in list(self.connections):
@@ -180,7 +216,7 @@ class Server:
             for connection in list(self.connections):
                 connection.transport.abort()
             logger.warning("aborted %d connection(s) still open after %.1fs", late, grace)
-            await self._wait_closed(grace)  # an aborted transport is lost at the next turn
+            await self._wait_closed(ABORT_WAIT)  # an aborted transport is lost at the next turn
         return late
 
     async def _wait_closed(self, seconds: float) -> int:
@@ -202,15 +238,27 @@ class Server:
             try:
                 client, _ = await loop.sock_accept(listener)
             except OSError as exc:
+                if exc.errno in _CLIENT_GAVE_UP:
+                    continue
                 if exc.errno not in _OUT_OF_RESOURCES:
-                    continue  # e.g. ECONNABORTED: that client gave up; the next one may not
+                    raise  # the listening socket itself is broken: a bug to report
                 self._accept_failed(exc)
                 await asyncio.sleep(ACCEPT_PAUSE)  # connections close meanwhile, freeing fds
                 continue
-            try:
-                await loop.connect_accepted_socket(lambda: _Connection(self), client)
-            except OSError:
-                client.close()  # reset before we could even wrap it
+            # Wrapped in a task of its own, which stop_accepting() does not cancel: a socket
+            # half-wrapped in a transport would be neither served nor closed.
+            wrapping = loop.create_task(
+                loop.connect_accepted_socket(lambda: _Connection(self), client)
+            )
+            self._wrapping.add(wrapping)
+            wrapping.add_done_callback(functools.partial(self._wrapped, client))
+
+    def _wrapped(self, client: socket.socket, task: asyncio.Task[Any]) -> None:
+        self._wrapping.discard(task)
+        if not task.cancelled() and isinstance(task.exception(), OSError):
+            client.close()  # reset before we could even wrap it
+        elif not task.cancelled():
+            task.result()  # anything else is a bug: raise it to the loop's handler
 
     def _accept_failed(self, error: OSError) -> None:
         """Count the failure; log the count at most once per ACCEPT_LOG_INTERVAL."""
@@ -226,6 +274,13 @@ class Server:
             )
             self._accept_failures = 0
             self._accept_logged_at = now
+
+
+def _report_failure(acceptor: asyncio.Task[None]) -> None:
+    """An accept loop that ended by an error: raise it to the loop's handler (which stops the
+    service under APP_STOP_ON_ERROR) instead of accepting nothing, silently, from now on."""
+    if not acceptor.cancelled():
+        acceptor.result()
 
 
 def _configure(sock: socket.socket, reuse_port: bool) -> None:
