@@ -1,9 +1,10 @@
-"""``python -m app.client``: send lines to the echo service and print the replies.
+"""``python -m app.client``: send requests to the service and print each reply.
 
-Modelled on the streams echo client of the asyncio documentation, with the error handling a
-command-line tool needs: exit 0 when every message came back byte for byte, 1 with one line
-on stderr otherwise (nothing listening, refused by the server, connection lost, timeout, a
-reply that is not the echo), 2 for bad arguments.
+Requests are the arguments, one per argument, or else the lines read from stdin. Each request
+is one line, and the service answers each with one line, whatever the protocol: the client
+sends a request, prints its reply, then sends the next. Exit 0 when every request was
+answered; 1 with one line on stderr otherwise (nothing listening, refused by the server,
+connection lost, timeout); 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -12,57 +13,63 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from app.config import client_port
 
+REFUSALS = (b"error: too many connections\n", b"error: shutting down\n")
+"""Lines the server sends instead of serving a connection (see app/server.py)."""
+LONGEST_REPLY = 1 << 24
+"""Bytes a reply may have before the client gives up on it."""
 
-class EchoError(Exception):
+
+class ClientError(Exception):
     """The exchange failed; the message says how."""
 
 
-async def echo(host: str, port: int, lines: Sequence[bytes], seconds: float) -> None:
-    """Send each line and check that the same bytes come back; raise EchoError if not.
+async def exchange(
+    host: str, port: int, requests: Iterable[bytes], seconds: float, out: Callable[[bytes], None]
+) -> None:
+    """Send each request (a line ending in a newline) and pass its reply line to ``out``.
 
-    Connecting may take ``seconds``, and so may the whole exchange after it.
+    Connecting may take ``seconds``, and so may each reply. Raises ClientError.
     """
+    where = f"{host}:{port}"
     try:
         async with asyncio.timeout(seconds):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, limit=LONGEST_REPLY)
     except TimeoutError:
-        raise EchoError(f"no answer from {host}:{port} within {seconds:g}s") from None
+        raise ClientError(f"no answer from {where} within {seconds:g}s") from None
     except OSError as exc:
-        raise EchoError(f"nothing is listening on {host}:{port} ({_reason(exc)})") from None
+        raise ClientError(f"nothing is listening on {where} ({_reason(exc)})") from None
     try:
-        async with asyncio.timeout(seconds):
-            for line in lines:
-                writer.write(line)
+        for request in requests:
+            writer.write(request)
+            async with asyncio.timeout(seconds):
                 await writer.drain()
-                await _expect(reader, line, f"{host}:{port}")
+                reply = await reader.readline()
+            if reply in REFUSALS:
+                refusal = reply.decode().removeprefix("error: ").rstrip()
+                raise ClientError(f"refused by {where}: {refusal}")
+            if not reply.endswith(b"\n"):
+                raise ClientError(f"{where} closed the connection without a reply")
+            out(reply)
     except TimeoutError:
-        raise EchoError(f"no answer from {host}:{port} within {seconds:g}s") from None
+        raise ClientError(f"no answer from {where} within {seconds:g}s") from None
+    except ValueError:  # a line longer than the reader's limit
+        raise ClientError(f"{where} sent a reply over {LONGEST_REPLY} bytes") from None
     except OSError as exc:
-        raise EchoError(f"connection to {host}:{port} lost ({_reason(exc)})") from None
+        raise ClientError(f"connection to {where} lost ({_reason(exc)})") from None
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
 
 
-async def _expect(reader: asyncio.StreamReader, line: bytes, where: str) -> None:
-    """Read exactly the echo of ``line``; explain anything else."""
-    try:
-        reply = await reader.readexactly(len(line))
-    except asyncio.IncompleteReadError as short:
-        reply = short.partial
-    if reply == line:
-        return
-    first_line = reply.split(b"\n", 1)[0].decode(errors="replace")
-    if first_line.startswith("error: "):
-        raise EchoError(f"refused by {where}: {first_line.removeprefix('error: ')}")
-    if len(reply) < len(line):
-        raise EchoError(f"{where} closed the connection")
-    raise EchoError(f"{where} is not an echo service: it answered {first_line[:60]!r}")
+def print_reply(reply: bytes) -> None:
+    """Print at once, so an interactive session sees each reply before typing on."""
+    sys.stdout.buffer.write(reply)
+    sys.stdout.flush()
 
 
 def _reason(exc: OSError) -> str:
@@ -81,31 +88,35 @@ def _message(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape") + b"\n"  # any bytes the shell passed
 
 
+def _stdin_lines() -> Iterable[bytes]:
+    for line in sys.stdin.buffer:
+        yield line.rstrip(b"\n") + b"\n"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Defaults follow the service's own settings: APP_PORT, and loopback."""
     parser = argparse.ArgumentParser(prog="python -m app.client", description=__doc__)
-    parser.add_argument("messages", nargs="*", type=_message, metavar="MESSAGE")
+    parser.add_argument(
+        "messages", nargs="*", type=_message, metavar="MESSAGE", help="default: stdin's lines"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=_port, default=client_port())
     parser.add_argument("--count", type=int, default=1, help="send the messages this many times")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to connect, and for the exchange"
+        "--timeout", type=float, default=5.0, help="seconds to connect, and for each reply"
     )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the client; print each echoed message; return its exit status."""
+    """Run the client; print each reply; return its exit status."""
     args = parse_args(argv)
-    lines = (args.messages or [b"hello\n"]) * args.count
+    requests = args.messages * args.count if args.messages else _stdin_lines()
     try:
-        asyncio.run(echo(args.host, args.port, lines, args.timeout))
-    except EchoError as exc:
+        asyncio.run(exchange(args.host, args.port, requests, args.timeout, print_reply))
+    except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    for line in lines:
-        sys.stdout.buffer.write(line)
-    sys.stdout.flush()
     return 0
 
 

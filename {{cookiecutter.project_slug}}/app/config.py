@@ -93,6 +93,10 @@ class Settings:
         300.0,
         what="Seconds a client may stay silent, or not read its replies, before it is dropped",
     )
+    line_timeout: float = _setting(
+        10.0,
+        what="Seconds a client may take to complete a line it has begun, however slowly it sends",
+    )
     stop_on_error: bool = _setting(
         True, what="Stop gracefully (exit 1) on an unhandled error rather than run half-broken"
     )
@@ -206,6 +210,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections": _parse_int(1, 1_000_000),
     "max_line_bytes": _parse_int(2, 1 << 30),
     "idle_timeout": _parse_seconds,
+    "line_timeout": _parse_seconds,
     "stop_on_error": _parse_bool,
     "journal_path": _parse_path,
     "journal_fsync": _parse_fsync,

@@ -1,27 +1,43 @@
-"""The echo server: newline-delimited lines in, the same bytes out, with a graceful drain.
+"""The connection layer: lines in, ``protocol.handle`` replies out, journal first, drain last.
 
-Each connection is one coroutine reading lines with ``StreamReader.readuntil``. Limits keep
-one client from hurting the others: a line longer than ``max_line_bytes`` is refused without
-being buffered, a client that stays silent or stops reading our replies is dropped after
-``idle_timeout``, and connections past ``max_connections`` are turned away politely.
+Each connection is an ``asyncio.BufferedProtocol``, not a task: an idle connection holds no
+coroutine, no read buffer and no task, only its transport and one timer. The loop reads into a
+buffer shared by all connections (on Windows, whose loop reads ahead, each connection has its
+own); what one read brought is handled as a batch:
 
-The idle limit costs nothing per line: each line only moves the connection's deadline, and one
-timer per connection checks it lazily, re-arming itself for the new deadline when it fires
-early. A timer per line (``asyncio.timeout()`` around each read and write) measured 1.6x
-slower on uvloop. To end a connection, or to interrupt a read when the drain begins, the
-server cancels the handler task and marks why; the handler takes that cancellation back.
+1. every complete line in it (at most TURN_LINES) is split off; an empty line is a health
+   ping, answered here and never journaled;
+2. the other lines are queued in the journal as one unit (``Journal.append``), then handed to
+   ``protocol.handle`` one at a time, in order. A ``handle`` that returns without suspending
+   is driven by hand (``send(None)``) and costs no task; one that suspends is finished in a
+   task;
+3. once the journal has written the batch, all its replies go out in one ``write``. A reply
+   is never sent before its request is in the journal (write-ahead), so every reply a client
+   received survives a ``kill -9``.
+
+Limits keep one client from hurting the others or the memory:
+
+- while a batch is in progress, or the client does not read our replies (the transport's
+  write buffer is above WRITE_HIGH_WATER), the connection stops reading, and TCP pushes back
+  on the client; so the journal queue holds at most one batch per connection;
+- after TURN_LINES lines a connection yields to the others before it goes on (fairness);
+- a line longer than ``max_line_bytes`` is refused without being buffered; a line must be
+  completed within ``line_timeout`` (slow-loris), and a connection that stays silent, or
+  does not read our replies, is closed after ``idle_timeout``. One timer per connection
+  watches both deadlines, re-arming itself lazily when they move;
+- connections past ``max_connections`` are turned away politely with TOO_MANY.
+
+Accepting is the server's own loop (``sock_accept``), so running out of file descriptors
+pauses accepting briefly and is logged once per ACCEPT_LOG_INTERVAL with a count, instead of
+going to the loop's exception handler (which stops the service).
 
 Every connection ends the same way, whoever ends it: the last reply is followed by a
 half-close (FIN), then input is read and thrown away until the client closes or goes quiet
 for QUIET_SECONDS, within a bounded time. Closing a socket that still holds unread input
 makes the kernel reset the connection, which destroys replies still on their way; this order
-lets every reply arrive, and an idle client costs the shutdown only the quiet period.
+lets every reply arrive. The drain at shutdown
 
-The drain at shutdown works the same on Python 3.11-3.13 because it does not depend on
-``Server.wait_closed()`` (which waits for clients only since 3.12.1) nor on
-``Server.close_clients()`` (3.13): the server tracks its own connections. It
-
-1. stops accepting (closes the listening socket) and stops reading from clients;
+1. stops accepting (closes the listening sockets) and stops reading from clients;
 2. lets each connection answer the complete lines it had already received, then end as above;
 3. aborts what is still open when the drain's time is up, and reports how many.
 """
@@ -29,45 +45,68 @@ The drain at shutdown works the same on Python 3.11-3.13 because it does not dep
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
+import functools
 import logging
-from dataclasses import dataclass
-from typing import cast
+import os
+import socket
+import sys
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, cast
 
+from app import protocol
 from app.journal import Journal
 
 logger = logging.getLogger(__name__)
 
 TOO_MANY = b"error: too many connections\n"
 SHUTTING_DOWN = b"error: shutting down\n"
+FAILED = b"error: internal error"
+"""The reply to a request whose ``handle`` raised; the log has the traceback."""
 BACKLOG = 1024
 """Connections the kernel may queue before they are accepted: enough for a reconnect storm."""
+READ_CHUNK = 65536
+"""Most bytes one read takes from a socket."""
+TURN_LINES = 256
+"""Most lines a connection handles before it lets the other connections have a turn."""
+WRITE_HIGH_WATER = 65536
+"""Replies a connection may have queued for a client that does not read before it stops
+reading that client's requests."""
 LINGER_SECONDS = 2.0
 """How long an ending connection may take to deliver its last replies outside a drain."""
 QUIET_SECONDS = 0.2
 """Silence after our FIN that shows no more input is on its way, so closing cannot reset."""
+ABORT_WAIT = 1.0
+"""Seconds the drain waits for aborted connections to be reported lost."""
+ACCEPT_PAUSE = 0.25
+"""Seconds accepting pauses after the OS refused a new connection for lack of resources."""
+ACCEPT_LOG_INTERVAL = 10.0
+"""Accept failures are logged at most once per this many seconds, with a count."""
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_CLIENT_GAVE_UP = {
+    getattr(errno, name, None)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "EPERM",
+        "EINTR",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "EHOSTDOWN",
+        "EHOSTUNREACH",
+        "ENONET",
+        "ENOPROTOOPT",
+        "EOPNOTSUPP",
+    )
+} - {None}
+"""Errors of accept() that concern one pending client (Linux's accept(2) lists them), not us."""
+
+Handler = Callable[[bytes], Coroutine[Any, Any, bytes]]
 
 
-@dataclass(eq=False)
-class _Connection:
-    writer: asyncio.StreamWriter
-    task: asyncio.Task[None]
-    deadline: float = 0.0
-    """Event-loop time after which the connection counts as idle."""
-    reading: bool = False
-    """True while the handler waits in readuntil() for a line."""
-    interrupted: bool = False
-    """True when the server cancelled the handler (idle, or the drain began), not the runtime."""
-    watchdog: asyncio.TimerHandle | None = None
-
-    @property
-    def transport(self) -> asyncio.Transport:
-        """The socket transport, which reads too (the stream API types it write-only)."""
-        return cast(asyncio.Transport, self.writer.transport)
-
-
-class EchoServer:
-    """Accepts connections, echoes lines, journals them, and drains on request."""
+class Server:
+    """Accepts connections, answers lines through ``handle``, and drains on request."""
 
     def __init__(
         self,
@@ -76,34 +115,86 @@ class EchoServer:
         max_connections: int,
         max_line_bytes: int,
         idle_timeout: float,
+        line_timeout: float,
+        handle: Handler | None = None,
     ) -> None:
-        self._journal = journal
-        self._max_connections = max_connections
-        self._max_line_bytes = max_line_bytes
-        self._idle_timeout = idle_timeout
-        self._connections: dict[asyncio.Task[None], _Connection] = {}
-        """Every connection whose handler runs, refused ones included, until it is closed."""
-        self._serving = 0
-        self._server: asyncio.Server | None = None
-        self._drain_deadline: float | None = None
+        self.journal = journal
+        self.handle = protocol.handle if handle is None else handle
+        self.max_connections = max_connections
+        self.max_line_bytes = max_line_bytes
+        self.idle_timeout = idle_timeout
+        self.line_timeout = line_timeout
+        self.connections: set[_Connection] = set()
+        """Every open connection, refused ones included, until it is closed."""
+        self.serving = 0
+        self.drain_deadline: float | None = None
         """Event-loop time by which the drain must be over; None until it starts."""
+        self.read_buffer = memoryview(bytearray(READ_CHUNK))
+        """Shared by all connections: a read is handled, and copied if kept, before the next."""
+        self.own_buffers = sys.platform == "win32"
+        """The proactor loop keeps a read in flight per connection: no sharing there."""
+        self.loop: asyncio.AbstractEventLoop
+        """The loop the server listens on, set by ``listen()``; looked up once, not per line."""
+        self._sockets: list[socket.socket] = []
+        self._acceptors: list[asyncio.Task[None]] = []
+        self._wrapping: set[asyncio.Task[Any]] = set()
+        self._all_closed: asyncio.Future[None] | None = None
+        self._accept_failures = 0
+        self._accept_logged_at: float | None = None
 
-    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
-        """Bind and start accepting; return the bound address (the real port if 0).
+    async def listen(
+        self, host: str, port: int, *, reuse_port: bool = False
+    ) -> list[tuple[str, int]]:
+        """Bind every address ``host`` resolves to; return them. ``start()`` accepts.
 
-        ``reuse_port`` lets the workers of ``APP_WORKERS`` bind the same port (SO_REUSEPORT).
+        With port 0, the first address gets an ephemeral port and the others are bound to the
+        same one, so ``localhost`` is one port on both 127.0.0.1 and ::1. ``reuse_port`` lets
+        the workers of ``APP_WORKERS`` bind the same port (SO_REUSEPORT).
         """
-        self._server = await asyncio.start_server(
-            self._handle,
-            host,
-            port,
-            # readuntil() refuses a line once more than `limit` bytes precede the newline.
-            limit=self._max_line_bytes - 1,
-            backlog=BACKLOG,
-            reuse_port=reuse_port or None,
-        )
-        address = self._server.sockets[0].getsockname()
-        return str(address[0]), int(address[1])
+        self.loop = loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses: list[tuple[str, int]] = []
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                self._sockets.append(sock)
+                _configure(sock, reuse_port)
+                if addresses:  # the port the first one got, even if it was 0
+                    address = (address[0], addresses[0][1], *address[2:])
+                sock.bind(address)
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+                bound = sock.getsockname()
+                addresses.append((str(bound[0]), int(bound[1])))
+        except OSError:
+            self.close()
+            raise
+        return addresses
+
+    def start(self) -> None:
+        """Start accepting on every bound address."""
+        loop = asyncio.get_running_loop()
+        self._acceptors = [loop.create_task(self._accept(sock)) for sock in self._sockets]
+        for acceptor in self._acceptors:
+            acceptor.add_done_callback(_report_failure)
+
+    def close(self) -> None:
+        """Close the listening sockets: the kernel refuses new connections from now on.
+
+        Call it once nothing accepts on them any more (``stop_accepting()``), so that no
+        event loop still watches a closed descriptor.
+        """
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
+
+    async def stop_accepting(self) -> None:
+        """Cancel the accept loops and wait until they have let go of the sockets."""
+        for acceptor in self._acceptors:
+            acceptor.cancel()
+        if self._acceptors:
+            await asyncio.wait(self._acceptors)
+        self._acceptors.clear()
 
     async def drain(self, grace: float) -> int:
         """Stop accepting, answer what was received, close; return how many were aborted.
@@ -111,152 +202,470 @@ class EchoServer:
         Connections still open after ``grace`` seconds are aborted.
         """
         loop = asyncio.get_running_loop()
-        self._drain_deadline = loop.time() + grace
-        if self._server is not None:
-            self._server.close()
+        self.drain_deadline = loop.time() + grace
+        await self.stop_accepting()
+        self.close()
+        if self._wrapping:  # accepted just now: they are refused with SHUTTING_DOWN
+            await asyncio.wait(self._wrapping)
         logger.info("stopped accepting connections")
-        logger.info("draining %d connection(s)", len(self._connections))
-        for connection in self._connections.values():
-            connection.transport.pause_reading()
-            if connection.watchdog is not None:
-                connection.watchdog.cancel()  # the drain's own deadline bounds it from now on
-            if connection.reading:
-                _interrupt(connection)  # it may have a line to answer: it checks, then ends
-        late: set[asyncio.Task[None]] = set()
-        if self._connections:
-            _, late = await asyncio.wait(set(self._connections), timeout=grace)
-        for task in late:
-            self._connections[task].transport.abort()
+        logger.info("draining %d connection(s)", len(self.connections))
+        for connection in list(self.connections):
+            connection.drain()
+        late = await self._wait_closed(grace)
         if late:
-            logger.warning("aborted %d connection(s) still open after %.1fs", len(late), grace)
-            await asyncio.wait(late)  # an aborted transport ends every await of its handler
-        if self._server is not None:
-            await self._server.wait_closed()
-        return len(late)
+            for connection in list(self.connections):
+                connection.transport.abort()
+            logger.warning("aborted %d connection(s) still open after %.1fs", late, grace)
+            await self._wait_closed(ABORT_WAIT)  # an aborted transport is lost at the next turn
+        return late
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connection = _Connection(writer, task)
-        self._connections[task] = connection
-        try:
-            if self._drain_deadline is not None:  # accepted in the instant the drain began
-                writer.write(SHUTTING_DOWN)
-            elif self._serving >= self._max_connections:
-                writer.write(TOO_MANY)
-            else:
-                self._serving += 1
-                try:
-                    await self._echo_lines(reader, connection)
-                finally:
-                    self._serving -= 1
-            await self._end(reader, connection)
-        except (OSError, TimeoutError):
-            # Reset by the client, a network error, or it would not take our replies in time.
-            writer.transport.abort()
-        finally:
-            del self._connections[task]
+    async def _wait_closed(self, seconds: float) -> int:
+        """Wait until every connection is closed; return how many are still open."""
+        if self.connections:
+            self._all_closed = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._all_closed}, timeout=seconds)
+        return len(self.connections)
 
-    async def _echo_lines(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
-        writer = connection.writer
+    def forget(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        closed = self._all_closed
+        if not self.connections and closed is not None and not closed.done():
+            closed.set_result(None)
+
+    async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        connection.deadline = loop.time() + self._idle_timeout
-        self._watch(connection)
-        try:
-            while True:
-                try:
-                    line = await self._next_line(reader, connection)
-                except asyncio.LimitOverrunError:
-                    writer.write(b"error: line longer than %d bytes\n" % self._max_line_bytes)
-                    return
-                if line is None:
-                    return  # the client closed, went idle, or the drain left nothing to answer
-                if writer.transport.is_closing():
-                    return  # aborted at the end of the drain: this reply could not be delivered
-                if line != b"\n":  # empty lines are health-check pings, never journaled
-                    await self._journal.append([line[:-1]])  # write-ahead: journaled, then answered
-                writer.write(line)
-                connection.deadline = loop.time() + self._idle_timeout
-                await writer.drain()  # a client that does not read goes idle: the watchdog ends it
-        except asyncio.CancelledError:
-            if not _taken_back(connection):
-                raise  # the runtime's cancellation, not ours
-        finally:
-            if connection.watchdog is not None:
-                connection.watchdog.cancel()
-
-    async def _next_line(
-        self, reader: asyncio.StreamReader, connection: _Connection
-    ) -> bytes | None:
-        """The next line; None at EOF, when idle, or when draining with no line buffered."""
-        if self._drain_deadline is None:
-            connection.reading = True
+        while True:
             try:
-                return await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                return None  # the client closed; a trailing partial line is not a line
-            except asyncio.CancelledError:
-                if not _taken_back(connection):
-                    raise
-                if self._drain_deadline is None:
-                    return None  # idle for too long
-                # The drain began while we waited; a line may have arrived just before it.
-            finally:
-                connection.reading = False
-        try:
-            # Only a line already buffered is answered: readuntil() then returns without
-            # waiting, before a zero deadline can fire.
-            async with asyncio.timeout(0):
-                line = await reader.readuntil(b"\n")
-        except (TimeoutError, asyncio.IncompleteReadError):
-            return None
-        # The reader resumes the socket when its buffer empties; keep it paused.
-        connection.transport.pause_reading()
-        return line
+                client, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in _CLIENT_GAVE_UP:
+                    continue
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise  # the listening socket itself is broken: a bug to report
+                self._accept_failed(exc)
+                await asyncio.sleep(ACCEPT_PAUSE)  # connections close meanwhile, freeing fds
+                continue
+            # Wrapped in a task of its own, which stop_accepting() does not cancel: a socket
+            # half-wrapped in a transport would be neither served nor closed.
+            wrapping = loop.create_task(
+                loop.connect_accepted_socket(lambda: _Connection(self), client)
+            )
+            self._wrapping.add(wrapping)
+            wrapping.add_done_callback(functools.partial(self._wrapped, client))
 
-    def _watch(self, connection: _Connection) -> None:
-        """End the connection once its deadline has passed; else look again at the deadline."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < connection.deadline:
-            connection.watchdog = loop.call_at(connection.deadline, self._watch, connection)
+    def _wrapped(self, client: socket.socket, task: asyncio.Task[Any]) -> None:
+        self._wrapping.discard(task)
+        if not task.cancelled() and isinstance(task.exception(), OSError):
+            client.close()  # reset before we could even wrap it
+        elif not task.cancelled():
+            task.result()  # anything else is a bug: raise it to the loop's handler
+
+    def _accept_failed(self, error: OSError) -> None:
+        """Count the failure; log the count at most once per ACCEPT_LOG_INTERVAL."""
+        self._accept_failures += 1
+        now = asyncio.get_running_loop().time()
+        if self._accept_logged_at is None or now - self._accept_logged_at >= ACCEPT_LOG_INTERVAL:
+            logger.warning(
+                "cannot accept connections (%s): %d failure(s) since the last report; "
+                "pausing accepting for %.2fs at a time, serving the open connections",
+                os.strerror(error.errno or 0),
+                self._accept_failures,
+                ACCEPT_PAUSE,
+            )
+            self._accept_failures = 0
+            self._accept_logged_at = now
+
+
+def _report_failure(acceptor: asyncio.Task[None]) -> None:
+    """An accept loop that ended by an error: raise it to the loop's handler (which stops the
+    service under APP_STOP_ON_ERROR) instead of accepting nothing, silently, from now on."""
+    if not acceptor.cancelled():
+        acceptor.result()
+
+
+def _configure(sock: socket.socket, reuse_port: bool) -> None:
+    if os.name == "posix" and sys.platform != "cygwin":  # on Windows it allows port theft
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sys.platform != "win32" and reuse_port:  # APP_WORKERS refuses Windows earlier
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if sock.family == socket.AF_INET6:  # ::1 and 127.0.0.1 are two sockets, not one dual
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One client: its unhandled input, its batch in progress, its deadlines."""
+
+    __slots__ = (
+        "armed_at",
+        "buffer",
+        "busy",
+        "closed",
+        "deadline",
+        "end_deadline",
+        "ending",
+        "eof",
+        "last_input",
+        "line_deadline",
+        "paused",
+        "pending",
+        "refused",
+        "scheduled",
+        "server",
+        "task",
+        "transport",
+        "watchdog",
+        "write_blocked",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport
+        self.buffer = server.read_buffer
+        self.pending = b""
+        """Received bytes not handled yet: at most TURN_LINES lines ahead, or part of one."""
+        self.busy = False
+        """A batch is in progress: ``handle`` suspended, or the journal has not written it."""
+        self.scheduled = False
+        """The next batch is queued with ``call_soon`` (the others' turn comes first)."""
+        self.paused = False
+        self.write_blocked = False
+        self.eof = False
+        self.ending = False
+        self.closed = False
+        self.refused = False
+        self.deadline = 0.0
+        """Event-loop time after which the connection counts as idle."""
+        self.line_deadline = 0.0
+        """Event-loop time by which the partial line in ``pending`` must be complete; 0: none."""
+        self.end_deadline = 0.0
+        self.last_input = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.armed_at = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    # --- the transport's callbacks ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        server = self.server
+        server.connections.add(self)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        if server.own_buffers:
+            self.buffer = memoryview(bytearray(READ_CHUNK))
+        if server.drain_deadline is not None:  # accepted in the instant the drain began
+            self._refuse(SHUTTING_DOWN)
+        elif server.serving >= server.max_connections:
+            self._refuse(TOO_MANY)
         else:
-            connection.watchdog = None
-            _interrupt(connection)
+            server.serving += 1
+            self.deadline = self._now() + server.idle_timeout
+            self._arm(self.deadline)
 
-    async def _end(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.ending:
+            self.last_input = self._now()  # thrown away: we have said all we will say
+            return
+        data = self.buffer[:nbytes].tobytes()
+        if self.pending:
+            data = self.pending + data
+        self.pending = data
+        if self.busy or self.scheduled or self.write_blocked:
+            self._pause()  # handled after the batch in progress; until then, no more
+            return
+        self._batch()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.ending:
+            self._close_when_flushed()
+        elif not (self.busy or self.scheduled):
+            self._advance()  # answers what is complete (once the client reads), then ends
+        return True  # keep our half open: replies may still be on their way
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        if not (self.busy or self.ending):
+            self._advance()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.task is not None:
+            self.task.cancel()  # nobody is left to read its reply
+        if not self.refused:
+            self.server.serving -= 1
+        self.server.forget(self)
+
+    # --- batches ------------------------------------------------------------------------
+
+    def _batch(self) -> None:
+        """Handle the complete lines in ``pending`` (at most TURN_LINES), journal first."""
+        server = self.server
+        parts = self.pending.split(b"\n", TURN_LINES)
+        rest = parts.pop()
+        too_long = len(rest) >= server.max_line_bytes and len(parts) < TURN_LINES
+        for n, line in enumerate(parts):
+            if len(line) >= server.max_line_bytes:  # the limit counts the newline
+                del parts[n:]
+                too_long = True
+                break
+        if too_long:
+            rest = b""
+        elif rest and (parts or not self.line_deadline):
+            self._start_line_clock()
+        elif not rest:
+            self.line_deadline = 0.0
+        self.pending = rest
+        self.deadline = server.loop.time() + server.idle_timeout
+        if not parts:
+            self._after_batch(too_long)
+            return
+        requests = parts if all(parts) else [line for line in parts if line]
+        written = server.journal.append(requests) if requests else None
+        replies: list[bytes] = []
+        handle = server.handle
+        for n, line in enumerate(parts):
+            if not line:
+                replies.append(b"")  # a health ping: an empty reply
+                continue
+            coroutine = handle(line)
+            try:
+                step = coroutine.send(None)
+            except StopIteration as done:
+                reply = done.value
+                if type(reply) is not bytes or b"\n" in reply:
+                    reply = _checked(reply)
+                replies.append(reply)
+                continue
+            except Exception as exc:
+                replies.append(_failed(exc))
+                continue
+            # It suspended: finish this batch in a task.
+            self.busy = True
+            self._pause()
+            self.task = server.loop.create_task(
+                self._finish(coroutine, step, parts[n + 1 :], replies, written, too_long)
+            )
+            return
+        self._reply(replies, written, too_long)
+
+    async def _finish(
+        self,
+        coroutine: Coroutine[Any, Any, bytes],
+        step: Any,
+        lines: list[bytes],
+        replies: list[bytes],
+        written: asyncio.Future[None] | None,
+        too_long: bool,
+    ) -> None:
+        """The rest of a batch whose ``handle`` suspended, now inside a task."""
+        try:
+            reply: object = await _resume(coroutine, step)
+        except Exception as exc:
+            reply = _failed(exc)
+        replies.append(_checked(reply))
+        for line in lines:
+            if not line:
+                replies.append(b"")
+                continue
+            try:
+                reply = await self.server.handle(line)
+            except Exception as exc:
+                reply = _failed(exc)
+            replies.append(_checked(reply))
+        self.task = None
+        self._reply(replies, written, too_long)
+
+    def _reply(
+        self, replies: list[bytes], written: asyncio.Future[None] | None, too_long: bool
+    ) -> None:
+        """Send the batch's replies in one write, as soon as the journal has its requests."""
+        replies.append(b"")  # the join then ends the last reply with a newline too
+        data = b"\n".join(replies)
+        if written is None or written.done():
+            self._send(data, written, too_long)
+            return
+        self.busy = True
+        written.add_done_callback(lambda _: self._send(data, written, too_long))
+
+    def _send(self, data: bytes, written: asyncio.Future[None] | None, too_long: bool) -> None:
+        self.busy = False
+        if written is not None and (written.cancelled() or written.exception() is not None):
+            # Not journaled: these replies would promise what a restart cannot keep. The
+            # journal has reported why, and the service is stopping.
+            self._end()
+            return
+        if self.closed:
+            return
+        self.transport.write(data)
+        self._after_batch(too_long)
+
+    def _after_batch(self, too_long: bool) -> None:
+        if too_long:
+            limit = self.server.max_line_bytes
+            self.transport.write(b"error: line longer than %d bytes\n" % limit)
+            self._end()
+            return
+        self._advance()
+
+    def _advance(self) -> None:
+        """Go on after a batch: the next lines on the next turn, else read, else end."""
+        if self.closed or self.ending:
+            return
+        if b"\n" in self.pending:
+            if not (self.scheduled or self.write_blocked):
+                self.scheduled = True
+                self.server.loop.call_soon(self._turn)
+        elif self.eof or self.server.drain_deadline is not None:
+            self._end()
+        elif not self.write_blocked:
+            self._resume()
+
+    def _turn(self) -> None:
+        self.scheduled = False
+        if not (self.closed or self.ending or self.busy or self.write_blocked):
+            self._batch()
+
+    def drain(self) -> None:
+        """The shutdown began: answer the complete lines already received, then end."""
+        self._pause()
+        if self.ending:
+            self.end_deadline = min(self.end_deadline, self._drain_deadline())
+            self._arm(self.end_deadline)
+        elif not (self.busy or self.scheduled):
+            self._advance()
+
+    # --- deadlines and the end ----------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.server.loop.time()
+
+    def _start_line_clock(self) -> None:
+        self.line_deadline = self._now() + self.server.line_timeout
+        if self.line_deadline < self.armed_at:
+            self._arm(self.line_deadline)
+
+    def _arm(self, when: float) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.armed_at = when
+        self.watchdog = self.server.loop.call_at(when, self._watch)
+
+    def _watch(self) -> None:
+        """Fired at ``armed_at``: end the connection if a deadline passed, else re-arm."""
+        self.watchdog = None
+        now = self._now()
+        if self.ending:
+            if now >= self.end_deadline:
+                self.transport.abort()  # it would not take our last replies in time
+            elif now - self.last_input >= QUIET_SECONDS:
+                self._close_when_flushed()
+            else:
+                self._arm(min(self.last_input + QUIET_SECONDS, self.end_deadline))
+            return
+        if self.busy:
+            self.deadline = now + self.server.idle_timeout  # waiting on us, not on the client
+        due = self.deadline
+        if self.line_deadline and self.line_deadline < due:
+            due = self.line_deadline
+        if now >= due:
+            if due == self.line_deadline:  # slow-loris: say why before hanging up
+                timeout = self.server.line_timeout
+                self.transport.write(b"error: line not completed within %gs\n" % timeout)
+            self._end()  # idle, or a line that takes too long to arrive
+        else:
+            self._arm(due)
+
+    def _refuse(self, message: bytes) -> None:
+        self.refused = True
+        self.transport.write(message)
+        self._end()
+
+    def _end(self) -> None:
         """Half-close after the last reply, read until the client closes or goes quiet, close.
 
         Bounded by the drain's deadline during a shutdown, by LINGER_SECONDS otherwise; a
-        client that does not close in time is aborted by the caller (TimeoutError).
+        client that does not take its replies and close in time is aborted.
         """
-        deadline = self._drain_deadline
-        if deadline is None:
-            deadline = asyncio.get_running_loop().time() + LINGER_SECONDS
-        writer = connection.writer
-        async with asyncio.timeout_at(deadline):
-            if writer.can_write_eof():
-                writer.write_eof()
-            connection.transport.resume_reading()
-            with contextlib.suppress(TimeoutError):  # quiet: nothing left to cause a reset
-                while True:
-                    async with asyncio.timeout(QUIET_SECONDS):
-                        if not await reader.read(self._max_line_bytes):
-                            break  # the client closed too; what it sent is thrown away
-            writer.close()
-            await writer.wait_closed()
+        if self.ending or self.closed:
+            return
+        self.ending = True
+        self.pending = b""
+        now = self._now()
+        self.last_input = now
+        self.end_deadline = min(now + LINGER_SECONDS, self._drain_deadline())
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # after what is still buffered
+        except OSError:  # the client has reset the connection already
+            self.transport.abort()
+            return
+        if self.eof:
+            self._close_when_flushed()
+            return
+        self.paused = False
+        self.transport.resume_reading()
+        self._arm(min(now + QUIET_SECONDS, self.end_deadline))
+
+    def _close_when_flushed(self) -> None:
+        if self.transport.get_write_buffer_size() == 0:
+            self.transport.close()
+        else:
+            self._arm(min(self._now() + QUIET_SECONDS, self.end_deadline))
+
+    def _drain_deadline(self) -> float:
+        deadline = self.server.drain_deadline
+        return float("inf") if deadline is None else deadline
+
+    def _pause(self) -> None:
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.server.drain_deadline is None:
+            self.paused = False
+            self.transport.resume_reading()
 
 
-def _interrupt(connection: _Connection) -> None:
-    """Cancel the handler on the server's behalf (marked, so it can tell the runtime's apart)."""
-    if not connection.interrupted:
-        connection.interrupted = True
-        connection.task.cancel()
+def _checked(reply: object) -> bytes:
+    """The reply of ``handle`` if it is one line of bytes; else FAILED, and the log says why."""
+    if type(reply) is bytes and b"\n" not in reply:
+        return reply
+    logger.error("handle() must return bytes without a newline, not %.60r", reply)
+    return FAILED
 
 
-def _taken_back(connection: _Connection) -> bool:
-    """Take back a cancellation the server made; False if the runtime made it."""
-    if not connection.interrupted:
-        return False
-    connection.interrupted = False
-    connection.task.uncancel()
-    return True
+def _failed(error: Exception) -> bytes:
+    logger.error("handle() failed; the client gets %r", FAILED.decode(), exc_info=error)
+    return FAILED
+
+
+@types.coroutine
+def _resume(coroutine: Coroutine[Any, Any, bytes], step: Any) -> Generator[Any, Any, bytes]:
+    """Finish, inside a task, a coroutine that suspended outside one.
+
+    ``step`` is what it yielded (the future it waits for): the task waits on it, then
+    resumes the coroutine, and passes on anything thrown into the task (its cancellation).
+    """
+    while True:
+        try:
+            sent = yield step
+        except BaseException as exc:
+            try:
+                step = coroutine.throw(exc)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        else:
+            try:
+                step = coroutine.send(sent)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]

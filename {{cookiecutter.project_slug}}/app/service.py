@@ -8,6 +8,10 @@ than in a cancelled task, is what makes the order deterministic:
     signal -> stop accepting -> drain connections -> journal flush (protected)
            -> runtime cancels what is left -> executor -> exit
 
+Before it listens, ``open()`` replays the journal through ``protocol.recover``, so a stateful
+protocol has rebuilt its state before the first client arrives. A ``recover`` whose body is
+empty is recognised (``does_nothing``) and the journal is not read at all.
+
 A failure at start (port taken, no permission, journal unwritable) raises StartupError with
 its exit status: nothing is running yet, so there is nothing to shut down, and the user sees
 one line. A failure later (the journal cannot be written) records its exit status and stops
@@ -20,12 +24,14 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 
+from app import protocol
 from app.config import Settings
 from app.exitcodes import ExitCode, StartupError, bind_exit_code
 from app.journal import Journal, JournalInUse
 from app.runtime import notify
-from app.server import EchoServer
+from app.server import Server
 
 logger = logging.getLogger("app")
 
@@ -42,19 +48,22 @@ class EchoService:
         self.journal = Journal(
             settings.journal_path, fsync=settings.journal_fsync, on_failure=self._journal_failed
         )
-        self.server = EchoServer(
+        self.server = Server(
             self.journal,
             max_connections=settings.max_connections,
             max_line_bytes=settings.max_line_bytes,
             idle_timeout=settings.idle_timeout,
+            line_timeout=settings.line_timeout,
         )
         self._stopping = False
-        self.address: tuple[str, int] = ("", 0)
+        self.addresses: list[tuple[str, int]] = []
 
     async def open(self) -> None:
-        """Open the journal and the listening socket; raise StartupError if either fails.
+        """Open the journal, bind, replay the journal; raise StartupError if any of it fails.
 
-        Nothing is served yet: connections are accepted once ``run()`` runs the loop.
+        Nothing is accepted yet: that starts in ``serve()``, after ``recover`` has seen every
+        journaled request. Binding comes before the replay, so a port in use is reported at
+        once, however long the journal.
         """
         try:
             self.journal.open()
@@ -65,7 +74,7 @@ class EchoService:
                 ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"
             ) from None
         try:
-            host, port = await self.server.listen(
+            self.addresses = await self.server.listen(
                 self.settings.host,
                 self.settings.port,
                 reuse_port=self.settings.reuse_port or self.settings.worker_index > 0,
@@ -76,7 +85,18 @@ class EchoService:
             raise StartupError(
                 bind_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
             ) from None
-        self.address = (host, port)
+        if does_nothing(protocol.recover):
+            return
+        try:
+            replayed = 0
+            for request in self.journal.replay():
+                protocol.recover(request)
+                replayed += 1
+        except OSError as exc:
+            self.server.close()
+            self.journal.abandon()
+            raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
+        logger.info("recovered %d request(s) from %s", replayed, self.journal.path)
 
     async def serve(self) -> None:
         """Start the background work and say the service is ready; then return.
@@ -87,7 +107,9 @@ class EchoService:
         background tasks here too, for the same reason.
         """
         self.journal.start()
-        logger.info("listening on %s:%d", *self.address)
+        self.server.start()
+        for address in self.addresses:
+            logger.info("listening on %s:%d", *address)
         notify.send("READY=1")
         notify.start_watchdog()
 
@@ -118,6 +140,27 @@ class EchoService:
     def _set_exit_code(self, code: ExitCode) -> None:
         if self.exit_code == ExitCode.OK:  # the first problem is the one to report
             self.exit_code = code
+
+
+def does_nothing(function: Callable[[bytes], None]) -> bool:
+    """True if the function's body is empty: only a docstring, ``pass`` or ``...``.
+
+    Its bytecode is compared with that of empty functions compiled by this same interpreter,
+    so the test holds on every Python version. Equal bytecode can at most return another
+    constant, which does nothing either; any other body counts as work.
+    """
+    code = getattr(function, "__code__", None)
+    return code is not None and any(
+        code.co_code == empty.__code__.co_code for empty in (_empty, _empty_with_docstring)
+    )
+
+
+def _empty(request: bytes) -> None:
+    pass
+
+
+def _empty_with_docstring(request: bytes) -> None:
+    """An empty body."""
 
 
 def _reason(exc: OSError) -> str:

@@ -3,6 +3,10 @@
 Shutdown behaviour can only be trusted when it is seen in a real process receiving a real
 signal, so the service tests start ``python -m app`` and wait for log lines (never for a
 fixed time) before they act.
+
+Only ``tests/test_protocol.py`` knows what the service answers. Every other test holds for any
+protocol that answers each request with one line, and checks one invariant: every request a
+client got a reply for is in the journal, in the order the client sent it, exactly once.
 """
 
 from __future__ import annotations
@@ -200,34 +204,69 @@ def connect(service: Service) -> socket.socket:
     return socket.create_connection((service.host, service.port), timeout=HANG_GUARD)
 
 
-def echo(sock: socket.socket, line: bytes) -> bytes:
-    """Send one line and read its reply (or whatever arrives before EOF)."""
+def ask(sock: socket.socket, line: bytes) -> bytes:
+    """Send one line and read one reply line (or whatever arrives before EOF)."""
     sock.sendall(line)
     reply = b""
     while not reply.endswith(b"\n"):
-        chunk = sock.recv(65536)
+        chunk = sock.recv(1)  # byte by byte: never read into the next reply
         if not chunk:
             break
         reply += chunk
     return reply
 
 
+def is_reply(reply: bytes) -> bool:
+    """One line that is the service's answer: not a refusal by the server, not cut short."""
+    refusals = (
+        b"error: too many connections\n",
+        b"error: shutting down\n",
+        b"error: line longer than ",
+        b"error: line not completed within ",
+    )
+    return reply.endswith(b"\n") and reply.count(b"\n") == 1 and not reply.startswith(refusals)
+
+
+def assert_journaled(journal: Sequence[bytes], answered: Sequence[Sequence[bytes]]) -> None:
+    """Every answered request is journaled once, each client's in the order it sent them.
+
+    ``answered`` holds, per client, the requests (with their newline) that got a reply; a
+    client's requests must be unique to it (e.g. numbered). The journal may hold more than
+    was answered, as after a ``kill -9``, but nothing twice.
+    """
+    assert len(journal) == len(set(journal)), "a request was journaled twice"
+    position = {line: n for n, line in enumerate(journal)}
+    for requests in answered:
+        missing = [request for request in requests if request not in position]
+        assert not missing, f"answered but not journaled: {missing[:3]}"
+        places = [position[request] for request in requests]
+        assert places == sorted(places), "journaled out of order"
+
+
+def journal_of(service: Service) -> list[bytes]:
+    return service.journal.read_bytes().splitlines(keepends=True)
+
+
 def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:
     """Clients ping-pong numbered lines; once each has had 10 replies, SIGTERM the service.
 
-    They keep talking until the service closes their connections. Returns every reply.
+    They keep talking until the service closes their connections. Returns every request
+    that got a reply (with its newline), each client's in the order it sent them.
     """
-    replies: list[bytes] = []
+    answered: list[bytes] = []
 
     async def talk(client: int, started: asyncio.Event, ready: list[int]) -> None:
         reader, writer = await asyncio.open_connection(service.host, service.port)
         for n in range(100_000):
-            writer.write(b"client %d line %d\n" % (client, n))
+            request = b"client %d line %d\n" % (client, n)
+            writer.write(request)
             try:
                 reply = await reader.readuntil(b"\n")
             except (asyncio.IncompleteReadError, ConnectionError):
                 break
-            replies.append(reply)
+            if not is_reply(reply):
+                break  # connected just as the drain began: refused
+            answered.append(request)
             if n == 10:
                 ready.append(client)
                 if len(ready) == clients:
@@ -243,7 +282,7 @@ def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:
         await asyncio.wait_for(asyncio.gather(*talkers), HANG_GUARD)
 
     asyncio.run(scenario())
-    return replies
+    return answered
 
 
 @pytest.fixture
@@ -288,6 +327,7 @@ def run_app(workdir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
             [sys.executable, "-m", module, *args],
             cwd=workdir,
             env=env,
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=HANG_GUARD,

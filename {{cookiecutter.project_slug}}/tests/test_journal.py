@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, Service, StartService, connect, echo, service_env
+from conftest import HANG_GUARD, Service, StartService, ask, connect, is_reply, service_env
 
 import app.journal
 from app.exitcodes import ExitCode
@@ -38,7 +38,7 @@ def test_a_torn_last_line_is_fenced_not_fused(start_service: StartService, workd
     service = start_service()
     assert "fenced a torn last line: 10 byte(s) moved to data/journal.log.torn" in service.log
     with connect(service) as sock:
-        assert echo(sock, b"next-line\n") == b"next-line\n"
+        assert is_reply(ask(sock, b"next-line\n"))
     assert service.stop() == ExitCode.OK, service.log
     assert service.journal.read_bytes() == b"complete\nnext-line\n"
     assert (workdir / "data" / "journal.log.torn").read_bytes() == b"partial-li"
@@ -61,7 +61,7 @@ def test_the_journal_is_private(start_service: StartService, workdir: Path) -> N
     """It holds client data: readable by the service's user only, in a folder only it opens."""
     service = start_service()
     with connect(service) as sock:
-        assert echo(sock, b"private\n") == b"private\n"
+        assert is_reply(ask(sock, b"private\n"))
     assert service.stop() == ExitCode.OK, service.log
     assert stat.S_IMODE(service.journal.stat().st_mode) == 0o600
     assert stat.S_IMODE(service.journal.parent.stat().st_mode) == 0o700
@@ -91,7 +91,7 @@ def test_a_second_service_on_the_same_journal_refuses_with_69(
     assert result.stderr.count("\n") == 1, result.stderr
     assert "data/journal.log is in use by another process" in result.stderr
     with connect(first) as sock:
-        assert echo(sock, b"still mine\n") == b"still mine\n"
+        assert is_reply(ask(sock, b"still mine\n"))
     assert first.stop() == ExitCode.OK, first.log
     assert first.journal.read_bytes() == b"still mine\n"
 
@@ -101,7 +101,7 @@ def test_dev_null_as_journal_stops_with_0(start_service: StartService) -> None:
     """/dev/null cannot be fsynced; that is said once at start, and the clean stop exits 0."""
     service = start_service(APP_JOURNAL_PATH="/dev/null", APP_JOURNAL_FSYNC="always")
     with connect(service) as sock:
-        assert echo(sock, b"into the void\n") == b"into the void\n"
+        assert is_reply(ask(sock, b"into the void\n"))
     assert service.stop() == ExitCode.OK, service.log
     assert service.log.count("cannot be synced") == 1, service.log
 
@@ -287,7 +287,7 @@ def test_the_journal_flushes_on_sigterm_with_every_policy(start_service: StartSe
         service = start_service(APP_JOURNAL_FSYNC=policy.value)
         line = policy.value.encode() + b"\n"
         with connect(service) as sock:
-            assert echo(sock, line) == line
+            assert is_reply(ask(sock, line))
         assert service.stop(signal.SIGTERM) == ExitCode.OK, service.log
     assert service.journal.read_bytes() == b"always\ninterval\nnever\n"
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, StartService, connect, echo
+from conftest import HANG_GUARD, StartService, ask, connect, is_reply
 
 from app.exitcodes import ExitCode
 from app.runtime.notify import watchdog_interval
@@ -51,7 +51,7 @@ def test_ready_watchdog_pings_and_drain_status(start_service: StartService, tmp_
         assert systemd.recv(100) == b"READY=1"
         assert [systemd.recv(100) for _ in range(3)] == [b"WATCHDOG=1"] * 3
         with connect(service) as sock:
-            assert echo(sock, b"still pinging\n") == b"still pinging\n"
+            assert is_reply(ask(sock, b"still pinging\n"))
         service.send(signal.SIGTERM)
         messages = []
         while not messages or messages[-1] != b"STATUS=flushing the journal":

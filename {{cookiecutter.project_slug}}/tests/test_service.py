@@ -1,7 +1,12 @@
-"""The service as its users see it: echo, graceful stop, the journal, refusals, exit statuses."""
+"""The service as its users see it: graceful stop, the journal, refusals, exit statuses.
+
+Protocol-agnostic: what a reply says is ``tests/test_protocol.py``'s business; here a reply
+is any one line, and the journal must hold every request that got one.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -11,16 +16,32 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, Process, Service, StartService, service_env, talk_through_sigterm
+from conftest import (
+    HANG_GUARD,
+    Process,
+    Service,
+    StartService,
+    ask,
+    assert_journaled,
+    connect,
+    is_reply,
+    journal_of,
+    service_env,
+    talk_through_sigterm,
+)
 
 from app.config import Settings
 from app.exitcodes import ExitCode
 from app.logs import JsonFormatter
+from app.server import Server
+from app.service import does_nothing
 
 SHUTDOWN_PHASES = (
     "stopped accepting connections",
@@ -44,11 +65,37 @@ def exchange(service: Service, payload: bytes, expect: int) -> bytes:
         return received
 
 
-def test_client_round_trip(start_service: StartService, run_app) -> None:
+def reply_to(service: Service, line: bytes) -> bytes:
+    """Send one line on a fresh connection and read one reply line."""
+    with connect(service) as sock:
+        return ask(sock, line)
+
+
+def test_client_prints_one_reply_per_request(start_service: StartService, run_app) -> None:
     service = start_service()
     result = run_app("--port", str(service.port), "hello", "wörld", module="app.client")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["hello", "wörld"]
+    assert len(result.stdout.splitlines()) == 2
+    assert service.stop() == ExitCode.OK
+    assert journal_of(service) == [b"hello\n", "wörld\n".encode()]
+
+
+def test_client_reads_requests_from_stdin(start_service: StartService, workdir: Path) -> None:
+    service = start_service()
+    requests = b"".join(b"request %d\n" % n for n in range(50))
+    result = subprocess.run(
+        [sys.executable, "-m", "app.client", "--port", str(service.port)],
+        input=requests,
+        capture_output=True,
+        cwd=workdir,
+        env=service_env(),
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(b"\n") == 50
+    assert service.stop() == ExitCode.OK
+    assert service.journal.read_bytes() == requests
 
 
 def test_client_reports_nothing_listening(run_app) -> None:
@@ -65,7 +112,7 @@ def test_client_reports_nothing_listening(run_app) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_gracefully_with_phases_logged(start_service: StartService, signum) -> None:
     service = start_service()
-    assert exchange(service, b"before the signal\n", 18) == b"before the signal\n"
+    assert is_reply(reply_to(service, b"before the signal\n"))
     # Idle clients that keep their connections open and never close them must neither hold
     # the shutdown until its budget runs out (exit 75) nor be reset.
     idle = [socket.create_connection((service.host, service.port)) for _ in range(3)]
@@ -98,7 +145,7 @@ def test_sighup_stops_gracefully_like_sigterm(start_service: StartService) -> No
 def test_ephemeral_port_is_reported(start_service: StartService) -> None:
     service = start_service()
     assert service.port != 0
-    assert exchange(service, b"x\n", 2) == b"x\n"
+    assert exchange(service, b"\n", 1) == b"\n"
 
 
 @posix_only
@@ -108,9 +155,9 @@ def test_journal_holds_exactly_what_was_echoed(start_service: StartService) -> N
     clients = 20
     replies = talk_through_sigterm(service, clients)
     assert service.wait() == ExitCode.OK, service.log
-    journal = service.journal.read_bytes().splitlines(keepends=True)
-    assert len(journal) == len(set(journal)), "a line was journaled twice"
-    assert sorted(journal) == sorted(replies)
+    journal = journal_of(service)
+    assert_journaled(journal, [replies])
+    assert sorted(journal) == sorted(replies), "journaled without an answer"
     assert len(replies) > clients * 10
 
 
@@ -119,11 +166,12 @@ def test_over_limit_line_is_refused_and_others_are_unaffected(start_service: Sta
     with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as bystander:
         reply = exchange(service, b"y" * 4000 + b"\n", 10_000)
         assert reply == b"error: line longer than 1024 bytes\n"
-        bystander.sendall(b"still here\n")
-        assert bystander.recv(100) == b"still here\n"
+        assert is_reply(ask(bystander, b"still here\n"))
     longest = b"z" * 1023 + b"\n"  # the limit counts the newline
-    assert exchange(service, longest, 1024) == longest
+    assert is_reply(reply_to(service, longest))
     assert exchange(service, b"z" + longest, 1025).startswith(b"error: line longer")
+    assert service.stop() == ExitCode.OK
+    assert journal_of(service) == [b"still here\n", longest]
 
 
 def test_connections_past_the_limit_are_refused_politely(start_service: StartService) -> None:
@@ -133,10 +181,9 @@ def test_connections_past_the_limit_are_refused_politely(start_service: StartSer
         socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as second,
     ):
         for sock in (first, second):  # both are accepted and served before the third comes
-            sock.sendall(b"ping\n")
-            assert sock.recv(10) == b"ping\n"
+            assert ask(sock, b"\n") == b"\n"
         assert exchange(service, b"", 100) == b"error: too many connections\n"
-    assert exchange(service, b"room again\n", 11) == b"room again\n"
+    assert exchange(service, b"\n", 1) == b"\n"
 
 
 def test_health_probe(start_service: StartService, run_app) -> None:
@@ -155,8 +202,7 @@ def test_busy_service_is_alive_but_not_ready(start_service: StartService, run_ap
     it must not be restarted for being popular (liveness passes)."""
     service = start_service(APP_MAX_CONNECTIONS="1")
     with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as only:
-        only.sendall(b"\n")
-        assert only.recv(10) == b"\n"
+        assert ask(only, b"\n") == b"\n"
         ready = run_app("--port", str(service.port), module="app.health")
         assert ready.returncode == 1
         assert ready.stderr.startswith("not ready: ")
@@ -183,21 +229,29 @@ def test_health_probe_follows_app_host(start_service: StartService, run_app, hos
     assert service.stop() == ExitCode.OK
 
 
-def test_client_rejects_a_reply_that_is_not_the_echo(run_app) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as impostor:
-        port = impostor.getsockname()[1]
-        answer = threading.Thread(target=lambda: _greet(impostor), daemon=True)
+def test_client_reports_a_server_that_hangs_up_without_a_reply(run_app) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        port = mute.getsockname()[1]
+        answer = threading.Thread(target=lambda: _hang_up(mute), daemon=True)
         answer.start()
         result = run_app("--port", str(port), "hello", module="app.client")
         answer.join(HANG_GUARD)
     assert result.returncode == 1
-    assert result.stderr.startswith(f"error: 127.0.0.1:{port} is not an echo service")
+    assert result.stderr == f"error: 127.0.0.1:{port} closed the connection without a reply\n"
 
 
-def _greet(server: socket.socket) -> None:
+def test_client_reports_a_refusal(start_service: StartService, run_app) -> None:
+    service = start_service(APP_MAX_CONNECTIONS="1")
+    with connect(service) as only:
+        assert ask(only, b"\n") == b"\n"
+        result = run_app("--port", str(service.port), "hello", module="app.client")
+    assert result.returncode == 1
+    assert result.stderr == f"error: refused by 127.0.0.1:{service.port}: too many connections\n"
+
+
+def _hang_up(server: socket.socket) -> None:
     connection, _ = server.accept()
     with connection:
-        connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
         connection.recv(100)
 
 
@@ -284,7 +338,7 @@ def test_env_file_is_read_and_real_environment_wins(start_service: StartService,
     )
     service = start_service()  # APP_PORT=0 and the journal path come from the environment
     assert service.port != 1
-    assert exchange(service, b"dotenv\n", 7) == b"dotenv\n"
+    assert is_reply(reply_to(service, b"dotenv\n"))
     assert exchange(service, b"too long\n", 100).startswith(b"error: line longer than 8")
     assert service.stop() == ExitCode.OK
     assert not (workdir / "from-dotenv.log").exists()
@@ -419,3 +473,179 @@ def test_startup_imports_only_what_this_start_needs(start_service: StartService)
     for module in ("dotenv", "app.runtime.supervisor", "difflib"):
         assert module not in imported, f"{module} imported at start"
     assert service.stop() == ExitCode.OK
+
+
+PROTOCOL_SWAP = textwrap.dedent(
+    """
+    import asyncio, sys
+    from app import __main__ as entry, protocol
+
+    original = protocol.handle
+
+    async def handle(request):
+        if request == b"boom":
+            raise RuntimeError("the bug under test")
+        if request.startswith(b"slow"):
+            await asyncio.sleep(0.01)  # suspends: the rest of the batch goes on in a task
+        return await original(request)
+
+    recovered = []
+
+    def recover(request):
+        recovered.append(request)
+
+    def report():
+        print("recover() saw", len(recovered), "request(s)", file=sys.stderr, flush=True)
+
+    protocol.handle, protocol.recover = handle, recover
+    entry.EchoService.serve = (lambda serve: lambda self: (report(), serve(self))[1])(
+        entry.EchoService.serve
+    )
+    sys.exit(entry.main())
+    """
+)
+
+
+FAILED = b"error: internal error\n"
+
+
+def swapped_service(workdir: Path) -> Service:
+    (workdir / "swapped.py").write_text(PROTOCOL_SWAP)
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="journal.log")
+    return Service(workdir, env, args=["swapped.py"])
+
+
+@posix_only
+def test_an_error_in_handle_is_logged_once_and_the_connection_goes_on(workdir: Path) -> None:
+    service = swapped_service(workdir)
+    with connect(service) as sock:
+        assert ask(sock, b"before\n").count(b"\n") == 1
+        assert ask(sock, b"boom\n") == FAILED
+        assert is_reply(ask(sock, b"after\n"))
+        sock.sendall(b"boom\nslow 1\nboom\nslow 2\n")  # one batch: the error goes on in a task
+        stream = sock.makefile("rb")
+        replies = [stream.readline() for _ in range(4)]
+        assert [reply == FAILED for reply in replies] == [True, False, True, False]
+    assert service.stop() == ExitCode.OK
+    assert service.log.count("RuntimeError: the bug under test") == 3, service.log
+    assert service.log.count("Traceback") == 3
+    assert journal_of(service) == [
+        b"before\n",
+        b"boom\n",
+        b"after\n",
+        b"boom\n",
+        b"slow 1\n",
+        b"boom\n",
+        b"slow 2\n",
+    ]
+
+
+@posix_only
+def test_recover_sees_every_journaled_request_before_the_service_listens(workdir: Path) -> None:
+    first = swapped_service(workdir)
+    assert "recover() saw 0 request(s)" in first.log
+    answered = []
+    with connect(first) as sock:
+        for n in range(300):
+            request = b"slow %d\n" % n if n % 50 == 0 else b"request %d\n" % n
+            assert is_reply(ask(sock, request))
+            answered.append(request)
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # no drain, no flush
+    assert_journaled(journal_of(first), [answered])
+    second = swapped_service(workdir)
+    assert "recover() saw 300 request(s)" in second.log
+    assert second.log.index("recover() saw") < second.log.index("listening on")
+    assert second.stop() == ExitCode.OK
+
+
+def test_an_empty_recover_is_recognised() -> None:
+    def empty(request: bytes) -> None:
+        pass
+
+    def ellipsis(request: bytes) -> None: ...
+
+    def constant(request: bytes) -> None:
+        """Documented, and returns a constant."""
+        return None
+
+    log: list[bytes] = []
+
+    def working(request: bytes) -> None:
+        log.append(request)
+
+    assert all(map(does_nothing, (empty, ellipsis, constant)))
+    assert not does_nothing(working)
+    assert not does_nothing(print)  # a builtin has no bytecode: it counts as work
+
+
+NO_REPLAY = textwrap.dedent(
+    """
+    import sys
+    from app import __main__ as entry, protocol
+    from app.journal import Journal
+
+    def replay(self):
+        raise SystemExit("the journal was read")
+
+    def recover(request):
+        pass  # a protocol without state
+
+    Journal.replay = replay
+    protocol.recover = recover
+    sys.exit(entry.main())
+    """
+)
+
+
+def test_an_empty_recover_does_not_read_the_journal(workdir: Path) -> None:
+    (workdir / "data").mkdir()
+    journal = workdir / "data" / "journal.log"
+    journal.write_bytes(b"journaled before\n")
+    (workdir / "no_replay.py").write_text(NO_REPLAY)
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log")
+    service = Service(workdir, env, args=["no_replay.py"])
+    assert is_reply(reply_to(service, b"more\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    assert journal.read_bytes() == b"journaled before\nmore\n"
+
+
+def test_a_name_with_several_addresses_is_one_port_on_each(start_service: StartService) -> None:
+    service = start_service(APP_HOST="localhost")
+    hosts = {
+        info[4][0]
+        for info in socket.getaddrinfo(
+            "localhost", 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    }
+    ports = {int(service.wait_for(rf"listening on {re.escape(host)}:(\d+)")[1]) for host in hosts}
+    assert len(ports) == 1, service.log
+    assert service.log.count("listening on") == len(hosts), service.log
+    for host in hosts:
+        with socket.create_connection((host, service.port), timeout=HANG_GUARD) as sock:
+            assert ask(sock, b"\n") == b"\n"
+
+
+def test_port_0_on_ipv4_and_ipv6_binds_the_same_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``localhost`` resolves to where /etc/hosts names both 127.0.0.1 and ::1."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+        socket.getaddrinfo("::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 here")
+
+    async def both(*args: object, **kwargs: object) -> list[tuple]:
+        v4 = socket.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM)
+        v6 = socket.getaddrinfo("::1", 0, type=socket.SOCK_STREAM)
+        return v6 + v4
+
+    async def scenario() -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(loop, "getaddrinfo", both)
+        server = Server(None, max_connections=1, max_line_bytes=10, idle_timeout=1, line_timeout=1)  # type: ignore[arg-type]
+        addresses = await server.listen("localhost", 0)
+        await server.drain(0.1)
+        return addresses
+
+    addresses = asyncio.run(scenario())
+    assert [host for host, _ in addresses] == ["::1", "127.0.0.1"]
+    assert addresses[0][1] == addresses[1][1] != 0

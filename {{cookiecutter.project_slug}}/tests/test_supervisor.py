@@ -24,8 +24,9 @@ from conftest import (
     Process,
     Service,
     StartService,
+    ask,
     connect,
-    echo,
+    is_reply,
     service_env,
     talk_through_sigterm,
 )
@@ -147,7 +148,7 @@ def test_killed_worker_is_replaced_while_the_others_keep_serving(
 
     clients = [connect(service) for _ in range(8)]
     for n, client in enumerate(clients):
-        assert echo(client, b"before %d\n" % n) == b"before %d\n" % n
+        assert is_reply(ask(client, b"before %d\n" % n))
     owners = [owner(client, list(pids.values())) for client in clients]
     victim = owners[0]  # the worker holding the first connection: it has at least one
     index = next(i for i, pid in pids.items() if pid == victim)
@@ -158,13 +159,13 @@ def test_killed_worker_is_replaced_while_the_others_keep_serving(
         line = b"after %d\n" % n
         if pid == victim:  # died with its worker: closed or reset, never answered
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                assert echo(client, line) == b""
+                assert ask(client, line) == b""
         else:  # on a surviving worker: untouched
-            assert echo(client, line) == line
+            assert is_reply(ask(client, line))
         client.close()
     for n in range(4):  # while the slot is empty, new connections go to the others
         with connect(service) as client:
-            assert echo(client, b"meanwhile %d\n" % n) == b"meanwhile %d\n" % n
+            assert is_reply(ask(client, b"meanwhile %d\n" % n))
 
     started = service.wait_for(rf"worker {index} started \(pid (?!{victim}\))(\d+)\)")
     replacement = int(started[1])
@@ -172,7 +173,7 @@ def test_killed_worker_is_replaced_while_the_others_keep_serving(
     survivors = [pid for pid in pids.values() if pid != victim]
     for n in range(100):  # the kernel spreads new connections: the replacement gets some
         with connect(service) as client:
-            assert echo(client, b"again %d\n" % n) == b"again %d\n" % n
+            assert is_reply(ask(client, b"again %d\n" % n))
             if owner(client, [*survivors, replacement]) == replacement:
                 break
     else:
@@ -189,7 +190,7 @@ def test_sigterm_stops_every_worker_gracefully_and_the_journals_are_complete(
     """Clients keep talking while SIGTERM arrives: each reply is journaled once, by one worker."""
     service = start_workers(APP_WORKERS="2")
     clients = 12
-    replies = talk_through_sigterm(service, clients)
+    answered = talk_through_sigterm(service, clients)
     assert service.wait() == ExitCode.OK, service.log
     for index in (1, 2):
         assert re.search(rf"\[worker {index}\] .*journal flushed", service.log), service.log
@@ -199,8 +200,8 @@ def test_sigterm_stops_every_worker_gracefully_and_the_journals_are_complete(
 
     journal = journal_lines(workdir / "data")
     assert len(journal) == len(set(journal)), "a line was journaled twice"
-    assert sorted(journal) == sorted(replies)
-    assert len(replies) > clients * 10
+    assert sorted(journal) == sorted(answered)
+    assert len(answered) > clients * 10
     assert not (workdir / "data" / "journal.log").exists(), "workers write their own files"
 
 
@@ -331,7 +332,7 @@ def test_workers_of_a_vanished_or_hung_up_supervisor_drain_and_exit(
     pids = list(started_workers(service).values())
     clients = [connect(service) for _ in range(6)]
     for n, client in enumerate(clients):
-        assert echo(client, b"before %d\n" % n) == b"before %d\n" % n
+        assert is_reply(ask(client, b"before %d\n" % n))
     service.send(getattr(signal, how))
     code = service.wait()
     if how == "SIGHUP":
@@ -356,5 +357,5 @@ def test_sigstopped_worker_misses_its_heartbeat_and_is_replaced(
     service.wait_for(rf"worker 1 ready \(pid {started[1]}\)")
     for n in range(20):  # the frozen worker's queue is gone with it: nobody is stuck there
         with connect(service) as client:
-            assert echo(client, b"after %d\n" % n) == b"after %d\n" % n
+            assert is_reply(ask(client, b"after %d\n" % n))
     assert service.stop() == ExitCode.OK, service.log
