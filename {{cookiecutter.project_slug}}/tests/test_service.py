@@ -134,7 +134,7 @@ def test_signal_stops_gracefully_with_phases_logged(start_service: StartService,
 def test_sighup_stops_gracefully_like_sigterm(start_service: StartService) -> None:
     """A closed terminal or SSH session sends SIGHUP: drain, do not die."""
     service = start_service()
-    assert exchange(service, b"before the hangup\n", 18) == b"before the hangup\n"
+    assert is_reply(reply_to(service, b"before the hangup\n"))
     assert service.stop(signal.SIGHUP) == ExitCode.OK
     assert "shutdown: SIGHUP received" in service.log
     positions = [service.log.find(phase) for phase in SHUTDOWN_PHASES]
@@ -417,7 +417,7 @@ def test_unknown_argument_exits_2_with_one_line(run_app) -> None:
 
 def test_json_log_is_one_object_per_line(start_service: StartService) -> None:
     service = start_service(APP_LOG_FORMAT="json")
-    assert exchange(service, b"logged\n", 7) == b"logged\n"
+    assert is_reply(reply_to(service, b"logged\n"))
     assert service.stop() == ExitCode.OK
     assert service.raw_lines, "nothing logged"
     assert len(service.records) == len(service.raw_lines), service.log  # every line is JSON
