@@ -365,7 +365,7 @@ def test_kill_9_under_load_loses_no_acknowledged_request_and_fuses_none(
         order.setdefault(round_id + b" " + client_id, []).append(int(number[1:]))
     assert all(numbers == sorted(numbers) for numbers in order.values()), "order not kept"
     figure(
-        "crash",
+        "kill-9",
         f"kill -9 under load, {rounds} rounds and restarts: {len(acknowledged):,} acknowledged"
         f" requests all journaled, 0 fused lines ({fenced} torn tail(s) fenced)",
     )

@@ -131,7 +131,7 @@ def test_signal_stops_gracefully_with_phases_logged(start_service: StartService,
 
 
 @posix_only
-def test_sighup_stops_gracefully_like_sigterm(start_service: StartService) -> None:
+def test_sighup_stops_gracefully_like_sigterm(start_service: StartService, figure) -> None:
     """A closed terminal or SSH session sends SIGHUP: drain, do not die."""
     service = start_service()
     assert is_reply(reply_to(service, b"before the hangup\n"))
@@ -140,6 +140,7 @@ def test_sighup_stops_gracefully_like_sigterm(start_service: StartService) -> No
     positions = [service.log.find(phase) for phase in SHUTDOWN_PHASES]
     assert -1 not in positions, service.log
     assert service.journal.read_bytes() == b"before the hangup\n"
+    figure("sighup", "SIGHUP (a closed terminal): the same graceful stop as SIGTERM, exit 0")
 
 
 def test_ephemeral_port_is_reported(start_service: StartService) -> None:
