@@ -5,6 +5,11 @@ is one line, and the service answers each with one line, whatever the protocol: 
 sends a request, prints its reply, then sends the next. Exit 0 when every request was
 answered; 1 with one line on stderr otherwise (nothing listening, refused by the server,
 connection lost, timeout); 2 for bad arguments.
+
+A service that stops drains its connections: it answers what it has received, then ends
+each connection with ``error: shutting down``. A request answered by that line was not
+handled (it is not in the journal), and neither were the ones after it: the client exits 1
+and names the first of them, so they can be sent again, to another copy or after a restart.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from app.config import client_port
 
 REFUSALS = (b"error: too many connections\n", b"error: shutting down\n")
-"""Lines the server sends instead of serving a connection (see app/server.py)."""
+"""Lines the server sends instead of a reply, after which it ends the connection (see
+app/server.py): the request they answer was not handled."""
 LONGEST_REPLY = 1 << 24
 """Bytes a reply may have before the client gives up on it."""
 
@@ -43,14 +49,17 @@ async def exchange(
     except OSError as exc:
         raise ClientError(f"nothing is listening on {where} ({_reason(exc)})") from None
     try:
-        for request in requests:
+        for number, request in enumerate(requests, 1):
             writer.write(request)
             async with asyncio.timeout(seconds):
                 await writer.drain()
                 reply = await reader.readline()
             if reply in REFUSALS:
                 refusal = reply.decode().removeprefix("error: ").rstrip()
-                raise ClientError(f"refused by {where}: {refusal}")
+                raise ClientError(
+                    f"refused by {where}: {refusal}; request {number} and any after it "
+                    "were not handled"
+                )
             if not reply.endswith(b"\n"):
                 raise ClientError(f"{where} closed the connection without a reply")
             out(reply)

@@ -38,8 +38,19 @@ makes the kernel reset the connection, which destroys replies still on their way
 lets every reply arrive. The drain at shutdown
 
 1. stops accepting (closes the listening sockets) and stops reading from clients;
-2. lets each connection answer the complete lines it had already received, then end as above;
+2. lets each connection answer the complete lines it had already received, then end as
+   above, with SHUTTING_DOWN as its last line, after the last reply and before the FIN;
 3. aborts what is still open when the drain's time is up, and reports how many.
+
+Why the last line: a client may send a request at any moment, also while the drain closes
+its connection; such a request is read and thrown away after the FIN. Without a word the
+client sees a clean end of stream and cannot tell a request that was lost from one that was
+never handled. With it the rule is simple: a request that got no reply before SHUTTING_DOWN
+was refused, is in no journal, and may be sent again. A connection that ends during the
+drain for a reason of its own (a line too long or too slow) ends with that ``error:`` line
+instead, and a request whose batch the journal could not write gets SHUTTING_DOWN too (the
+service is stopping). A connection already ending when the drain began (the client closed,
+or went idle) has sent its FIN and gets no extra line: nothing it sent is owed an answer.
 """
 
 from __future__ import annotations
@@ -500,8 +511,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.busy = False
         if written is not None and (written.cancelled() or written.exception() is not None):
             # Not journaled: these replies would promise what a restart cannot keep. The
-            # journal has reported why, and the service is stopping.
-            self._end()
+            # journal has reported why, and the service is stopping: refuse, do not answer.
+            self._end(SHUTTING_DOWN)
             return
         if self.closed:
             return
@@ -511,8 +522,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _after_batch(self, too_long: bool) -> None:
         if too_long:
             limit = self.server.max_line_bytes
-            self.transport.write(b"error: line longer than %d bytes\n" % limit)
-            self._end()
+            self._end(b"error: line longer than %d bytes\n" % limit)
             return
         self._advance()
 
@@ -579,24 +589,30 @@ class _Connection(asyncio.BufferedProtocol):
         if now >= due:
             if due == self.line_deadline:  # slow-loris: say why before hanging up
                 timeout = self.server.line_timeout
-                self.transport.write(b"error: line not completed within %gs\n" % timeout)
-            self._end()  # idle, or a line that takes too long to arrive
+                self._end(b"error: line not completed within %gs\n" % timeout)
+            else:
+                self._end()  # idle
         else:
             self._arm(due)
 
     def _refuse(self, message: bytes) -> None:
         self.refused = True
-        self.transport.write(message)
-        self._end()
+        self._end(message)
 
-    def _end(self) -> None:
-        """Half-close after the last reply, read until the client closes or goes quiet, close.
+    def _end(self, last_line: bytes | None = None) -> None:
+        """Write ``last_line``, half-close, read until the client closes or goes quiet, close.
 
+        During the drain the last line is SHUTTING_DOWN unless another ``error:`` line says
+        why: requests the client sent that got no reply before it were refused, not lost.
         Bounded by the drain's deadline during a shutdown, by LINGER_SECONDS otherwise; a
         client that does not take its replies and close in time is aborted.
         """
         if self.ending or self.closed:
             return
+        if last_line is None and self.server.drain_deadline is not None:
+            last_line = SHUTTING_DOWN
+        if last_line is not None:
+            self.transport.write(last_line)
         self.ending = True
         self.pending = b""
         now = self._now()

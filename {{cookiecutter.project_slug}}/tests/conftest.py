@@ -33,6 +33,9 @@ SECOND_SIGNAL_GAP = 0.15
 """Seconds between two signals meant as two requests: past the runtime's 100 ms merge window."""
 HANG_GUARD = 20.0
 """Seconds after which a wait is a failure, not a slow machine: far above any normal time."""
+SHUTTING_DOWN = b"error: shutting down\n"
+"""The last line of every connection the drain closes (and of one accepted during it): a
+request that got no reply before it was refused, not lost."""
 
 
 def service_env(**overrides: str) -> dict[str, str]:
@@ -216,11 +219,19 @@ def ask(sock: socket.socket, line: bytes) -> bytes:
     return reply
 
 
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything the service still sends, up to its FIN; a reset raises ConnectionResetError."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
 def is_reply(reply: bytes) -> bool:
     """One line that is the service's answer: not a refusal by the server, not cut short."""
     refusals = (
         b"error: too many connections\n",
-        b"error: shutting down\n",
+        SHUTTING_DOWN,
         b"error: line longer than ",
         b"error: line not completed within ",
     )
@@ -250,8 +261,10 @@ def journal_of(service: Service) -> list[bytes]:
 def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:
     """Clients ping-pong numbered lines; once each has had 10 replies, SIGTERM the service.
 
-    They keep talking until the service closes their connections. Returns every request
-    that got a reply (with its newline), each client's in the order it sent them.
+    They keep talking until the drain closes their connections, which must end the same
+    way for each: replies, then one SHUTTING_DOWN line (the refusal of the request that
+    got no reply), then a clean end of stream, never a reset. Returns every request that
+    got a reply (with its newline), each client's in the order it sent them.
     """
     answered: list[bytes] = []
 
@@ -260,12 +273,11 @@ def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:
         for n in range(100_000):
             request = b"client %d line %d\n" % (client, n)
             writer.write(request)
-            try:
-                reply = await reader.readuntil(b"\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
+            reply = await reader.readuntil(b"\n")  # IncompleteReadError: ended unsaid
             if not is_reply(reply):
-                break  # connected just as the drain began: refused
+                assert reply == SHUTTING_DOWN, reply
+                assert await reader.read() == b"", "more after the refusal"  # or a reset
+                break
             answered.append(request)
             if n == 10:
                 ready.append(client)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     HANG_GUARD,
+    SHUTTING_DOWN,
     Process,
     Service,
     StartService,
@@ -68,8 +69,8 @@ def test_drain_answers_every_buffered_line_and_closes_cleanly(
 ) -> None:
     """A client pipelines thousands of lines and reads slowly while SIGTERM arrives.
 
-    Every reply must reach the client before a clean end of stream (no reset), and the
-    journal must hold exactly the requests that were answered.
+    Every reply must reach the client, then the refusal of the rest (SHUTTING_DOWN), then
+    a clean end of stream (no reset); the journal must hold exactly the answered requests.
     """
     service = start_service(**loop_setting(loop))
     lines = [b"pipelined line %06d %s\n" % (n, b"p" * 100) for n in range(20_000)]
@@ -85,14 +86,65 @@ def test_drain_answers_every_buffered_line_and_closes_cleanly(
         writer.close()
         return replies
 
-    replies = asyncio.run(asyncio.wait_for(scenario(), HANG_GUARD))
+    *replies, last = asyncio.run(asyncio.wait_for(scenario(), HANG_GUARD))
     assert service.wait() == ExitCode.OK, service.log
+    assert last == SHUTTING_DOWN
     assert all(map(is_reply, replies))
     assert journal_of(service) == lines[: len(replies)]
     figure(
         "pipelined",
-        "20,000 lines in flight across SIGTERM: all answered lines arrive, clean EOF, 0 lost",
+        "20,000 lines in flight across SIGTERM: all answered lines arrive, the rest refused "
+        "with one line, clean EOF, 0 lost",
     )
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_sending_through_the_drain_sees_a_reply_or_the_refusal_for_each_request(
+    start_service: StartService, loop: str
+) -> None:
+    """A client keeps sending while SIGTERM arrives: requests that reach the service while
+    it closes the connection must not vanish. The client sees replies, then exactly one
+    ``error: shutting down`` line, then a clean end of stream: every request it sent was
+    answered or refused, and the journal holds exactly the answered ones."""
+    service = start_service(**loop_setting(loop))
+    sent: list[bytes] = []
+
+    async def scenario() -> list[bytes]:
+        reader, writer = await asyncio.open_connection(service.host, service.port)
+        over = asyncio.Event()
+
+        async def keep_sending() -> None:
+            with contextlib.suppress(ConnectionError):
+                while not over.is_set():
+                    batch = [b"through the drain %06d\n" % (len(sent) + n) for n in range(16)]
+                    sent.extend(batch)
+                    writer.write(b"".join(batch))
+                    await writer.drain()
+                    await asyncio.sleep(0)  # drain() need not yield: let the reader read
+
+        sender = asyncio.create_task(keep_sending())
+        lines: list[bytes] = []
+        try:
+            while line := await reader.readline():  # raises ConnectionResetError on a reset
+                lines.append(line)
+                if len(lines) == 2000:
+                    service.send(signal.SIGTERM)
+                if not is_reply(line):
+                    over.set()  # the client stops sending once it is refused
+        finally:
+            over.set()
+            await sender
+        writer.close()
+        return lines
+
+    lines = asyncio.run(asyncio.wait_for(scenario(), HANG_GUARD))
+    assert service.wait() == ExitCode.OK, service.log
+    *replies, last = lines
+    assert last == SHUTTING_DOWN, lines[-3:]
+    assert all(map(is_reply, replies)), "a line after the refusal, or a refusal among replies"
+    assert len(replies) < len(sent), "the client kept sending: some requests must be refused"
+    assert journal_of(service) == sent[: len(replies)]
 
 
 def reply_to(service: Service, line: bytes) -> bytes:
@@ -121,7 +173,7 @@ def test_sigterm_at_a_random_moment_under_load(
                 writer.write(request)
                 sent[client] += 1
                 reply = await reader.readuntil(b"\n")
-                if reply == b"error: shutting down\n":
+                if reply == SHUTTING_DOWN:
                     break  # connected just as the drain began: refused, nothing handled
                 answered[client].append(request)
                 if sum(map(len, answered)) == signal_after:
@@ -385,7 +437,7 @@ def test_journal_that_cannot_be_written_stops_the_service_with_73(
     start_service: StartService, figure
 ) -> None:
     service = start_service(APP_JOURNAL_PATH="/dev/full")  # every write fails: disk full
-    assert reply_to(service, b"doomed\n") == b"", "a reply for a request that is not journaled"
+    assert reply_to(service, b"doomed\n") == SHUTTING_DOWN, "not journaled: refused, not answered"
     assert service.wait() == ExitCode.JOURNAL_UNWRITABLE, service.log
     assert "1 request(s) could not be journaled" in service.log
     assert "cannot write journal: [Errno 28] No space left on device" in service.log
@@ -428,6 +480,7 @@ def test_no_reply_before_its_request_is_journaled_and_a_slow_journal_bounds_memo
     sock.setblocking(False)
     sent = 0
     replies = 0
+    received: list[bytes] = []
 
     def read_replies() -> None:
         nonlocal replies
@@ -439,6 +492,7 @@ def test_no_reply_before_its_request_is_journaled_and_a_slow_journal_bounds_memo
                 continue
             if not chunk:
                 return
+            received.append(chunk)
             replies += chunk.count(b"\n")
 
     reader = threading.Thread(target=read_replies, daemon=True)
@@ -480,6 +534,8 @@ def test_no_reply_before_its_request_is_journaled_and_a_slow_journal_bounds_memo
     drained.join(HANG_GUARD)
     os.close(journal_end)
     journal = b"".join(chunks).splitlines(keepends=True)
+    if b"".join(received).endswith(b"\n" + SHUTTING_DOWN):  # the drain ended it
+        replies -= 1
     answered = [line % n for n in range(replies)]
     assert_journaled(journal, [answered])
     assert replies > answered_while_blocked, "the replies never came"

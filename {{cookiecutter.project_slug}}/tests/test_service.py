@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     HANG_GUARD,
+    SHUTTING_DOWN,
     Process,
     Service,
     StartService,
@@ -33,6 +34,7 @@ from conftest import (
     connect,
     is_reply,
     journal_of,
+    read_to_end,
     service_env,
     talk_through_sigterm,
 )
@@ -98,6 +100,40 @@ def test_client_reads_requests_from_stdin(start_service: StartService, workdir: 
     assert service.journal.read_bytes() == requests
 
 
+@posix_only
+def test_client_reports_requests_refused_by_a_draining_service(
+    start_service: StartService, workdir: Path
+) -> None:
+    """A request sent once the drain began gets SHUTTING_DOWN, not a reply: the client says
+    it was refused and not handled (so it can be sent again) and exits 1."""
+    service = start_service()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "app.client", "--port", str(service.port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+        env=service_env(),
+    )
+    assert client.stdin is not None
+    assert client.stdout is not None
+    client.stdin.write(b"before\n")
+    client.stdin.flush()
+    first = client.stdout.readline()  # answered: the connection is open and served
+    service.send(signal.SIGTERM)
+    service.wait_for("draining 1 connection")
+    out, err = client.communicate(b"during\nafter\n", timeout=HANG_GUARD)
+    assert client.returncode == 1, err
+    assert is_reply(first)
+    assert out == b"", "no reply after the drain began"
+    assert err.decode() == (
+        f"error: refused by 127.0.0.1:{service.port}: shutting down; "
+        "request 2 and any after it were not handled\n"
+    )
+    assert service.wait() == ExitCode.OK, service.log
+    assert journal_of(service) == [b"before\n"]
+
+
 def test_client_reports_nothing_listening(run_app) -> None:
     with socket.socket() as sock:  # a port that was free a moment ago and has no listener
         sock.bind(("127.0.0.1", 0))
@@ -114,7 +150,8 @@ def test_signal_stops_gracefully_with_phases_logged(start_service: StartService,
     service = start_service()
     assert is_reply(reply_to(service, b"before the signal\n"))
     # Idle clients that keep their connections open and never close them must neither hold
-    # the shutdown until its budget runs out (exit 75) nor be reset.
+    # the shutdown until its budget runs out (exit 75) nor be reset: each is told
+    # SHUTTING_DOWN, then sees a clean end of stream.
     idle = [socket.create_connection((service.host, service.port)) for _ in range(3)]
     for sock in idle:
         sock.sendall(b"\n")
@@ -122,7 +159,7 @@ def test_signal_stops_gracefully_with_phases_logged(start_service: StartService,
     assert service.stop(signum) == ExitCode.OK
     for sock in idle:
         with sock:
-            assert sock.recv(1) == b"", "expected a clean end of stream"
+            assert read_to_end(sock) == SHUTTING_DOWN
     positions = [service.log.find(phase) for phase in SHUTDOWN_PHASES]
     assert -1 not in positions, service.log
     assert positions == sorted(positions), "phases out of order:\n" + service.log
@@ -247,7 +284,10 @@ def test_client_reports_a_refusal(start_service: StartService, run_app) -> None:
         assert ask(only, b"\n") == b"\n"
         result = run_app("--port", str(service.port), "hello", module="app.client")
     assert result.returncode == 1
-    assert result.stderr == f"error: refused by 127.0.0.1:{service.port}: too many connections\n"
+    assert result.stderr == (
+        f"error: refused by 127.0.0.1:{service.port}: too many connections; "
+        "request 1 and any after it were not handled\n"
+    )
 
 
 def _hang_up(server: socket.socket) -> None:

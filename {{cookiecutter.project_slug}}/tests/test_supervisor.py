@@ -21,12 +21,14 @@ from pathlib import Path
 import pytest
 from conftest import (
     HANG_GUARD,
+    SHUTTING_DOWN,
     Process,
     Service,
     StartService,
     ask,
     connect,
     is_reply,
+    read_to_end,
     service_env,
     talk_through_sigterm,
 )
@@ -337,9 +339,9 @@ def test_workers_of_a_vanished_or_hung_up_supervisor_drain_and_exit(
     code = service.wait()
     if how == "SIGHUP":
         assert code == ExitCode.OK, service.log
-    for client in clients:  # a graceful end of stream, not a reset and not silence
+    for client in clients:  # told, then a graceful end of stream; not a reset, not silence
         with client:
-            assert client.recv(100) == b""
+            assert read_to_end(client) == SHUTTING_DOWN
     wait_until_gone(pids)
     lines = journal_lines(workdir / "data")
     assert sorted(lines) == sorted(b"before %d\n" % n for n in range(6))
