@@ -1,0 +1,31 @@
+"""Hostile and careless input to the command-line tools, the ``.env`` file and the log.
+
+Each test is a way a real user (or a real environment) gets it wrong; the answer must be
+one clear line and a documented exit status, never a traceback and never a secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.exitcodes import ExitCode
+
+FAKE_SECRET = "hunter2S3cr3t"
+"""A stand-in password: it must never show up in anything the service prints."""
+
+
+def test_a_bare_word_in_env_is_refused_without_echoing_it(run_app, workdir: Path) -> None:
+    """A password pasted on a line of its own (no ``=``) must not be printed back."""
+    (workdir / ".env").write_text(f"APP_PORT=1234\n{FAKE_SECRET}\n")
+    result = run_app()
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.splitlines() == ["error: .env line 2: not KEY=VALUE"]
+    assert FAKE_SECRET not in result.stderr
+
+
+def test_a_setting_without_a_value_is_named(run_app, workdir: Path) -> None:
+    """``APP_PORT`` alone is one of ours: naming it helps and gives nothing away."""
+    (workdir / ".env").write_text("APP_PORT\n")
+    result = run_app()
+    assert result.returncode == ExitCode.CONFIG
+    assert result.stderr.splitlines() == ["error: .env line 1: APP_PORT has no value (KEY=VALUE)"]
