@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.exitcodes import ExitCode
 
 FAKE_SECRET = "hunter2S3cr3t"
@@ -29,3 +31,30 @@ def test_a_setting_without_a_value_is_named(run_app, workdir: Path) -> None:
     result = run_app()
     assert result.returncode == ExitCode.CONFIG
     assert result.stderr.splitlines() == ["error: .env line 1: APP_PORT has no value (KEY=VALUE)"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--port", "70000"),  # would wrap around to port 4464 and probe that
+        ("--port", "-1"),
+        ("--port", "0"),
+        ("--timeout", "-1"),
+        ("--timeout", "nan"),
+        ("--timeout", "0"),
+        ("--host", "a" * 70 + ".example"),  # a DNS label over 63 characters
+    ],
+)
+def test_health_probe_refuses_bad_arguments_in_one_line(run_app, args: tuple[str, ...]) -> None:
+    result = run_app(*args, module="app.health")
+    assert result.returncode == 1  # never 2, which Docker reserves
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: argument --") or "does not answer" in result.stderr
+
+
+def test_health_probe_with_an_out_of_range_app_port(run_app) -> None:
+    """The probe reads APP_PORT as the service does: 70000 is refused, not probed as 4464."""
+    result = run_app(module="app.health", APP_PORT="70000")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["error: APP_PORT='70000' is not a port (1-65535)"]
