@@ -53,7 +53,9 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # ASCII only: what stderr's encoding cannot hold (a redirected stderr on Windows is
+        # cp1252) Python writes as \xe9 or \U0001f600, which would break the JSON.
+        return json.dumps(entry, default=str)
 
 
 def iso_time(created: float) -> str:

@@ -6,11 +6,15 @@ one clear line and a documented exit status, never a traceback and never a secre
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from pathlib import Path
 
 import pytest
 
 from app.exitcodes import ExitCode
+from app.logs import JsonFormatter
 
 FAKE_SECRET = "hunter2S3cr3t"
 """A stand-in password: it must never show up in anything the service prints."""
@@ -58,3 +62,34 @@ def test_health_probe_with_an_out_of_range_app_port(run_app) -> None:
     result = run_app(module="app.health", APP_PORT="70000")
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["error: APP_PORT='70000' is not a port (1-65535)"]
+
+
+HOSTILE_TEXT = [
+    "caf\xe9 \u2603 \U0001f600",  # beyond ASCII, beyond the BMP
+    "bad byte \udcff from a file name",  # what os.fsdecode makes of undecodable bytes
+    'quote " backslash \\ newline \n tab \t nul \0 end',
+]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii", "cp1252"])
+def test_json_log_lines_stay_json_whatever_stderr_encodes(encoding: str) -> None:
+    """On Windows a redirected stderr is cp1252; with PYTHONIOENCODING it can be anything.
+
+    Python writes what the encoding cannot hold as ``\\xe9`` or ``\\U0001f600``, which are
+    not JSON escapes: the line would no longer parse. ASCII-only JSON survives any encoding.
+    """
+    formatter = JsonFormatter()
+    for text in HOSTILE_TEXT:
+        try:
+            raise ValueError(text)
+        except ValueError:
+            record = logging.LogRecord("app", logging.ERROR, __file__, 1, "%s", (text,), None)
+            record.exc_info = sys.exc_info()
+        record.path = text  # an extra= field
+        line = formatter.format(record)
+        assert "\n" not in line
+        written = line.encode(encoding, "backslashreplace").decode(encoding)
+        parsed = json.loads(written)
+        assert parsed["message"] == text
+        assert parsed["path"] == text
+        assert text in parsed["exception"]

@@ -519,7 +519,7 @@ class _Supervisor:
                     record = {"time": iso_time(time.time()), "level": "WARNING"}
                     record.update(logger="worker.stderr", message=line)
                 record["worker"] = worker.index
-                line = json.dumps(record, ensure_ascii=False)
+                line = json.dumps(record)  # ASCII, like app.logs.JsonFormatter
             else:
                 line = f"[worker {worker.index}] {line}"
             sys.stderr.write(line + "\n")
