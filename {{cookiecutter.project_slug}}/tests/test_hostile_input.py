@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import socket
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import StartService
 
 from app.exitcodes import ExitCode
 from app.logs import JsonFormatter
@@ -93,3 +96,30 @@ def test_json_log_lines_stay_json_whatever_stderr_encodes(encoding: str) -> None
         assert parsed["message"] == text
         assert parsed["path"] == text
         assert text in parsed["exception"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="AF_UNIX datagrams: Linux")
+def test_an_unusable_notify_socket_is_reported_once(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    """NOTIFY_SOCKET set to something that is not a socket (a stale or mistyped path): one
+    warning, not one per message, which with WatchdogSec= would be one every few seconds."""
+    not_a_socket = tmp_path / "notify"
+    not_a_socket.write_text("")
+    service = start_service(NOTIFY_SOCKET=str(not_a_socket))
+    assert service.stop(signal.SIGTERM) == ExitCode.OK  # READY, STOPPING and two STATUS fail
+    warnings = [line for line in service.lines if "cannot notify systemd" in line]
+    assert len(warnings) == 1, service.log
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="AF_UNIX datagrams: Linux")
+@pytest.mark.parametrize("address", ["@", "@no-such-abstract-socket", "relative/missing"])
+def test_hostile_notify_socket_values_do_not_stop_the_service(
+    start_service: StartService, address: str
+) -> None:
+    service = start_service(NOTIFY_SOCKET=address, WATCHDOG_USEC="garbage")
+    with socket.create_connection((service.host, service.port)) as sock:
+        sock.sendall(b"ping\n")
+        assert sock.recv(5) == b"ping\n"
+    assert service.stop() == ExitCode.OK
+    assert "Traceback" not in service.log

@@ -34,7 +34,15 @@ def send(state: str) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.sendto(state.encode(), address)
     except OSError as exc:
-        logger.warning("cannot notify systemd at %s: %s", address.lstrip("\0"), exc)
+        # Once per address: a stale or mistyped NOTIFY_SOCKET fails every message, and with
+        # a watchdog that is one every few seconds for as long as the service runs.
+        level = logging.DEBUG if address in _failed else logging.WARNING
+        _failed.add(address)
+        logger.log(level, "cannot notify systemd at %s: %s", address.lstrip("\0"), exc)
+
+
+_failed: set[str] = set()
+"""The NOTIFY_SOCKET addresses that failed; only the first failure at each is a warning."""
 
 
 def status(text: str) -> None:
