@@ -344,6 +344,22 @@ def test_workers_of_a_vanished_or_hung_up_supervisor_drain_and_exit(
     assert sorted(lines) == sorted(b"before %d\n" % n for n in range(6))
 
 
+@reuse_port_only
+def test_supervisor_under_nohup_ignores_sighup(start_workers: StartService) -> None:
+    """``nohup python -m app`` asks for SIGHUP to be ignored, so that logging out does not
+    stop the service; the single process honours that, the supervisor must too."""
+    nohup = (
+        "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN);"
+        " os.execv(sys.executable, [sys.executable, '-m', 'app'])"
+    )
+    service = start_workers("-c", nohup, APP_WORKERS="2")
+    service.send(signal.SIGHUP)  # if heard, it is logged whether it comes first or second
+    service.send(signal.SIGTERM)
+    assert service.wait() == ExitCode.OK, service.log
+    assert "stopping 2 worker(s): SIGTERM received" in service.log
+    assert "SIGHUP" not in service.log
+
+
 @linux_only
 def test_sigstopped_worker_misses_its_heartbeat_and_is_replaced(
     start_workers: StartService,

@@ -30,12 +30,12 @@ What the supervisor does, and why:
   tests and people wait for one line, as with one process. Under systemd (``NOTIFY_SOCKET``)
   the supervisor, not the workers, reports READY=1 and STOPPING=1.
 - **Signals.** SIGTERM and SIGINT are forwarded to every worker (SIGHUP, what a closed
-  terminal sends, is a graceful stop too and reaches them as SIGTERM); each drains and flushes its
-  journal within ``APP_SHUTDOWN_TIMEOUT``. The supervisor waits that long plus
-  ``STOP_MARGIN`` seconds, then kills what is left. A second signal is forwarded too, which
-  makes the workers force-exit (status 128 + signal). Workers run in their own process group,
-  so a Ctrl-C in a terminal reaches them once, through the supervisor, not twice. (Under
-  systemd, use ``KillMode=mixed`` for the same reason.)
+  terminal sends, is a graceful stop too and reaches them as SIGTERM, unless ``nohup``
+  ignored it); each drains and flushes its journal within ``APP_SHUTDOWN_TIMEOUT``. The
+  supervisor waits that long plus ``STOP_MARGIN`` seconds, then kills what is left. A second
+  signal is forwarded too, which makes the workers force-exit (status 128 + signal). Workers
+  run in their own process group, so a Ctrl-C in a terminal reaches them once, through the
+  supervisor, not twice. (Under systemd, use ``KillMode=mixed`` for the same reason.)
 - **One supervisor per port and folder.** Before it starts anyone, it checks that nothing
   listens on the port (``SO_REUSEPORT`` would otherwise let a second supervisor share it) and
   takes an exclusive lock on ``<journal>.lock``, so that two supervisors never write the same
@@ -321,6 +321,8 @@ class _Supervisor:
         if sys.platform == "win32":
             raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # nohup asked for it, as the single process honours (see aiorun)
             loop.add_signal_handler(signum, self._forward, signum)
         notify.start_watchdog()  # systemd watches the supervisor; it watches the workers
         tasks = [asyncio.create_task(self._keep_running(worker)) for worker in self._workers]
