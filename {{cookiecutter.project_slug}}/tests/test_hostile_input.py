@@ -123,3 +123,44 @@ def test_hostile_notify_socket_values_do_not_stop_the_service(
         assert sock.recv(5) == b"ping\n"
     assert service.stop() == ExitCode.OK
     assert "Traceback" not in service.log
+
+
+def fill_queue(address: str) -> list[socket.socket]:
+    """Fill the receive queue of the datagram socket at ``address``: the sockets returned
+    hold the datagrams; a fresh socket's first send then finds the queue full."""
+    fillers: list[socket.socket] = []
+    while True:
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        filler.setblocking(False)
+        fillers.append(filler)
+        sent = 0
+        try:
+            while True:
+                filler.sendto(b"x", address)
+                sent += 1
+        except BlockingIOError:
+            if sent == 0:
+                return fillers
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="AF_UNIX datagrams: Linux")
+def test_a_notify_socket_nobody_reads_does_not_wedge_the_loop(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    """NOTIFY_SOCKET pointing at a socket whose owner never reads (or a systemd too busy to):
+    once its queue is full a blocking send waits forever, inside the event loop, and the
+    service no longer answers anyone, not even SIGTERM."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf:
+        address = str(tmp_path / "notify.sock")
+        deaf.bind(address)
+        fillers = fill_queue(address)
+        try:
+            service = start_service(NOTIFY_SOCKET=address)
+            with socket.create_connection((service.host, service.port), timeout=10) as sock:
+                sock.sendall(b"still here\n")
+                assert sock.recv(11) == b"still here\n"
+            assert service.stop() == ExitCode.OK, service.log
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert "cannot notify systemd" in service.log
