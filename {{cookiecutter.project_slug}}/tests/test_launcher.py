@@ -15,6 +15,7 @@ Three layers, each saying what it proves:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -222,6 +223,49 @@ def test_a_child_that_ignores_the_stop_is_killed_after_the_grace_period(tmp_path
     assert runner.run(handle_signals=False) == KILLED
     assert started[0].returncode == -signal.SIGKILL
     assert json.loads((tmp_path / "app.exit").read_text())["status"] == KILLED
+
+
+def test_a_run_folder_that_is_a_file_is_refused_in_one_line(workdir: Path) -> None:
+    (workdir / "data").write_text("not a folder")
+    result = launcher_command(workdir, "run")
+    assert result.returncode == launcher.REFUSED
+    assert "Traceback" not in result.stderr
+    assert "cannot use the run folder data: " in result.stderr.splitlines()[-1]
+
+
+class UnwritablePidFile(RunFiles):
+    """A run folder where app.pid cannot be written (disk full, owned by another user)."""
+
+    def write(self, path: Path, data: Mapping[str, Any]) -> None:
+        if path == self.pid:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().write(path, data)
+
+
+@posix_only
+def test_a_pid_file_that_cannot_be_written_leaves_no_orphan(tmp_path: Path) -> None:
+    """The child runs in its own session: a launcher that dies after starting it must not
+    leave it serving with nobody to stop it."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(command: Sequence[str], options: Mapping[str, Any]) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(list(command), **options)
+        started.append(child)
+        return child
+
+    runner = Launcher(
+        launcher.posix_platform(),
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        UnwritablePidFile(tmp_path),
+        grace=5.0,
+        spawn=spawn,
+    )
+    try:
+        assert runner.run(handle_signals=False) == launcher.REFUSED
+        assert started[0].poll() is not None, "the service was left running"
+    finally:
+        started[0].kill()
+        started[0].wait()
 
 
 # --- The Windows branch, through the seam ---------------------------------------------------
