@@ -30,6 +30,9 @@ def configure(level: str, log_format: str) -> None:
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     logging.basicConfig(level=level, handlers=[handler])
+    # Python's warnings (a coroutine never awaited, a deprecation) would otherwise go to
+    # stderr on lines of their own, which in a JSON log no pipeline could parse.
+    logging.captureWarnings(True)
 
 
 class JsonFormatter(logging.Formatter):

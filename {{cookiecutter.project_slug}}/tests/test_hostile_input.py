@@ -10,11 +10,12 @@ import json
 import logging
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import StartService
+from conftest import HANG_GUARD, StartService, service_env
 
 from app.exitcodes import ExitCode
 from app.logs import JsonFormatter
@@ -164,3 +165,28 @@ def test_a_notify_socket_nobody_reads_does_not_wedge_the_loop(
             for filler in fillers:
                 filler.close()
     assert "cannot notify systemd" in service.log
+
+
+def test_warnings_in_a_json_log_are_json_records_too(workdir: Path) -> None:
+    """Python prints a warning (a coroutine never awaited, a deprecation) straight to stderr
+    on two or more lines; in a JSON log each of them would be a line no pipeline can parse."""
+    script = (
+        "import warnings\n"
+        "from app import logs\n"
+        "logs.configure('INFO', 'json')\n"
+        "warnings.warn('first line\\nsecond line', RuntimeWarning)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=workdir,
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert len(records) == 1, result.stderr
+    assert records[0]["level"] == "WARNING"
+    assert "RuntimeWarning: first line\nsecond line" in records[0]["message"]
