@@ -304,6 +304,36 @@ def test_second_supervisor_on_the_same_port_and_folder_refuses_with_69(
     assert first.stop() == ExitCode.OK, first.log
 
 
+@linux_only
+def test_two_supervisors_starting_together_on_one_port_do_not_share_it(workdir: Path) -> None:
+    """Until its workers listen, a supervisor's port looks free; a second supervisor started
+    in that window (a deploy script run twice, from another folder) joined the port through
+    SO_REUSEPORT, and two services answered on it, each with half the connections.
+
+    The first supervisor is held in that window: its workers block reading a ``.env`` that
+    is a FIFO nobody writes, before they bind.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    os.mkfifo(workdir / ".env")
+    env = service_env(APP_HOST="127.0.0.1", APP_PORT=port, APP_WORKERS="2")
+    first = Process([sys.executable, "-m", "app"], workdir, env)
+    try:
+        with open(workdir / ".env", "w"):  # the supervisor's own read: an empty .env
+            pass
+        first.wait_for(r"worker 2 started")  # both workers are now stuck reading .env
+        elsewhere = workdir / "elsewhere"
+        elsewhere.mkdir()
+        second = Process([sys.executable, "-m", "app"], elsewhere, env)
+        assert second.wait() == ExitCode.ADDRESS_IN_USE, second.log
+        [line] = second.lines
+        assert f"port {port} is taken by another supervisor" in line, line
+    finally:
+        first.send(signal.SIGTERM)  # forwarded: kills the workers, which have no handler yet
+        first.wait()
+
+
 @reuse_port_only
 def test_second_supervisor_in_the_same_folder_refuses_with_69(
     start_workers: StartService, workdir: Path
