@@ -194,7 +194,12 @@ def _parse_fsync(raw: str) -> FsyncPolicy:
 def _parse_path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("expected a file path")
-    return Path(raw)
+    path = Path(raw)
+    # ".", "/", ".." or "data/" name a folder; the journal's file name is needed, also for
+    # the workers' journal.worker-N.log and the supervisor's journal.log.lock.
+    if path.name in ("", "..") or raw.endswith(("/", os.sep)):
+        raise ValueError("expected a file path, not a folder")
+    return path
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

@@ -190,3 +190,17 @@ def test_warnings_in_a_json_log_are_json_records_too(workdir: Path) -> None:
     assert len(records) == 1, result.stderr
     assert records[0]["level"] == "WARNING"
     assert "RuntimeWarning: first line\nsecond line" in records[0]["message"]
+
+
+@pytest.mark.parametrize("path", [".", "/", "..", "data/"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_journal_path_that_names_a_folder_is_a_bad_setting(
+    run_app, path: str, workers: str
+) -> None:
+    """APP_JOURNAL_PATH=. (meaning "here") crashed the supervisor with a traceback, which
+    derives ``journal.worker-N.log`` and ``journal.log.lock`` from the file's name."""
+    result = run_app(APP_JOURNAL_PATH=path, APP_WORKERS=workers, APP_PORT="0")
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: APP_JOURNAL_PATH={path!r}: expected a file path, not a folder"
+    ]
