@@ -442,6 +442,26 @@ def test_grace_follows_the_service_shutdown_timeout(tmp_path: Path) -> None:
     assert shutdown_timeout({"APP_SHUTDOWN_TIMEOUT": "-1"}, env_file) == 8.0
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "APP_SHUTDOWN_TIMEOUT=60",
+        "APP_SHUTDOWN_TIMEOUT=60\t# a tab before the comment",
+        "APP_SHUTDOWN_TIMEOUT=60 # a space before the comment",
+        'APP_SHUTDOWN_TIMEOUT="60" # quoted',
+        "export APP_SHUTDOWN_TIMEOUT=60",
+    ],
+)
+def test_grace_reads_env_as_the_service_does(tmp_path: Path, line: str) -> None:
+    """A launcher that read a shorter budget than the service would kill it mid-drain."""
+    from app.config import load_settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text(line + "\n")
+    settings, _ = load_settings({}, env_file)
+    assert shutdown_timeout({}, env_file) == settings.shutdown_timeout
+
+
 def test_exit_status_of_a_signalled_child_is_128_plus_n() -> None:
     assert exitcodes.exit_status(-15) == 143
     assert exitcodes.exit_status(0) == 0

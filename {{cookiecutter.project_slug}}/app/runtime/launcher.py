@@ -224,7 +224,8 @@ def shutdown_timeout(environ: Mapping[str, str], env_file: Path = Path(".env")) 
             for line in env_file.read_text(encoding="utf-8").splitlines():
                 match = re.match(r"\s*(?:export\s+)?APP_SHUTDOWN_TIMEOUT\s*=\s*(.*)$", line)
                 if match:
-                    raw = match[1].split(" #")[0].strip().strip("'\"")
+                    # A comment starts at "#" after a space or a tab, as python-dotenv reads it.
+                    raw = re.split(r"\s#", match[1])[0].strip().strip("'\"")
     try:
         value = float(raw) if raw is not None else DEFAULT_SHUTDOWN_TIMEOUT
     except ValueError:
