@@ -278,9 +278,8 @@ def test_any_accepted_slug_makes_names_kubernetes_accepts(bake: Bake, slug: str)
     for resource in kinds.values():
         assert DNS_SUBDOMAIN.fullmatch(resource["metadata"]["name"]), resource["metadata"]
     deployment, config = kinds["Deployment"], kinds["ConfigMap"]
-    assert app_container(deployment)["envFrom"][0]["configMapRef"]["name"] == (
-        config["metadata"]["name"]
-    )
+    [source] = app_container(deployment)["envFrom"]
+    assert source["configMapRef"]["name"] == config["metadata"]["name"]
     selector = kinds["Service"]["spec"]["selector"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= labels.items()
