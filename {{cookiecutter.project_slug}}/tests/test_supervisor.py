@@ -244,6 +244,9 @@ def test_second_signal_is_forwarded_and_its_status_is_the_exit_status(
     makes that worker force-exit with 128 + 15, and the supervisor reports that status."""
     service = start_workers(APP_WORKERS="2", APP_SHUTDOWN_TIMEOUT="30")
     with connect(service) as stubborn:
+        # A reply proves a worker accepted it; full buffers alone do not, and a connection
+        # still in the accept queue at the SIGTERM is never drained.
+        assert echo(stubborn, b"accepted?\n") == b"accepted?\n"
         stubborn.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while True:  # until both sides' buffers are full
