@@ -60,7 +60,8 @@ def check_text(field: str, value: str, max_length: int) -> None:
     for char in value:
         if char in FORBIDDEN_IN_TEXT:
             raise Refused(f"{field} must not contain a {FORBIDDEN_IN_TEXT[char]}")
-        if unicodedata.category(char).startswith("C"):
+        # Zl and Zp (U+2028, U+2029) end a line in YAML, where the name heads comments.
+        if unicodedata.category(char)[0] == "C" or unicodedata.category(char) in ("Zl", "Zp"):
             raise Refused(f"{field} must not contain control characters such as {char!r}")
 
 

@@ -262,6 +262,29 @@ def test_answers_flow_into_the_manifests(bake: Bake) -> None:
     }
 
 
+DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A Service name (RFC 1035 label): the strictest name rule among the resources."""
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+"""The name rule for the other kinds (RFC 1123 subdomain)."""
+
+
+@pytest.mark.parametrize("slug", ["echo_service", "2fa.proxy", "x" * 32 + "_" + "y" * 31])
+def test_any_accepted_slug_makes_names_kubernetes_accepts(bake: Bake, slug: str) -> None:
+    """Python projects are often called ``my_service``; the API server refuses ``_`` in a
+    resource name, a Service name starting with a digit or a '.', or one over 63 characters,
+    and the schema check above does not look at names."""
+    kinds = by_kind(render(bake(project_slug=slug) / KUBERNETES))
+    assert DNS_LABEL.fullmatch(kinds["Service"]["metadata"]["name"]), kinds["Service"]
+    for resource in kinds.values():
+        assert DNS_SUBDOMAIN.fullmatch(resource["metadata"]["name"]), resource["metadata"]
+    deployment, config = kinds["Deployment"], kinds["ConfigMap"]
+    [source] = app_container(deployment)["envFrom"]
+    assert source["configMapRef"]["name"] == config["metadata"]["name"]
+    selector = kinds["Service"]["spec"]["selector"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= labels.items()
+
+
 @pytest.fixture(scope="module")
 def compose() -> Iterator[list[str]]:
     yield require_tool(

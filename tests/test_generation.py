@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TEMPLATE, Bake, copy_template, git, run
+from cookiecutter.main import cookiecutter
 from packaging.licenses import canonicalize_license_expression
 from test_bake import VARIANTS
 
@@ -369,3 +370,22 @@ def test_uvloop_floor_is_the_first_release_with_wheels_for_the_oldest_python(
     assert floor, uvloop
     assert _wheel_for_oldest_python(f"uvloop=={floor.group(1)}", tmp_path)
     assert not _wheel_for_oldest_python(f"uvloop<{floor.group(1)}", tmp_path)
+
+
+def test_percent_in_the_project_name_is_not_a_systemd_specifier(tmp_path: Path) -> None:
+    """systemd expands %n, %h, ... in Description=; a name such as "Echo 100% %n" must be
+    shown as written, so each % is doubled in the unit."""
+    name = "Echo 100% %n"
+    project = Path(
+        cookiecutter(
+            str(TEMPLATE),
+            no_input=True,
+            output_dir=str(tmp_path),
+            extra_context={"project_name": name, "project_slug": "pct"},
+        )
+    )
+    unit = (project / "deploy" / "systemd" / "pct.service").read_text()
+    [description] = [line for line in unit.splitlines() if line.startswith("Description=")]
+    value = description.removeprefix("Description=")
+    assert re.fullmatch(r"(?:[^%]|%%)*", value), f"a lone % is a specifier: {value}"
+    assert value.replace("%%", "%") == name

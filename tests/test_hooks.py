@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -91,6 +92,19 @@ def test_accepted_text_survives_toml_and_python_literals(value: str) -> None:
         return
     assert tomllib.loads(f'name = "{value}"')["name"] == value
     assert ast.literal_eval(f'"""{value} """') == value + " "
+
+
+@given(st.text(max_size=120))
+@example("Echo\u2028evil: 1")
+@example("Echo\u2029x")
+def test_accepted_text_stays_inside_a_yaml_comment(value: str) -> None:
+    """The project name heads compose.yaml and the manifests as a comment: YAML ends a
+    comment at U+2028 and U+2029 too, so those would turn the rest into YAML."""
+    try:
+        pre.check_text("project_name", value, pre.MAX_NAME)
+    except pre.Refused:
+        return
+    assert yaml.safe_load(f"# {value}\nkey: 1\n") == {"key": 1}
 
 
 @given(st.text(max_size=80))

@@ -102,8 +102,9 @@ def _arguments(argv: Sequence[str]) -> int:
 
         print(HELP.format(settings=settings_help(), statuses=exit_statuses_help()), end="")
         return ExitCode.OK
+    unknown = next((arg for arg in argv if arg not in ("--help", "-h")), argv[-1])
     print(
-        f"error: unknown argument {argv[0]!r}: settings are APP_* variables"
+        f"error: unknown argument {unknown!r}: settings are APP_* variables"
         " (python -m app --help lists them)",
         file=sys.stderr,
     )

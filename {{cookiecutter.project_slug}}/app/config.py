@@ -198,7 +198,12 @@ def _parse_fsync(raw: str) -> FsyncPolicy:
 def _parse_path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("expected a file path")
-    return Path(raw)
+    path = Path(raw)
+    # ".", "/", ".." or "data/" name a folder; the journal's file name is needed, also for
+    # the workers' journal.worker-N.log and the supervisor's journal.log.lock.
+    if path.name in ("", "..") or raw.endswith(("/", os.sep)):
+        raise ValueError("expected a file path, not a folder")
+    return path
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -251,9 +256,12 @@ def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
         if not binding.error:
             kept.append(statement)
             if binding.key is not None and binding.value is None:
-                raise ConfigError(
-                    f"{path} line {binding.original.line}: {binding.key} has no value (KEY=VALUE)"
-                )
+                # A bare word: a setting's name with its value missing, or a password pasted
+                # on a line of its own. Only a name the service knows is safe to repeat.
+                where = f"{path} line {binding.original.line}"
+                if binding.key in KNOWN_VARIABLES:
+                    raise ConfigError(f"{where}: {binding.key} has no value (KEY=VALUE)")
+                raise ConfigError(f"{where}: not KEY=VALUE")
             continue
         blank = len(statement) - len(statement.lstrip())
         line = binding.original.line + statement.count("\n", 0, blank)

@@ -23,9 +23,11 @@ which Docker reserves; bad arguments exit 1 like any other failure.
 from __future__ import annotations
 
 import argparse
+import math
 import socket
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from app.config import client_host, client_port
 from app.server import TOO_MANY
@@ -44,8 +46,8 @@ def probe(host: str, port: int, timeout: float) -> str | None:
                 if not chunk:
                     break
                 reply += chunk
-    except OSError as exc:
-        return f"{host}:{port} does not answer: {exc.strerror or exc}"
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
+        return f"{host}:{port} does not answer: {getattr(exc, 'strerror', None) or exc}"
     if reply == b"\n":
         return None
     if reply == TOO_MANY:
@@ -53,27 +55,67 @@ def probe(host: str, port: int, timeout: float) -> str | None:
     return f"{host}:{port} answered {reply!r} instead of the ping"
 
 
+class _Refused(Exception):
+    """An argument or setting the probe cannot use; the message says which."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Refused(message)  # one line from main(), not argparse's usage and status 2
+
+
+def _port(text: str) -> int:
+    """A port to connect to. Python would take 70000 and quietly probe 70000 - 65536."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
+
+
+def _timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Probe once; print the reason on failure."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m app.health",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--live", action="store_true", help="liveness: a full service passes")
     parser.add_argument("--host", default=None, help="default: from APP_HOST")
-    parser.add_argument("--port", type=int, default=client_port(), help="default: APP_PORT")
-    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--port", type=_port, default=None, help="default: APP_PORT")
+    parser.add_argument("--timeout", type=_timeout, default=3.0)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return 0 if exit_.code == 0 else 1  # --help, or arguments argparse refused
+    except _Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except SystemExit:  # --help
+        return 0
+    port = args.port
+    if port is None:
+        try:
+            port = _port(client_port())
+        except argparse.ArgumentTypeError as exc:
+            print(f"error: APP_PORT={exc}", file=sys.stderr)
+            return 1
     host = args.host or client_host()
-    problem = probe(host, args.port, args.timeout)
+    problem = probe(host, port, args.timeout)
     if problem == FULL:
         if args.live:
             return 0
-        print(f"not ready: {host}:{args.port} is {FULL}", file=sys.stderr)
+        print(f"not ready: {host}:{port} is {FULL}", file=sys.stderr)
         return 1
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)

@@ -30,6 +30,9 @@ def configure(level: str, log_format: str) -> None:
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     logging.basicConfig(level=level, handlers=[handler])
+    # Python's warnings (a coroutine never awaited, a deprecation) would otherwise go to
+    # stderr on lines of their own, which in a JSON log no pipeline could parse.
+    logging.captureWarnings(True)
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,7 +56,9 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        # ASCII only: what stderr's encoding cannot hold (a redirected stderr on Windows is
+        # cp1252) Python writes as \xe9 or \U0001f600, which would break the JSON.
+        return json.dumps(entry, default=str)
 
 
 def iso_time(created: float) -> str:

@@ -15,6 +15,7 @@ Three layers, each saying what it proves:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -225,6 +226,49 @@ def test_a_child_that_ignores_the_stop_is_killed_after_the_grace_period(tmp_path
     assert json.loads((tmp_path / "app.exit").read_text())["status"] == KILLED
 
 
+def test_a_run_folder_that_is_a_file_is_refused_in_one_line(workdir: Path) -> None:
+    (workdir / "data").write_text("not a folder")
+    result = launcher_command(workdir, "run")
+    assert result.returncode == launcher.REFUSED
+    assert "Traceback" not in result.stderr
+    assert "cannot use the run folder data: " in result.stderr.splitlines()[-1]
+
+
+class UnwritablePidFile(RunFiles):
+    """A run folder where app.pid cannot be written (disk full, owned by another user)."""
+
+    def write(self, path: Path, data: Mapping[str, Any]) -> None:
+        if path == self.pid:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super().write(path, data)
+
+
+@posix_only
+def test_a_pid_file_that_cannot_be_written_leaves_no_orphan(tmp_path: Path) -> None:
+    """The child runs in its own session: a launcher that dies after starting it must not
+    leave it serving with nobody to stop it."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(command: Sequence[str], options: Mapping[str, Any]) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(list(command), **options)
+        started.append(child)
+        return child
+
+    runner = Launcher(
+        launcher.posix_platform(),
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        UnwritablePidFile(tmp_path),
+        grace=5.0,
+        spawn=spawn,
+    )
+    try:
+        assert runner.run(handle_signals=False) == launcher.REFUSED
+        assert started[0].poll() is not None, "the service was left running"
+    finally:
+        started[0].kill()
+        started[0].wait()
+
+
 # --- The Windows branch, through the seam ---------------------------------------------------
 
 
@@ -397,6 +441,26 @@ def test_grace_follows_the_service_shutdown_timeout(tmp_path: Path) -> None:
     assert shutdown_timeout({"APP_SHUTDOWN_TIMEOUT": "20"}, env_file) == 20.0
     assert shutdown_timeout({"APP_SHUTDOWN_TIMEOUT": "soon"}, env_file) == 8.0
     assert shutdown_timeout({"APP_SHUTDOWN_TIMEOUT": "-1"}, env_file) == 8.0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "APP_SHUTDOWN_TIMEOUT=60",
+        "APP_SHUTDOWN_TIMEOUT=60\t# a tab before the comment",
+        "APP_SHUTDOWN_TIMEOUT=60 # a space before the comment",
+        'APP_SHUTDOWN_TIMEOUT="60" # quoted',
+        "export APP_SHUTDOWN_TIMEOUT=60",
+    ],
+)
+def test_grace_reads_env_as_the_service_does(tmp_path: Path, line: str) -> None:
+    """A launcher that read a shorter budget than the service would kill it mid-drain."""
+    from app.config import load_settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text(line + "\n")
+    settings, _ = load_settings({}, env_file)
+    assert shutdown_timeout({}, env_file) == settings.shutdown_timeout
 
 
 def test_exit_status_of_a_signalled_child_is_128_plus_n() -> None:

@@ -247,6 +247,9 @@ def test_second_signal_is_forwarded_and_its_status_is_the_exit_status(
     makes that worker force-exit with 128 + 15, and the supervisor reports that status."""
     service = start_workers(APP_WORKERS="2", APP_SHUTDOWN_TIMEOUT="30")
     with connect(service) as stubborn:
+        # A reply proves a worker accepted it; full buffers alone do not, and a connection
+        # still in the accept queue at the SIGTERM is never drained.
+        assert echo(stubborn, b"accepted?\n") == b"accepted?\n"
         stubborn.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while True:  # until both sides' buffers are full
@@ -307,6 +310,36 @@ def test_second_supervisor_on_the_same_port_and_folder_refuses_with_69(
     assert first.stop() == ExitCode.OK, first.log
 
 
+@linux_only
+def test_two_supervisors_starting_together_on_one_port_do_not_share_it(workdir: Path) -> None:
+    """Until its workers listen, a supervisor's port looks free; a second supervisor started
+    in that window (a deploy script run twice, from another folder) joined the port through
+    SO_REUSEPORT, and two services answered on it, each with half the connections.
+
+    The first supervisor is held in that window: its workers block reading a ``.env`` that
+    is a FIFO nobody writes, before they bind.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    os.mkfifo(workdir / ".env")
+    env = service_env(APP_HOST="127.0.0.1", APP_PORT=port, APP_WORKERS="2")
+    first = Process([sys.executable, "-m", "app"], workdir, env)
+    try:
+        with open(workdir / ".env", "w"):  # the supervisor's own read: an empty .env
+            pass
+        first.wait_for(r"worker 2 started")  # both workers are now stuck reading .env
+        elsewhere = workdir / "elsewhere"
+        elsewhere.mkdir()
+        second = Process([sys.executable, "-m", "app"], elsewhere, env)
+        assert second.wait() == ExitCode.ADDRESS_IN_USE, second.log
+        [line] = second.lines
+        assert f"port {port} is taken by another supervisor" in line, line
+    finally:
+        first.send(signal.SIGTERM)  # forwarded: kills the workers, which have no handler yet
+        first.wait()
+
+
 @reuse_port_only
 def test_second_supervisor_in_the_same_folder_refuses_with_69(
     start_workers: StartService, workdir: Path
@@ -345,6 +378,22 @@ def test_workers_of_a_vanished_or_hung_up_supervisor_drain_and_exit(
     wait_until_gone(pids)
     lines = journal_lines(workdir / "data")
     assert sorted(lines) == sorted(b"before %d\n" % n for n in range(6))
+
+
+@reuse_port_only
+def test_supervisor_under_nohup_ignores_sighup(start_workers: StartService) -> None:
+    """``nohup python -m app`` asks for SIGHUP to be ignored, so that logging out does not
+    stop the service; the single process honours that, the supervisor must too."""
+    nohup = (
+        "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN);"
+        " os.execv(sys.executable, [sys.executable, '-m', 'app'])"
+    )
+    service = start_workers("-c", nohup, APP_WORKERS="2")
+    service.send(signal.SIGHUP)  # if heard, it is logged whether it comes first or second
+    service.send(signal.SIGTERM)
+    assert service.wait() == ExitCode.OK, service.log
+    assert "stopping 2 worker(s): SIGTERM received" in service.log
+    assert "SIGHUP" not in service.log
 
 
 @linux_only

@@ -224,7 +224,8 @@ def shutdown_timeout(environ: Mapping[str, str], env_file: Path = Path(".env")) 
             for line in env_file.read_text(encoding="utf-8").splitlines():
                 match = re.match(r"\s*(?:export\s+)?APP_SHUTDOWN_TIMEOUT\s*=\s*(.*)$", line)
                 if match:
-                    raw = match[1].split(" #")[0].strip().strip("'\"")
+                    # A comment starts at "#" after a space or a tab, as python-dotenv reads it.
+                    raw = re.split(r"\s#", match[1])[0].strip().strip("'\"")
     try:
         value = float(raw) if raw is not None else DEFAULT_SHUTDOWN_TIMEOUT
     except ValueError:
@@ -309,7 +310,13 @@ class Launcher:
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Start the child, wait for it, return its exit status (or KILLED, or REFUSED)."""
-        owner = running_launcher(self.platform, self.files)
+        try:
+            owner = running_launcher(self.platform, self.files)
+            self.files.folder.mkdir(parents=True, exist_ok=True)
+            self.files.stop.unlink(missing_ok=True)  # a request left from an earlier run
+        except OSError as exc:  # a file where the folder should be, no permission
+            logger.error("cannot use the run folder %s: %s", self.files.folder, exc.strerror)
+            return REFUSED
         if owner is not None:
             logger.error(
                 "already running (launcher pid %d, %s); "
@@ -318,8 +325,6 @@ class Launcher:
                 self.files.pid,
             )
             return REFUSED
-        self.files.folder.mkdir(parents=True, exist_ok=True)
-        self.files.stop.unlink(missing_ok=True)  # a request left from an earlier run
         options = {
             **self.platform.popen_options,
             "cwd": self.cwd,
@@ -339,10 +344,17 @@ class Launcher:
             restore()
 
     def _run_child(self, child: Child) -> int:
-        self.files.write(
-            self.files.pid,
-            {"launcher": os.getpid(), "service": child.pid, "grace": self.grace},
-        )
+        try:
+            self.files.write(
+                self.files.pid,
+                {"launcher": os.getpid(), "service": child.pid, "grace": self.grace},
+            )
+        except OSError as exc:
+            # Without app.pid nobody could stop the child, which runs in its own session.
+            logger.error("cannot write %s (%s): stopping the service", self.files.pid, exc)
+            self.platform.kill(child)
+            child.wait()
+            return REFUSED
         logger.info(
             "started '%s' (pid %d) in its own process group; "
             "Ctrl-C or 'python -m app.runtime.launcher stop' stops it with %s, killed after %.1f s",

@@ -22,6 +22,11 @@ from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
+SEND_TIMEOUT = 0.1
+"""Seconds a message may wait for room in the receiver's queue. The send runs in the event
+loop, so a blocking one would freeze the service, signals included, for as long as the
+receiver does not read (a socket nobody reads: forever); systemd reads well within this."""
+
 
 def send(state: str) -> None:
     """Send state lines such as ``READY=1`` (several: one per line) to NOTIFY_SOCKET."""
@@ -32,9 +37,18 @@ def send(state: str) -> None:
         address = "\0" + address[1:]  # Linux abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(SEND_TIMEOUT)
             sock.sendto(state.encode(), address)
     except OSError as exc:
-        logger.warning("cannot notify systemd at %s: %s", address.lstrip("\0"), exc)
+        # Once per address: a stale or mistyped NOTIFY_SOCKET fails every message, and with
+        # a watchdog that is one every few seconds for as long as the service runs.
+        level = logging.DEBUG if address in _failed else logging.WARNING
+        _failed.add(address)
+        logger.log(level, "cannot notify systemd at %s: %s", address.lstrip("\0"), exc)
+
+
+_failed: set[str] = set()
+"""The NOTIFY_SOCKET addresses that failed; only the first failure at each is a warning."""
 
 
 def status(text: str) -> None:

@@ -30,14 +30,15 @@ What the supervisor does, and why:
   tests and people wait for one line, as with one process. Under systemd (``NOTIFY_SOCKET``)
   the supervisor, not the workers, reports READY=1 and STOPPING=1.
 - **Signals.** SIGTERM and SIGINT are forwarded to every worker (SIGHUP, what a closed
-  terminal sends, is a graceful stop too and reaches them as SIGTERM); each drains and flushes its
-  journal within ``APP_SHUTDOWN_TIMEOUT``. The supervisor waits that long plus
-  ``STOP_MARGIN`` seconds, then kills what is left. A second signal is forwarded too, which
-  makes the workers force-exit (status 128 + signal). Workers run in their own process group,
-  so a Ctrl-C in a terminal reaches them once, through the supervisor, not twice. (Under
-  systemd, use ``KillMode=mixed`` for the same reason.)
+  terminal sends, is a graceful stop too and reaches them as SIGTERM, unless ``nohup``
+  ignored it); each drains and flushes its journal within ``APP_SHUTDOWN_TIMEOUT``. The
+  supervisor waits that long plus ``STOP_MARGIN`` seconds, then kills what is left. A second
+  signal is forwarded too, which makes the workers force-exit (status 128 + signal). Workers
+  run in their own process group, so a Ctrl-C in a terminal reaches them once, through the
+  supervisor, not twice. (Under systemd, use ``KillMode=mixed`` for the same reason.)
 - **One supervisor per port and folder.** Before it starts anyone, it checks that nothing
-  listens on the port (``SO_REUSEPORT`` would otherwise let a second supervisor share it) and
+  listens on the port (``SO_REUSEPORT`` would otherwise let a second supervisor share it),
+  on Linux claims the port for itself until it ends (its workers may not listen yet), and
   takes an exclusive lock on ``<journal>.lock``, so that two supervisors never write the same
   journals; either conflict is exit 69.
 - **Heartbeats.** Each worker writes a byte to a pipe from its event loop every quarter of
@@ -134,15 +135,24 @@ def main(settings: Settings) -> int:
         )
         return ExitCode.CONFIG
     try:
+        claim = _claim_port(settings.port)
+    except StartupError as exc:
+        logger.error("%s", exc)
+        return exc.exit_code
+    try:
         reserved = _reserve(settings.host, settings.port, reuse_port)
     except StartupError as exc:
         logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        if claim is not None:
+            claim.close()
         return exc.exit_code
     try:
         lock = _lock_journals(settings.journal_path)
     except StartupError as exc:
         for sock in reserved.sockets:
             sock.close()
+        if claim is not None:
+            claim.close()
         logger.error("%s", exc)
         return exc.exit_code
     try:
@@ -152,6 +162,31 @@ def main(settings: Settings) -> int:
             sock.close()
         if lock is not None:
             os.close(lock)
+        if claim is not None:
+            claim.close()
+
+
+def _claim_port(port: int) -> socket.socket | None:
+    """Linux: hold a name for ``port`` that only one supervisor can hold at a time.
+
+    Until its workers listen, a supervisor's reserved port looks free (its sockets do not
+    listen), so a second supervisor started in that window would pass the listen check and
+    share the port through SO_REUSEPORT. The name lives in Linux's abstract socket namespace,
+    which belongs to the network namespace like the port itself, and the kernel releases it
+    when the process ends, however it ends. Elsewhere, and for port 0 (every supervisor gets
+    its own port), there is nothing to claim.
+    """
+    if port == 0 or not sys.platform.startswith("linux"):
+        return None
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        claim.bind(f"\0app-supervisor-port-{port}")
+    except OSError:
+        claim.close()
+        raise StartupError(
+            ExitCode.ADDRESS_IN_USE, f"port {port} is taken by another supervisor"
+        ) from None
+    return claim
 
 
 @dataclass
@@ -321,6 +356,8 @@ class _Supervisor:
         if sys.platform == "win32":
             raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # nohup asked for it, as the single process honours (see aiorun)
             loop.add_signal_handler(signum, self._forward, signum)
         notify.start_watchdog()  # systemd watches the supervisor; it watches the workers
         tasks = [asyncio.create_task(self._keep_running(worker)) for worker in self._workers]
@@ -519,7 +556,7 @@ class _Supervisor:
                     record = {"time": iso_time(time.time()), "level": "WARNING"}
                     record.update(logger="worker.stderr", message=line)
                 record["worker"] = worker.index
-                line = json.dumps(record, ensure_ascii=False)
+                line = json.dumps(record)  # ASCII, like app.logs.JsonFormatter
             else:
                 line = f"[worker {worker.index}] {line}"
             sys.stderr.write(line + "\n")
