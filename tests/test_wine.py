@@ -246,8 +246,10 @@ def winpython(
 # --- A Wine process whose log we can wait on --------------------------------------------------
 
 
-GENERATED_CONFTEST = Path(__file__).resolve().parent.parent.joinpath(
-    "{{cookiecutter.project_slug}}", "tests", "conftest.py"
+GENERATED_CONFTEST = (
+    Path(__file__)
+    .resolve()
+    .parent.parent.joinpath("{{cookiecutter.project_slug}}", "tests", "conftest.py")
 )
 
 
@@ -286,9 +288,7 @@ class WineProcess(_generated_conftest().Process):  # type: ignore[misc]
         if slave is not None:
             stdin = slave
         # stdout on a pipe too: a regular file there makes CPython fail at start under Wine.
-        super().__init__(
-            args, cwd, env, stdin=stdin, stdout=subprocess.PIPE, preexec_fn=preexec
-        )
+        super().__init__(args, cwd, env, stdin=stdin, stdout=subprocess.PIPE, preexec_fn=preexec)
         if slave is not None:
             os.close(slave)
         self._drain = threading.Thread(target=self._discard_stdout, daemon=True)
@@ -298,7 +298,9 @@ class WineProcess(_generated_conftest().Process):  # type: ignore[misc]
         assert self.popen.stdout is not None
         self.stdout = self.popen.stdout.read()
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = HANG_GUARD) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float = HANG_GUARD
+    ) -> re.Match[str]:
         return super().wait_for(pattern, timeout)
 
     def type_ctrl_c(self) -> None:
