@@ -249,7 +249,7 @@ def test_second_signal_is_forwarded_and_its_status_is_the_exit_status(
     with connect(service) as stubborn:
         # A reply proves a worker accepted it; full buffers alone do not, and a connection
         # still in the accept queue at the SIGTERM is never drained.
-        assert echo(stubborn, b"accepted?\n") == b"accepted?\n"
+        assert is_reply(ask(stubborn, b"accepted?\n"))
         stubborn.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while True:  # until both sides' buffers are full
