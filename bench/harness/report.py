@@ -409,6 +409,7 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         goals.SERVICE_DEFAULT: goals.BASE_DEFAULT,
         goals.SAME_ASYNCIO: goals.SERVICE_DEFAULT,
         goals.NO_JOURNAL: goals.SERVICE_UVLOOP,
+        goals.NO_SEAM: goals.SERVICE_UVLOOP,
     }
     failures = [
         f"**{name} failed and is left out**: `{why}`"
