@@ -546,11 +546,15 @@ class _Connection(asyncio.BufferedProtocol):
 
     def drain(self) -> None:
         """The shutdown began: answer the complete lines already received, then end."""
-        self._pause()
         if self.ending:
+            # Already saying goodbye: keep reading, to see the client close or go quiet, and
+            # keep the quiet timer; only the drain's deadline may come sooner than ours.
             self.end_deadline = min(self.end_deadline, self._drain_deadline())
-            self._arm(self.end_deadline)
-        elif not (self.busy or self.scheduled):
+            if self.end_deadline < self.armed_at:
+                self._arm(self.end_deadline)
+            return
+        self._pause()
+        if not (self.busy or self.scheduled):
             self._advance()
 
     # --- deadlines and the end ----------------------------------------------------------

@@ -37,6 +37,7 @@ from conftest import (
     is_reply,
     journal_of,
     service_env,
+    talk_through_sigterm,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -716,3 +717,16 @@ def test_a_client_that_sends_everything_then_half_closes_gets_every_reply(
     assert all(map(is_reply, replies))
     assert service.stop() == ExitCode.OK
     assert journal_of(service) == requests
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_drain_ends_talking_clients_promptly(start_service: StartService, loop: str) -> None:
+    """Clients talking when SIGTERM arrives get their replies, the refusal and an end of
+    stream, and close; the service must see that and exit at once, not wait out the linger
+    deadline (LINGER_SECONDS, 2 s) of connections that were already saying goodbye."""
+    service = start_service(**loop_setting(loop))
+    talk_through_sigterm(service, clients=20)
+    assert service.wait() == ExitCode.OK, service.log
+    took = time.monotonic() - service.last_signal
+    assert took < 1.0, f"{took:.2f}s from SIGTERM to exit:\n{service.log}"
