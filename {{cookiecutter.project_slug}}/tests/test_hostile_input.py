@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, StartService, service_env
+from conftest import HANG_GUARD, StartService, ask, connect, is_reply, service_env
 
 from app.exitcodes import ExitCode
 from app.logs import JsonFormatter
@@ -119,9 +119,8 @@ def test_hostile_notify_socket_values_do_not_stop_the_service(
     start_service: StartService, address: str
 ) -> None:
     service = start_service(NOTIFY_SOCKET=address, WATCHDOG_USEC="garbage")
-    with socket.create_connection((service.host, service.port)) as sock:
-        sock.sendall(b"ping\n")
-        assert sock.recv(5) == b"ping\n"
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"ping\n"))
     assert service.stop() == ExitCode.OK
     assert "Traceback" not in service.log
 
@@ -157,9 +156,8 @@ def test_a_notify_socket_nobody_reads_does_not_wedge_the_loop(
         fillers = fill_queue(address)
         try:
             service = start_service(NOTIFY_SOCKET=address)
-            with socket.create_connection((service.host, service.port), timeout=10) as sock:
-                sock.sendall(b"still here\n")
-                assert sock.recv(11) == b"still here\n"
+            with connect(service) as sock:
+                assert is_reply(ask(sock, b"still here\n"))
             assert service.stop() == ExitCode.OK, service.log
         finally:
             for filler in fillers:
