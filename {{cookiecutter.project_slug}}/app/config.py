@@ -9,6 +9,7 @@ usual rule for twelve-factor services: a deployment can always override a checke
 from __future__ import annotations
 
 import dataclasses
+import enum
 import io
 import math
 import os
@@ -18,8 +19,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from app.journal import FsyncPolicy
-
 PREFIX = "APP_"
 DEFAULT_PORT = {{ cookiecutter.port | int }}
 _TRUE = {"1", "true", "yes", "on"}
@@ -28,6 +27,14 @@ _FALSE = {"0", "false", "no", "off"}
 
 class ConfigError(Exception):
     """A setting is malformed or out of range; the message names it."""
+
+
+class FsyncPolicy(enum.StrEnum):
+    """When the journal forces written requests to the disk (``APP_JOURNAL_FSYNC``)."""
+
+    ALWAYS = "always"
+    INTERVAL = "interval"
+    NEVER = "never"
 
 
 def _uvloop_available() -> bool:

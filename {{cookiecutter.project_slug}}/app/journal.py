@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
 import logging
 import os
@@ -50,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from app.config import FsyncPolicy
 from app.runtime import shutdown_waits_for
 
 logger = logging.getLogger(__name__)
@@ -62,14 +62,6 @@ _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-class FsyncPolicy(enum.StrEnum):
-    """When written requests are forced to the disk (``APP_JOURNAL_FSYNC``)."""
-
-    ALWAYS = "always"
-    INTERVAL = "interval"
-    NEVER = "never"
 
 
 class JournalInUse(Exception):
