@@ -297,6 +297,17 @@ def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:
     return answered
 
 
+@pytest.fixture(scope="module")
+def shared_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One service for a module's many small examples (hypothesis), killed at the end."""
+    folder = tmp_path_factory.mktemp("shared")
+    env = service_env(APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="journal.log")
+    service = Service(folder, env)
+    yield service
+    service.popen.kill()
+    service.popen.wait()
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A fresh working folder per test: its own .env, data/ and journal."""

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-from conftest import Service, StartService, ask, connect, service_env
+from conftest import Service, StartService, ask, connect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,16 +46,6 @@ def test_pipelined_lines_are_echoed_in_order(start_service: StartService) -> Non
         sock.sendall(b"".join(lines))
         stream = sock.makefile("rb")
         assert [stream.readline() for _ in lines] == lines
-
-
-@pytest.fixture(scope="module")
-def shared_service(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("shared")
-    env = service_env(APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="journal.log")
-    service = Service(folder, env)
-    yield service
-    service.popen.kill()
-    service.popen.wait()
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

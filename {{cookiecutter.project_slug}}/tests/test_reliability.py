@@ -305,16 +305,6 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
 
 
-@pytest.fixture(scope="module")
-def shared_service(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("shared")
-    env = service_env(APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="journal.log")
-    service = Service(folder, env)
-    yield service
-    service.popen.kill()
-    service.popen.wait()
-
-
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(min_size=1, max_size=2000).map(lambda b: b.replace(b"\n", b"_")))
 def test_any_bytes_are_a_request_journaled_before_its_reply(
