@@ -13,6 +13,7 @@ import asyncio
 import faulthandler
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -360,15 +361,20 @@ def test_every_shutdown_line_carries_structured_fields(
 ) -> None:
     """A JSON log formatter emits these ``extra=`` fields; the text stays as it was."""
 
+    closing = asyncio.Event()
+
     async def protected() -> None:
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await closing.wait()
 
     async def main() -> None:
         for _ in range(4):
             keep(asyncio.sleep(3600))
         keep(shutdown_waits_for(protected()))
         signal.raise_signal(STOP)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closing.set()
 
     run(main(), shutdown_callback=lambda loop: None)
     fields = {
@@ -970,28 +976,32 @@ class NoReaderLoop(asyncio.SelectorEventLoop):
         raise NotImplementedError
 
 
-def test_a_periodic_wakeup_is_the_fallback_when_the_loop_cannot_watch_our_fd(
-    monkeypatch: pytest.MonkeyPatch, runtime_log: pytest.LogCaptureFixture
+@POSIX_ONLY
+def test_a_signal_another_thread_receives_wakes_a_loop_that_cannot_watch_a_socket(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    posix = aiorun._Platform(windows=False, signals=(signal.SIGINT,), wakeup_interval=0.01)
+    """The kernel may hand a signal to any thread; then nothing interrupts the main thread's
+    wait, and only the listening thread can wake the loop: without add_reader, without a
+    periodic wake-up. Blocking the signal in the main thread makes the kernel choose another."""
+    posix = aiorun._Platform(windows=False, signals=(signal.SIGINT,))
     monkeypatch.setattr(aiorun, "_this_platform", lambda: posix)
-    waking: list[bool] = []
+    seen: list[tuple[bool, bool]] = []
 
     async def main() -> None:
         hooks = signal.getsignal(signal.SIGINT).__self__  # type: ignore[union-attr]
-        waking.append(hooks.waking_up)
-        signal.raise_signal(signal.SIGINT)
+        seen.append((hooks.listening, hooks.waking_up))
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.Event().wait()
 
     loop = NoReaderLoop()
     try:
-        report = run(main(), stop_on_unhandled_errors=True, loop=loop)
+        report = run(main(), loop=loop)
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         loop.close()
     assert report.signal == signal.SIGINT
-    assert waking == [True]
-    assert "signals: the loop cannot watch a socket; waking it periodically" in messages(
-        runtime_log
-    )
+    assert seen == [(True, False)]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

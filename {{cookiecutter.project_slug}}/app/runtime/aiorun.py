@@ -291,6 +291,7 @@ def run(
         executor = ThreadPoolExecutor(max_workers=executor_workers, thread_name_prefix="aiorun")
     shutdown = _Shutdown(loop, shutdown_handler, force_exit_on_second_signal)
     hooks = _SignalHooks(platform, loop, shutdown.on_signal)
+    shutdown.on_loop_start = hooks.take_wakeup_fd
     unfinished: tuple[str, ...] = ()
     busy_threads: tuple[str, ...] = ()
     duration = 0.0
@@ -496,9 +497,15 @@ class _Shutdown:
         self.main: asyncio.Future[object] | None = None
         self.phase: asyncio.Future[Any] | None = None
         self.abandoned: set[int] = set()
+        self.on_loop_start: Callable[[], None] = _nothing
+        """Called first each time the loop starts running (the signal hooks take their
+        wake-up fd back from a loop that installs its own)."""
+        self._hearing = threading.RLock()
+        """Signals are heard in the listening thread, or in the main thread's handler."""
 
     def start_main(self, coro: Awaitable[object]) -> None:
         """Start the caller's coroutine; its failure is reported at once, not when collected."""
+        self.loop.call_soon(self.on_loop_start)  # ahead of the coroutine's first step
         if asyncio.iscoroutine(coro):
             self.main = self.loop.create_task(coro, name="main")
         else:
@@ -525,9 +532,13 @@ class _Shutdown:
         return True
 
     def on_signal(self, signum: int) -> None:
-        """Hear a shutdown signal. Runs as a Python signal handler, so even a blocked loop
-        cannot delay it; it only records, wakes the loop, or starts the force exit."""
-        now = time.monotonic()
+        """Hear a shutdown signal as it arrives, in the signal hooks' listening thread (or
+        their Python-level handler), so a blocked loop cannot delay it: only record, wake the
+        loop, or start the force exit."""
+        with self._hearing:
+            self._heard(signum, time.monotonic())
+
+    def _heard(self, signum: int, now: float) -> None:
         if self.state is _State.EXITING:
             os._exit(128 + signum)  # another signal while the second one is being reported
         if self.first_heard is None:
@@ -645,6 +656,8 @@ class _Shutdown:
 
     def run_until_stopped(self) -> None:
         """Run the loop until something stops it; then silence what the shutdown causes."""
+        if self.main is None:
+            self.loop.call_soon(self.on_loop_start)
         try:
             self.loop.run_forever()
         except KeyboardInterrupt:  # only if someone put the default SIGINT handler back
@@ -693,12 +706,15 @@ class _Shutdown:
         left out of the force exit's list of unfinished tasks; the caller's callback is not.
         """
         loop = self.loop
+        loop.call_soon(self.on_loop_start)  # ahead of the phase's first step
         phase = asyncio.ensure_future(awaitable, loop=loop)
         self.phase = phase if ours else None
         phase.add_done_callback(lambda _: loop.stop())
-        while not phase.done():
+        while True:
             loop.run_forever()
-        return phase.result()
+            if phase.done():
+                return phase.result()
+            loop.call_soon(self.on_loop_start)
 
     def run_callback(self, callback: ShutdownCallback) -> None:
         """Run shutdown_callback with every task alive; its error is re-raised unless one is."""
@@ -759,17 +775,25 @@ def _this_platform() -> _Platform:
 
 
 class _SignalHooks:
-    """Hears the shutdown signals with ``signal.signal``, wakes the loop, and puts back
-    everything that was there before.
+    """Hears the shutdown signals as they arrive, wakes the loop, and puts back everything
+    that was there before.
 
-    A Python-level handler runs between two bytecodes of the main thread, so it is heard
-    even while a callback blocks the loop; ``loop.add_signal_handler`` would wait for the
-    loop. To wake a loop waiting in ``select()``, POSIX gets a wake-up fd of our own
-    (``signal.set_wakeup_fd``) that the loop reads and discards; Windows gets its Proactor's
-    fd, or a periodic wake-up. Handlers added with ``loop.add_signal_handler`` stay
-    registered with the loop and work again afterwards. A ``fork()``ed child puts the
-    previous handlers back at once, so its signals are its own. Off the main thread
-    nothing is installed.
+    On POSIX a thread of ours listens: the C-level handler writes each signal's number to
+    our wake-up fd (``signal.set_wakeup_fd``) at once, from whichever thread the kernel
+    chose, and the listening thread passes it on. So a signal is heard, and timed for the
+    duplicate window, even while the main thread is wedged: in a callback that blocks the
+    loop, or inside a C call that never returns to Python, where a Python-level handler
+    cannot run. Bytes of other signals go on to the wake-up fd we displaced, so a loop's
+    own signal handling keeps working. uvloop installs its fd whenever its loop starts, so
+    ``take_wakeup_fd`` takes ours back each time. Our Python-level handler stays installed
+    (else the default action kills the process); it does the work itself only while
+    something else holds the wake-up fd, e.g. after ``loop.add_signal_handler()``.
+
+    Windows has no such thread: its Proactor loop keeps its own wake-up fd, so there the
+    Python-level handler does the work, and a loop without that fd is woken periodically.
+    Handlers added with ``loop.add_signal_handler`` stay registered with the loop and work
+    again afterwards. A ``fork()``ed child puts the previous handlers back at once, so its
+    signals are its own. Off the main thread nothing is installed.
     """
 
     installed: _SignalHooks | None = None
@@ -788,11 +812,19 @@ class _SignalHooks:
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_pair: tuple[socket.socket, socket.socket] | None = None
         self._wakeup_fd_before = -1
+        self._forward_to = -1
+        """The wake-up fd we displaced: other signals' bytes still reach it."""
+        self._listener: threading.Thread | None = None
 
     @property
     def waking_up(self) -> bool:
         """True while the periodic wake-up is scheduled."""
         return self._wakeup is not None
+
+    @property
+    def listening(self) -> bool:
+        """True while the listening thread hears the signals."""
+        return self._listener is not None
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -805,29 +837,74 @@ class _SignalHooks:
             self._previous[sig] = previous
             signal.signal(sig, self._direct)
         _SignalHooks.installed = self
-        if self._platform.windows:
-            if not self._signals_wake_loop():
-                self._tick()
-        elif not self._wake_loop_with_our_fd():
-            logger.debug("signals: the loop cannot watch a socket; waking it periodically")
+        if not self._platform.windows:
+            self._listen()
+        elif not self._signals_wake_loop():
             self._tick()
 
     def _direct(self, signum: int, frame: FrameType | None) -> None:
-        self._on_signal(signum)
+        if not self._fd_is_ours():
+            self._on_signal(signum)
 
-    def _wake_loop_with_our_fd(self) -> bool:
+    def _listen(self) -> None:
         reader, writer = socket.socketpair()
-        reader.setblocking(False)
-        writer.setblocking(False)
-        try:
-            self._loop.add_reader(reader.fileno(), _discard_wakeups, reader)
-        except NotImplementedError:
-            reader.close()
-            writer.close()
-            return False
+        writer.setblocking(False)  # the C-level handler must never block
         self._wakeup_pair = (reader, writer)
-        self._wakeup_fd_before = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        return True
+        self._listener = threading.Thread(
+            target=self._hear,
+            args=(reader, frozenset(self._previous)),
+            name="aiorun-signals",
+            daemon=True,
+        )
+        self._listener.start()
+        self._wakeup_fd_before = self._forward_to = signal.set_wakeup_fd(
+            writer.fileno(), warn_on_full_buffer=False
+        )
+
+    def take_wakeup_fd(self) -> None:
+        """Called as the loop starts running: take our wake-up fd back from a loop that
+        installed its own (uvloop), and pass that loop its signals from now on."""
+        if self._wakeup_pair is not None:
+            ours = self._wakeup_pair[1].fileno()
+            displaced = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
+            if displaced != ours:
+                self._forward_to = displaced
+
+    def _fd_is_ours(self) -> bool:
+        """True if the listening thread hears the signals: our wake-up fd is in place."""
+        if self._wakeup_pair is None:
+            return False
+        ours = self._wakeup_pair[1].fileno()
+        current = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
+        if current == ours:
+            return True
+        signal.set_wakeup_fd(current)  # someone else's since: leave it theirs
+        return False
+
+    def _hear(self, reader: socket.socket, shutdown_signals: frozenset[int]) -> None:
+        """The listening thread: one byte per signal, until ``restore()`` closes the pair."""
+        while True:
+            try:
+                received = reader.recv(256)
+            except OSError:
+                return
+            if not received:
+                return
+            for signum in received:
+                if signum in shutdown_signals:
+                    self._on_signal(signum)
+                else:
+                    self._pass_on(signum)
+
+    def _pass_on(self, signum: int) -> None:
+        """Another signal: its Python-level handler runs in the main thread, so wake the
+        loop that was waiting for it, or ours."""
+        if self._forward_to != -1:
+            with contextlib.suppress(OSError):
+                os.write(self._forward_to, bytes((signum,)))
+                return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+            self._loop.call_soon_threadsafe(_nothing)
 
     def _signals_wake_loop(self) -> bool:
         """True for a Proactor loop whose wake-up fd is in place (set when it was created)."""
@@ -849,10 +926,11 @@ class _SignalHooks:
         if self._wakeup_pair is not None:
             reader, writer = self._wakeup_pair
             self._wakeup_pair = None
-            with contextlib.suppress(Exception):  # a loop closed by the caller's own code
-                self._loop.remove_reader(reader.fileno())
+            writer.close()  # the listener hears what is already written, then the end
+            if self._listener is not None:
+                self._listener.join()
+                self._listener = None
             reader.close()
-            writer.close()
 
     def _put_back_handlers(self) -> None:
         if self._wakeup_pair is not None:
@@ -876,11 +954,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_SignalHooks.forget_in_forked_child)
 
 
-def _discard_wakeups(reader: socket.socket) -> None:
-    """Empty our wake-up fd: the signal itself is handled by the Python-level handler."""
-    with contextlib.suppress(OSError):
-        while reader.recv(4096):
-            pass
+def _nothing() -> None:
+    """A callback that only wakes the loop."""
 
 
 def _signal_name(signum: int) -> str:

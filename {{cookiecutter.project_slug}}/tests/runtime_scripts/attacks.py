@@ -8,6 +8,7 @@ with real signals and check the exit status and the log.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import multiprocessing
 import resource
@@ -48,6 +49,12 @@ async def until_cancelled(closing: asyncio.Event) -> None:
 async def wedged() -> None:
     ready()
     time.sleep(15)  # noqa: ASYNC251 -- blocks the loop: only a signal heard outside it can help
+
+
+async def wedged_in_c() -> None:
+    """Block the loop inside one C call that releases the GIL and never checks for signals."""
+    ready()
+    hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 100_000_000)
 
 
 def flood_stderr() -> None:
@@ -233,6 +240,10 @@ def attacks() -> dict[str, Callable[[], object]]:
     return {
         "wedged-loop": lambda: attack_wedged_loop(flood=False),
         "wedged-loop-unread-stderr": lambda: attack_wedged_loop(flood=True),
+        "wedged-in-c": lambda: run(wedged_in_c(), force_exit_on_second_signal=True),
+        "wedged-in-c-uvloop": lambda: run(
+            wedged_in_c(), force_exit_on_second_signal=True, use_uvloop=True
+        ),
         "cyclic-garbage": lambda: run(cyclic_garbage()),
         "handled-errors": lambda: run(handled_errors(), stop_on_unhandled_errors=True),
         "dropped-error": lambda: run(dropped_error(), stop_on_unhandled_errors=True),
