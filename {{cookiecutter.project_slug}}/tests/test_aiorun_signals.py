@@ -399,6 +399,24 @@ def test_the_users_loop_signal_handlers_are_put_back(start) -> None:
     child.wait_for("user SIGTERM handler")
 
 
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_a_loop_signal_handler_added_inside_run_works_and_shutdown_is_still_heard(
+    start, use_uvloop: bool
+) -> None:
+    """asyncio's add_signal_handler takes the wake-up fd from the listening thread; uvloop
+    keeps its own and gets its signals passed on. Either way both kinds of signal work."""
+    if use_uvloop and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop not installed")
+    child = attack(start, "loop-handler-inside-uvloop" if use_uvloop else "loop-handler-inside")
+    child.wait_for("ready", "stdout")
+    for n in (1, 2):
+        child.signal(signal.SIGUSR1)
+        child.wait_for(f"user SIGUSR1 handler #{n}")
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    child.wait_for("shutdown: SIGTERM received")
+
+
 def test_run_inside_a_running_loop_is_refused_and_touches_nothing(start) -> None:
     child = attack(start, "nested-run")
     child.wait_for("ready", "stdout")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import resource
@@ -196,6 +197,15 @@ def user_handlers() -> None:
     loop.close()
 
 
+async def loop_handler_inside() -> None:
+    """A handler the caller adds to the loop for another signal, while run() listens."""
+    heard = itertools.count(1)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, lambda: logger.info("user SIGUSR1 handler #%d", next(heard))
+    )
+    await until_cancelled(asyncio.Event())
+
+
 async def nested() -> None:
     async def inner() -> None:
         logger.info("inner main started")
@@ -257,6 +267,8 @@ def attacks() -> dict[str, Callable[[], object]]:
         "fork-child": lambda: run(fork_child()),
         "user-handlers": user_handlers,
         "nested-run": lambda: run(nested()),
+        "loop-handler-inside": lambda: run(loop_handler_inside()),
+        "loop-handler-inside-uvloop": lambda: run(loop_handler_inside(), use_uvloop=True),
         "subtasks": lambda: run(subtasks()),
     }
 
