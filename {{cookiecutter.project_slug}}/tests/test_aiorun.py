@@ -969,6 +969,30 @@ def test_sighup_is_heard_unless_nohup_ignored_it() -> None:
     assert isinstance(getattr(seen[1], "__self__", None), aiorun._SignalHooks)
 
 
+@POSIX_ONLY
+def test_a_fork_pauses_the_listening_thread_and_loses_no_signal_meanwhile() -> None:
+    """Python 3.15 warns when a multi-threaded process forks, so the listening thread stops
+    for the fork; a signal that arrives meanwhile waits for the next listener."""
+    listening: list[bool] = []
+
+    def listener_alive() -> bool:
+        return any(thread.name == "aiorun-signals" for thread in threading.enumerate())
+
+    async def main() -> None:
+        listening.append(listener_alive())
+        aiorun._SignalHooks.pause_for_fork()
+        listening.append(listener_alive())
+        signal.raise_signal(signal.SIGINT)
+        aiorun._SignalHooks.resume_after_fork()
+        listening.append(listener_alive())
+        await asyncio.Event().wait()
+
+    report = run(main())
+    assert report.signal == signal.SIGINT
+    assert listening == [True, False, True]
+    assert not listener_alive()
+
+
 class NoReaderLoop(asyncio.SelectorEventLoop):
     """A loop like some third-party ones: it cannot watch a file descriptor."""
 

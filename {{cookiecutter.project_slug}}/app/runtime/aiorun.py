@@ -850,16 +850,21 @@ class _SignalHooks:
         reader, writer = socket.socketpair()
         writer.setblocking(False)  # the C-level handler must never block
         self._wakeup_pair = (reader, writer)
+        self._start_listener()
+        self._wakeup_fd_before = self._forward_to = signal.set_wakeup_fd(
+            writer.fileno(), warn_on_full_buffer=False
+        )
+
+    def _start_listener(self) -> None:
+        if self._wakeup_pair is None:
+            return
         self._listener = threading.Thread(
             target=self._hear,
-            args=(reader, frozenset(self._previous)),
+            args=(self._wakeup_pair[0], frozenset(self._previous)),
             name="aiorun-signals",
             daemon=True,
         )
         self._listener.start()
-        self._wakeup_fd_before = self._forward_to = signal.set_wakeup_fd(
-            writer.fileno(), warn_on_full_buffer=False
-        )
 
     def take_wakeup_fd(self) -> None:
         """Called as the loop starts running: take our wake-up fd back from a loop that
@@ -882,19 +887,21 @@ class _SignalHooks:
         return False
 
     def _hear(self, reader: socket.socket, shutdown_signals: frozenset[int]) -> None:
-        """The listening thread: one byte per signal, until ``restore()`` closes the pair."""
+        """The listening thread: one byte per signal, until ``restore()`` closes the pair
+        or a fork pauses it (byte 0). One byte at a time, so a pause leaves the signals
+        behind it for the next listener."""
         while True:
             try:
-                received = reader.recv(256)
+                received = reader.recv(1)
             except OSError:
                 return
-            if not received:
+            if not received or received == _PAUSE:
                 return
-            for signum in received:
-                if signum in shutdown_signals:
-                    self._on_signal(signum)
-                else:
-                    self._pass_on(signum)
+            signum = received[0]
+            if signum in shutdown_signals:
+                self._on_signal(signum)
+            else:
+                self._pass_on(signum)
 
     def _pass_on(self, signum: int) -> None:
         """Another signal: its Python-level handler runs in the main thread, so wake the
@@ -942,6 +949,27 @@ class _SignalHooks:
             _SignalHooks.installed = None
 
     @staticmethod
+    def pause_for_fork() -> None:
+        """Before ``fork()``: stop the listening thread, so the process forks with one
+        thread (Python 3.15 warns about forking a multi-threaded process)."""
+        hooks = _SignalHooks.installed
+        if hooks is None or hooks._listener is None or hooks._wakeup_pair is None:
+            return
+        try:
+            hooks._wakeup_pair[1].send(_PAUSE)
+        except OSError:
+            return  # cannot pause it: fork with it running
+        hooks._listener.join()
+        hooks._listener = None
+
+    @staticmethod
+    def resume_after_fork() -> None:
+        """In the parent after ``fork()``: listen again; signals meanwhile are waiting."""
+        hooks = _SignalHooks.installed
+        if hooks is not None and hooks._listener is None:
+            hooks._start_listener()
+
+    @staticmethod
     def forget_in_forked_child() -> None:
         """In a ``fork()``ed child: its signals are not the parent's shutdown requests."""
         hooks = _SignalHooks.installed
@@ -951,7 +979,14 @@ class _SignalHooks:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_SignalHooks.forget_in_forked_child)
+    os.register_at_fork(
+        before=_SignalHooks.pause_for_fork,
+        after_in_parent=_SignalHooks.resume_after_fork,
+        after_in_child=_SignalHooks.forget_in_forked_child,
+    )
+
+_PAUSE = b"\0"
+"""Not a signal number: tells the listening thread to stop until after a fork."""
 
 
 def _nothing() -> None:
