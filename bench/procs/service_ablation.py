@@ -78,7 +78,7 @@ CALL = """            coroutine = handle(line)
                 step = coroutine.send(None)
             except StopIteration as done:
                 reply = done.value
-                if type(reply) is not bytes or b"\\n" in reply:
+                if type(reply) is not bytes or NEWLINE in reply:
                     reply = _checked(reply)
                 replies.append(reply)
                 continue

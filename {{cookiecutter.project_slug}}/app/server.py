@@ -75,6 +75,10 @@ TOO_MANY = b"error: too many connections\n"
 SHUTTING_DOWN = b"error: shutting down\n"
 FAILED = b"error: internal error"
 """The reply to a request whose ``handle`` raised; the log has the traceback."""
+NEWLINE = ord("\n")
+"""Looked for as an int: ``NEWLINE in data`` is a plain memchr, while ``b"\\n" in data`` first
+fails to read its needle as an int (an exception raised and cleared inside CPython) and then
+runs the general substring search, several times the work, on every reply."""
 BACKLOG = 1024
 """Connections the kernel may queue before they are accepted: enough for a reconnect storm."""
 READ_CHUNK = 65536
@@ -452,7 +456,7 @@ class _Connection(asyncio.BufferedProtocol):
                 step = coroutine.send(None)
             except StopIteration as done:
                 reply = done.value
-                if type(reply) is not bytes or b"\n" in reply:
+                if type(reply) is not bytes or NEWLINE in reply:
                     reply = _checked(reply)
                 replies.append(reply)
                 continue
@@ -530,7 +534,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Go on after a batch: the next lines on the next turn, else read, else end."""
         if self.closed or self.ending:
             return
-        if b"\n" in self.pending:
+        if NEWLINE in self.pending:
             if not (self.scheduled or self.write_blocked):
                 self.scheduled = True
                 self.server.loop.call_soon(self._turn)
@@ -658,7 +662,7 @@ class _Connection(asyncio.BufferedProtocol):
 
 def _checked(reply: object) -> bytes:
     """The reply of ``handle`` if it is one line of bytes; else FAILED, and the log says why."""
-    if type(reply) is bytes and b"\n" not in reply:
+    if type(reply) is bytes and NEWLINE not in reply:
         return reply
     logger.error("handle() must return bytes without a newline, not %.60r", reply)
     return FAILED
