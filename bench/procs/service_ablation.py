@@ -7,7 +7,8 @@ in the same run as the other figures. For measurement only, never a way to run t
     --no-journal    Journal.append() returns a finished future instead of queueing the batch
                     for the writer, so nothing is written.
     --no-seam       the server's batch loop answers each request itself (the echo, inline)
-                    instead of calling ``protocol.handle``: the same server without the seam.
+                    instead of calling ``protocol.handle`` through its driver and checking
+                    the reply: the same server without the seam.
                     Its source is edited at start; a build whose loop no longer has the
                     expected lines says so and exits 3 ("not available in this build").
     --seam          the other side of --no-seam: the batch loop recompiled the same way from
@@ -73,17 +74,15 @@ def _written(self: object, requests: object) -> asyncio.Future[None]:
     return done
 
 
-CALL = """            coroutine = handle(line)
-            try:
-                step = coroutine.send(None)
-            except StopIteration as done:
-                reply = done.value
-                if type(reply) is not bytes or NEWLINE in reply:
-                    reply = _checked(reply)
-                replies.append(reply)
-                continue
-            except Exception as exc:
-                replies.append(_failed(exc))
+SETUP = """        drive, answer = server.drive, server.answer
+"""
+CALL = """            try:
+                step = drive(line)
+            except BaseException:
+                server.new_driver()  # it let through what is not an Exception, and ended
+                raise
+            if step is _ANSWERED:
+                replies.append(answer[0])
                 continue
 """
 INLINE = """            replies.append(line)
@@ -91,10 +90,20 @@ INLINE = """            replies.append(line)
 """
 
 
-COUNT_AFTER = """        handle = server.handle
+COUNT_AFTER = """        replies: list[bytes] = []
 """
 COUNT = """        _ablation_lines[0] += len(parts)
 """
+
+
+def _lines_in(source: str) -> set[str]:
+    """Which of the blocks the edits replace occur in ``source``, each exactly once."""
+    return {block for block in (SETUP, CALL, COUNT_AFTER) if source.count(block) == 1}
+
+
+def _without_seam(source: str) -> str:
+    """The batch loop answering each request with the request itself: no driver, no check."""
+    return source.replace(SETUP, "").replace(CALL, INLINE)
 
 
 def _compiled(source: str) -> object:
@@ -117,10 +126,10 @@ def _alternating() -> bool:
     from app import server
 
     source = inspect.getsource(server._Connection._batch)
-    if CALL not in source or COUNT_AFTER not in source:
+    if not {SETUP, CALL, COUNT_AFTER} <= _lines_in(source):
         return False
     counted = source.replace(COUNT_AFTER, COUNT_AFTER + COUNT)
-    loops = {"seam": _compiled(counted), "no-seam": _compiled(counted.replace(CALL, INLINE))}
+    loops = {"seam": _compiled(counted), "no-seam": _compiled(_without_seam(counted))}
     lines = [0]
     vars(server)["_ablation_lines"] = lines
 
@@ -146,10 +155,10 @@ def _recompiled(*, seam: bool) -> bool:
     from app import server
 
     source = inspect.getsource(server._Connection._batch)
-    if CALL not in source:
+    if not {SETUP, CALL} <= _lines_in(source):
         return False
     namespace: dict[str, object] = {}
-    code = textwrap.dedent(source if seam else source.replace(CALL, INLINE))
+    code = textwrap.dedent(source if seam else _without_seam(source))
     exec(compile(code, server.__file__, "exec"), vars(server), namespace)
     server._Connection._batch = namespace["_batch"]  # type: ignore[method-assign]
     return True
