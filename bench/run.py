@@ -49,6 +49,7 @@ SECTIONS = (
     "shutdown314",
     "drain",
     "throughput",
+    "seam",
     "footprint",
     "flood",
     "container",
@@ -74,6 +75,9 @@ class Plan:
     tp_reps: int
     tp_all_variants: bool
     """False: only the variants the goals need (ceiling, service, echo-first baseline)."""
+    seam_reps: int
+    """Alternated runs, and pairs of back-to-back runs, with and without the seam
+    (harness/seam.py)."""
     disk_lines: int
     disk_reps: int
     idle_mem_conns: int
@@ -102,6 +106,7 @@ FULL = Plan(
     tp_seconds=3.0,
     tp_reps=5,
     tp_all_variants=True,
+    seam_reps=10,
     disk_lines=200_000,
     disk_reps=5,
     idle_mem_conns=5000,
@@ -129,6 +134,7 @@ QUICK = Plan(
     tp_seconds=0.4,
     tp_reps=1,
     tp_all_variants=False,
+    seam_reps=1,
     disk_lines=16_000,
     disk_reps=1,
     idle_mem_conns=300,
@@ -185,6 +191,7 @@ def measure(
         flood,
         footprint,
         py314,
+        seam,
         shutdown,
         startup,
         throughput,
@@ -273,15 +280,38 @@ def measure(
         results["throughput_failed"] = {n: w for n, w in failed.items() if n not in optional}
         results["throughput_unavailable"] = {n: w for n, w in failed.items() if n in optional}
         results["throughput_unrecognised"] = unrecognised
-        seam = subprocess.run(
+    if "seam" in only:
+        results["seam_alternated"] = seam.run_alternated(
+            project,
+            scratch,
+            loadgen=loadgen,
+            reps=plan.seam_reps,
+            conns=plan.tp_conns,
+            size=plan.tp_size,
+            warmup=plan.tp_warmup,
+            seconds=plan.tp_seconds,
+            log=log,
+        )
+        results["seam"] = seam.run_pairs(
+            project,
+            scratch,
+            loadgen=loadgen,
+            reps=plan.seam_reps,
+            conns=plan.tp_conns,
+            size=plan.tp_size,
+            warmup=plan.tp_warmup,
+            seconds=plan.tp_seconds,
+            log=log,
+        )
+        call = subprocess.run(
             [sys.executable, str(BENCH_DIR / "procs" / "seam_call.py"), str(project),
              str(200_000 if plan.tp_all_variants else 20_000)],
             cwd=project, capture_output=True, text=True, check=False,
         )  # fmt: skip
         try:
-            results["seam_call"] = json.loads(seam.stdout)
+            results["seam_call"] = json.loads(call.stdout)
         except ValueError:
-            results["seam_call"] = {"unavailable": f"seam_call.py failed: {seam.stderr[-300:]}"}
+            results["seam_call"] = {"unavailable": f"seam_call.py failed: {call.stderr[-300:]}"}
     if "footprint" in only:
         results["footprint"] = footprint.run_all(
             footprint.specs(project, baseline, scratch, plan.idle_mem_conns),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import seam as seam_stats
 from .bake import BASELINE_COMMIT
 from .servers import CEILING_NAME
 from .stats import median, ratio
@@ -23,7 +24,6 @@ BASE_DEFAULT = f"echo-first {BASELINE_COMMIT} (default loop)"
 FSYNC = {p: f"service (uvloop, fsync={p})" for p in ("always", "never")}
 SAME_ASYNCIO = "same server, asyncio.run"
 NO_JOURNAL = "service (uvloop), no journal"
-NO_SEAM = "service (uvloop), no seam"
 
 Row = tuple[str, str, str, str]
 """(measure, result, goal, verdict)"""
@@ -291,32 +291,39 @@ def bystander(results: dict[str, Any]) -> Row | None:
 def seam(results: dict[str, Any]) -> Row:
     """The seam's cost: the service against the same server without it, side by side.
 
-    The no-seam variant (procs/service_ablation.py --no-seam) is the same process with the
-    call through `protocol.handle` cut out of the server's batch loop. The direct timing of
-    that call (procs/seam_call.py), against what a round trip costs in server CPU, is shown
-    beside it as a cross-check.
+    The verdict takes the runs that alternate both versions of the server's batch loop in one
+    process (harness/seam.py): the median of their costs in server CPU per request. The
+    back-to-back pairs of processes and the direct timing of the call (procs/seam_call.py)
+    are shown beside it as cross-checks.
     """
     name = "Seam cost (ping-pong): service / the same server without `protocol.handle`"
-    ours = tp(results, SERVICE_UVLOOP, key="per_cpu_second")
-    without = tp(results, NO_SEAM, key="per_cpu_second")
+    alt = seam_stats.alternated(results.get("seam_alternated") or {})
+    pairs = seam_stats.summary(results.get("seam") or {})
     call = results.get("seam_call") or {}
-    direct = ""
-    if "us_per_call" in call and ours:
-        share = call["us_per_call"] / _us_per_line(median(ours))
-        direct = f"; the call alone, timed directly: {call['us_per_call']:.2f} µs, {share:.1%}"
-    if not (ours and without):
-        why = "the no-seam variant did not run (a full run measures it)"
-        return (name, "n/a" + direct, "≤ 5%", verdict(None, why))
-    cost = median(without) / median(ours) - 1
-    rate = ratio(tp(results, SERVICE_UVLOOP), tp(results, NO_SEAM))
+    checks = []
+    if pairs:
+        checks.append(
+            f"back-to-back processes: {pairs['median']:+.1%} (median of {pairs['pairs']} "
+            f"pairs, {pairs['min']:+.1%} to {pairs['max']:+.1%})"
+        )
+    if "us_per_call" in call and alt:
+        share = call["us_per_call"] / alt["us_with"]
+        checks.append(f"the call alone, timed directly: {call['us_per_call']:.2f} µs, {share:.1%}")
+    cross = "; " + "; ".join(checks) if checks else ""
+    if not alt:
+        why = (results.get("seam_alternated") or {}).get("unavailable") or (
+            "the seam section did not run"
+        )
+        return (name, "n/a" + cross, "≤ 5%", verdict(None, why))
     return (
         name,
-        f"**{cost:+.1%}** server CPU per round trip (rate {rate:.2f} of the no-seam server)"
-        + direct,
+        f"**{alt['median']:+.1%}** server CPU per request ({alt['us_with']:.2f} vs "
+        f"{alt['us_without']:.2f} µs), median of {alt['runs']} runs alternating both in one "
+        f"process ({alt['min']:+.1%} to {alt['max']:+.1%})" + cross,
         "≤ 5%",
         verdict(
-            cost <= 0.05,
-            "creating and driving a coroutine per request.",
+            alt["median"] <= 0.05,
+            "creating, driving and checking a coroutine per request.",
             "let handle() be a plain function when it needs no await.",
         ),
     )
@@ -453,7 +460,7 @@ def all_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(
             ("Shutdown on Python 3.14", "not run", "measured", f"skipped: {py314['skipped']}")
         )
-    if results.get("throughput"):
+    if results.get("seam_alternated") or results.get("seam") or results.get("throughput"):
         rows.append(seam(results))
     return [row for row in rows if row is not None]
 

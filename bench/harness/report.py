@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import goals
+from . import seam as seam_stats
 from .stats import fmt_number, fmt_seconds, median, ratio
 
 HEAVY = (1000, 10000)
@@ -195,6 +196,7 @@ def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
     out += _py314_section(results, cfg)
     out += _drain_section(results, cfg)
     out += _throughput_section(results, cfg)
+    out += _seam_section(results, cfg)
     out += _startup_section(results, cfg)
     out += _container_section(results)
     out += _footprint_section(results)
@@ -409,7 +411,6 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         goals.SERVICE_DEFAULT: goals.BASE_DEFAULT,
         goals.SAME_ASYNCIO: goals.SERVICE_DEFAULT,
         goals.NO_JOURNAL: goals.SERVICE_UVLOOP,
-        goals.NO_SEAM: goals.SERVICE_UVLOOP,
     }
     failures = [
         f"**{name} failed and is left out**: `{why}`"
@@ -542,6 +543,100 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         ],
         "",
     ]
+
+
+def _seam_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    section = results.get("seam_alternated") or {}
+    pairs_section = results.get("seam") or {}
+    alt = seam_stats.alternated(section)
+    pairs = seam_stats.summary(pairs_section)
+    if not alt and not pairs:
+        why = section.get("unavailable") or pairs_section.get("unavailable")
+        if not why:
+            return []
+        return ["## 3c. The seam's cost", "", f"Not available in this build (`{why[:300]}`).", ""]
+    out = [
+        "## 3c. The seam's cost",
+        "",
+        "The same server with and without the call through `protocol.handle`. Both versions "
+        "are the server's batch method recompiled from its source when "
+        "`procs/service_ablation.py` starts: unchanged, or with the drive of `handle` and the "
+        "check of its reply replaced by appending the request line itself. Ping-pong, "
+        f"{cfg['tp_conns']} connections of {cfg['tp_size']}-byte lines, {cfg['tp_warmup']} s "
+        f"warm-up then {cfg['tp_seconds']} s counted per run, so every read is a batch of one "
+        "and the call's share of a round trip is the largest it gets. The cost is the extra "
+        "server CPU per request with the seam; each run or pair gives one, and the figure is "
+        "their median, with the min-max as the spread (2 shared cores).",
+        "",
+    ]
+    if alt:
+        rows = [
+            [
+                str(n),
+                str(len(seam_stats.slice_pairs(run))),
+                f"{seam_stats.run_cost(run):+.1%}",
+            ]
+            for n, run in enumerate(section["runs"], 1)
+        ]
+        out += [
+            f"**Alternated in one process** (the verdict): `--alternate` swaps the two versions "
+            f"every {section.get('slice_seconds', 0.05) * 1000:.0f} ms (which goes first drawn "
+            "at random) and charges each slice with the process CPU time and the requests of "
+            "its version. A run's cost is the median over its pairs of neighbouring slices, so "
+            "a slice that something else hit (a collection, another job) does not decide it.",
+            "",
+            *_table(("run", "slice pairs", "seam cost"), rows),
+            "",
+            f"Median **{alt['median']:+.1%}** ({alt['min']:+.1%} to {alt['max']:+.1%} over "
+            f"{alt['runs']} runs, {alt['slice_pairs']} slice pairs): {alt['us_with']:.2f} µs of "
+            f"server CPU per request with the seam, {alt['us_without']:.2f} µs without (median "
+            "slices).",
+            "",
+        ]
+    if pairs:
+        rows = [
+            [
+                str(n),
+                pair["order"],
+                f"{pair['with']['per_cpu_second']:,.0f}",
+                f"{pair['without']['per_cpu_second']:,.0f}",
+                f"{pair['with']['server_cpu']:.0%} / {pair['without']['server_cpu']:.0%}",
+                f"{seam_stats.cost(pair):+.1%}",
+            ]
+            for n, pair in enumerate(pairs_section["pairs"], 1)
+        ]
+        out += [
+            "**Back-to-back processes** (cross-check): `--seam` and `--no-seam` started one "
+            "after the other, the order alternated from pair to pair, server CPU per round trip "
+            "of each from /proc over the load generator's window. Differences between two "
+            "processes (memory layout, hash seed, a drift in the machine's load) stay in it, so "
+            "its spread is wider.",
+            "",
+            *_table(
+                (
+                    "pair",
+                    "order",
+                    "with seam: round trips per server CPU-second",
+                    "without",
+                    "server CPU with / without",
+                    "seam cost",
+                ),
+                rows,
+            ),
+            "",
+            f"Median {pairs['median']:+.1%} ({pairs['min']:+.1%} to {pairs['max']:+.1%} over "
+            f"{pairs['pairs']} pairs); rate with the seam {pairs['rate_median']:.2f} of the "
+            "rate without (median).",
+            "",
+        ]
+    call = results.get("seam_call") or {}
+    if "us_per_call" in call:
+        out += [
+            f"The call timed alone (`procs/seam_call.py`, driven as the server drives it): "
+            f"{call['us_per_call']:.2f} µs.",
+            "",
+        ]
+    return out
 
 
 def _short(value: str) -> str:

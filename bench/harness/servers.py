@@ -129,7 +129,12 @@ def ceiling() -> ServerSpec:
 
 def service_ablation(project: Path, journal: Path, *switches: str) -> ServerSpec:
     """The service on uvloop with per-line costs switched off (procs/service_ablation.py)."""
-    words = {"--no-journal": "no journal", "--no-seam": "no seam"}
+    words = {
+        "--no-journal": "no journal",
+        "--no-seam": "no seam",
+        "--seam": "seam recompiled",
+        "--alternate": "with and without the seam, alternated",
+    }
     return ServerSpec(
         name="service (uvloop), " + ", ".join(words[s] for s in switches),
         argv=[sys.executable, str(PROCS / "service_ablation.py"), str(project), *switches],

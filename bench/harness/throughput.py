@@ -211,10 +211,5 @@ def specs(
                 modes=("pingpong", "pipeline"),
                 optional=True,
             ),
-            dataclasses.replace(
-                servers.service_ablation(project, scratch / "j-no-seam.log", "--no-seam"),
-                modes=("pingpong",),
-                optional=True,
-            ),
         ]
     return out

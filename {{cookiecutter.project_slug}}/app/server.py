@@ -9,8 +9,9 @@ own); what one read brought is handled as a batch:
    ping, answered here and never journaled;
 2. the other lines are queued in the journal as one unit (``Journal.append``), then handed to
    ``protocol.handle`` one at a time, in order. A ``handle`` that returns without suspending
-   is driven by hand (``send(None)``) and costs no task; one that suspends is finished in a
-   task;
+   costs no task: the server's driver (``_driver``), a generator that stays alive between
+   requests, awaits it and hands back its reply. One that suspends is finished in a task,
+   which takes the driver with it;
 3. once the journal has written the batch, all its replies go out in one ``write``. A reply
    is never sent before its request is in the journal (write-ahead), so every reply a client
    received survives a ``kill -9``.
@@ -75,6 +76,10 @@ TOO_MANY = b"error: too many connections\n"
 SHUTTING_DOWN = b"error: shutting down\n"
 FAILED = b"error: internal error"
 """The reply to a request whose ``handle`` raised; the log has the traceback."""
+NEWLINE = ord("\n")
+"""Looked for as an int: ``NEWLINE in data`` is a plain memchr, while ``b"\\n" in data`` first
+fails to read its needle as an int (an exception raised and cleared inside CPython) and then
+runs the general substring search, several times the work, on every reply."""
 BACKLOG = 1024
 """Connections the kernel may queue before they are accepted: enough for a reconnect storm."""
 READ_CHUNK = 65536
@@ -131,6 +136,13 @@ class Server:
     ) -> None:
         self.journal = journal
         self.handle = protocol.handle if handle is None else handle
+        self.driver: Generator[Any, bytes, None]
+        """Runs ``handle`` for one request per ``send``, outside any task (see ``_driver``)."""
+        self.drive: Callable[[bytes], Any]
+        """``self.driver.send``, looked up once."""
+        self.answer: list[bytes] = [b""]
+        """Where the driver leaves the reply of the request it was sent."""
+        self.new_driver()
         self.max_connections = max_connections
         self.max_line_bytes = max_line_bytes
         self.idle_timeout = idle_timeout
@@ -152,6 +164,13 @@ class Server:
         self._all_closed: asyncio.Future[None] | None = None
         self._accept_failures = 0
         self._accept_logged_at: float | None = None
+
+    def new_driver(self) -> None:
+        """A fresh driver: the current one left with a request that suspended, or died."""
+        self.answer = [b""]
+        self.driver = _driver(self.handle, self.answer)
+        self.drive = self.driver.send
+        next(self.driver)  # runs it to its first yield, where it waits for a request
 
     async def listen(
         self, host: str, port: int, *, reuse_port: bool = False
@@ -442,35 +461,35 @@ class _Connection(asyncio.BufferedProtocol):
         requests = parts if all(parts) else [line for line in parts if line]
         written = server.journal.append(requests) if requests else None
         replies: list[bytes] = []
-        handle = server.handle
+        drive, answer = server.drive, server.answer
         for n, line in enumerate(parts):
             if not line:
                 replies.append(b"")  # a health ping: an empty reply
                 continue
-            coroutine = handle(line)
             try:
-                step = coroutine.send(None)
-            except StopIteration as done:
-                reply = done.value
-                if type(reply) is not bytes or b"\n" in reply:
-                    reply = _checked(reply)
-                replies.append(reply)
+                step = drive(line)
+            except BaseException:
+                server.new_driver()  # it let through what is not an Exception, and ended
+                raise
+            if step is _ANSWERED:
+                replies.append(answer[0])
                 continue
-            except Exception as exc:
-                replies.append(_failed(exc))
-                continue
-            # It suspended: finish this batch in a task.
+            # It suspended: finish this batch in a task, which takes the driver along.
             self.busy = True
             self._pause()
             self.task = server.loop.create_task(
-                self._finish(coroutine, step, parts[n + 1 :], replies, written, too_long)
+                self._finish(
+                    server.driver, answer, step, parts[n + 1 :], replies, written, too_long
+                )
             )
+            server.new_driver()
             return
         self._reply(replies, written, too_long)
 
     async def _finish(
         self,
-        coroutine: Coroutine[Any, Any, bytes],
+        driver: Generator[Any, bytes, None],
+        answer: list[bytes],
         step: Any,
         lines: list[bytes],
         replies: list[bytes],
@@ -479,10 +498,11 @@ class _Connection(asyncio.BufferedProtocol):
     ) -> None:
         """The rest of a batch whose ``handle`` suspended, now inside a task."""
         try:
-            reply: object = await _resume(coroutine, step)
-        except Exception as exc:
-            reply = _failed(exc)
-        replies.append(_checked(reply))
+            await _resume(driver, step)
+        finally:
+            driver.close()  # it served its last request
+        replies.append(answer[0])
+        reply: object
         for line in lines:
             if not line:
                 replies.append(b"")
@@ -530,7 +550,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Go on after a batch: the next lines on the next turn, else read, else end."""
         if self.closed or self.ending:
             return
-        if b"\n" in self.pending:
+        if NEWLINE in self.pending:
             if not (self.scheduled or self.write_blocked):
                 self.scheduled = True
                 self.server.loop.call_soon(self._turn)
@@ -658,7 +678,7 @@ class _Connection(asyncio.BufferedProtocol):
 
 def _checked(reply: object) -> bytes:
     """The reply of ``handle`` if it is one line of bytes; else FAILED, and the log says why."""
-    if type(reply) is bytes and b"\n" not in reply:
+    if type(reply) is bytes and NEWLINE not in reply:
         return reply
     logger.error("handle() must return bytes without a newline, not %.60r", reply)
     return FAILED
@@ -669,23 +689,45 @@ def _failed(error: Exception) -> bytes:
     return FAILED
 
 
-@types.coroutine
-def _resume(coroutine: Coroutine[Any, Any, bytes], step: Any) -> Generator[Any, Any, bytes]:
-    """Finish, inside a task, a coroutine that suspended outside one.
+_ANSWERED = object()
+"""What the driver yields when it has left a reply in its answer list; anything else it yields
+comes from inside ``handle`` (a future to wait for): the request suspended."""
 
-    ``step`` is what it yielded (the future it waits for): the task waits on it, then
-    resumes the coroutine, and passes on anything thrown into the task (its cancellation).
+
+@types.coroutine
+def _driver(handle: Handler, answer: list[bytes]) -> Generator[Any, bytes, None]:
+    """Run ``handle`` for each request sent in; leave the checked reply in ``answer[0]``.
+
+    Why a generator that stays alive: driving each request's coroutine by hand ends every
+    request with a StopIteration raised and caught, which costs more than the rest of the
+    call. Here ``yield from`` awaits ``handle`` as a task would, its return needs no
+    exception, and the server's callback gets the reply from a plain ``send``. A request
+    that suspends takes this driver into its task (``_resume``); the server starts another.
     """
     while True:
+        request = yield _ANSWERED
+        try:
+            reply = yield from handle(request)
+        except Exception as exc:
+            reply = _failed(exc)
+        else:
+            if type(reply) is not bytes or NEWLINE in reply:
+                reply = _checked(reply)
+        answer[0] = reply
+
+
+@types.coroutine
+def _resume(driver: Generator[Any, bytes, None], step: Any) -> Generator[Any, Any, None]:
+    """Finish, inside a task, a request whose ``handle`` suspended outside one.
+
+    ``step`` is what the driver yielded (the future ``handle`` waits for): the task waits on
+    it, then resumes the driver, until the driver has the reply; anything thrown into the task
+    (its cancellation) is passed on to ``handle``.
+    """
+    while step is not _ANSWERED:
         try:
             sent = yield step
         except BaseException as exc:
-            try:
-                step = coroutine.throw(exc)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+            step = driver.throw(exc)
         else:
-            try:
-                step = coroutine.send(sent)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+            step = driver.send(sent)

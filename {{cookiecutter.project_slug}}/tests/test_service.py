@@ -528,6 +528,10 @@ PROTOCOL_SWAP = textwrap.dedent(
             raise RuntimeError("the bug under test")
         if request.startswith(b"slow"):
             await asyncio.sleep(0.01)  # suspends: the rest of the batch goes on in a task
+        if request.startswith(b"tag"):  # a reply that names its request, whatever the protocol
+            if request.endswith(b"wait"):
+                await asyncio.sleep(0.05)
+            return b"for " + request
         return await original(request)
 
     recovered = []
@@ -579,6 +583,26 @@ def test_an_error_in_handle_is_logged_once_and_the_connection_goes_on(workdir: P
         b"boom\n",
         b"slow 2\n",
     ]
+
+
+@posix_only
+def test_requests_that_suspend_get_their_own_replies_and_hold_up_no_one(workdir: Path) -> None:
+    """A request whose handle suspends is finished in a task, which takes the server's driver
+    along; the next requests, on every connection, are answered by a fresh one meanwhile."""
+    service = swapped_service(workdir)
+    with connect(service) as a, connect(service) as b, connect(service) as c:
+        a.sendall(b"tag a1 wait\ntag a2\n")  # the second follows the first in its task
+        c.sendall(b"tag c1 wait\n")
+        assert ask(b, b"tag b1\n") == b"for tag b1\n"
+        assert ask(b, b"tag b2 wait\n") == b"for tag b2 wait\n"
+        with connect(service) as gone:
+            gone.sendall(b"tag gone wait\n")  # leaves while its request waits
+        assert ask(b, b"tag b3\n") == b"for tag b3\n"
+        stream = a.makefile("rb")
+        assert [stream.readline() for _ in range(2)] == [b"for tag a1 wait\n", b"for tag a2\n"]
+        assert c.makefile("rb").readline() == b"for tag c1 wait\n"
+    assert service.stop() == ExitCode.OK
+    assert "Traceback" not in service.log, service.log
 
 
 @posix_only
