@@ -281,28 +281,17 @@ def measure(
         results["throughput_unavailable"] = {n: w for n, w in failed.items() if n in optional}
         results["throughput_unrecognised"] = unrecognised
     if "seam" in only:
-        results["seam_alternated"] = seam.run_alternated(
-            project,
-            scratch,
-            loadgen=loadgen,
-            reps=plan.seam_reps,
-            conns=plan.tp_conns,
-            size=plan.tp_size,
-            warmup=plan.tp_warmup,
-            seconds=plan.tp_seconds,
-            log=log,
-        )
-        results["seam"] = seam.run_pairs(
-            project,
-            scratch,
-            loadgen=loadgen,
-            reps=plan.seam_reps,
-            conns=plan.tp_conns,
-            size=plan.tp_size,
-            warmup=plan.tp_warmup,
-            seconds=plan.tp_seconds,
-            log=log,
-        )
+        load: dict[str, Any] = {
+            "loadgen": loadgen,
+            "reps": plan.seam_reps,
+            "conns": plan.tp_conns,
+            "size": plan.tp_size,
+            "warmup": plan.tp_warmup,
+            "seconds": plan.tp_seconds,
+            "log": log,
+        }
+        results["seam_alternated"] = seam.run_alternated(project, scratch, **load)
+        results["seam"] = seam.run_pairs(project, scratch, **load)
         call = subprocess.run(
             [sys.executable, str(BENCH_DIR / "procs" / "seam_call.py"), str(project),
              str(200_000 if plan.tp_all_variants else 20_000)],
