@@ -332,6 +332,34 @@ def test_a_zero_budget_still_lets_cancelled_tasks_end() -> None:
     assert report.unfinished == ()
 
 
+def test_the_garbage_collector_pause_ends_after_its_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Paused while the cancelled tasks end, but protected work that runs on must not make
+    garbage that nobody collects: after ``_GC_PAUSE`` the collector is back."""
+    monkeypatch.setattr(aiorun, "_GC_PAUSE", 0.01)
+    enabled: list[bool] = []
+    closing = asyncio.Event()
+
+    async def protected() -> None:
+        await closing.wait()
+        enabled.append(gc.isenabled())
+        await asyncio.sleep(0.05)  # the spacing is the test: longer than the limit
+        enabled.append(gc.isenabled())
+
+    async def main() -> None:
+        keep(shutdown_waits_for(protected()))
+        stop_soon()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closing.set()
+
+    run(main())
+    assert enabled == [False, True]
+    assert gc.isenabled()
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_garbage_collector_is_as_it_was_after_run(enabled: bool) -> None:
     paused: list[bool] = []

@@ -56,6 +56,9 @@ _CANCEL_MESSAGE = "cancelled by run() shutdown"
 _GRACE = 0.05
 """Seconds a late phase still gets when the budget is spent: idle threads need a moment."""
 
+_GC_PAUSE = 0.1
+"""Seconds the cancel phase may run with the cyclic garbage collector paused."""
+
 _EXIT_WATCHDOG = 1.0
 """Seconds the force exit may spend logging before it exits regardless."""
 
@@ -309,7 +312,8 @@ def run(
         if shutdown_callback is not None:
             shutdown.run_callback(shutdown_callback)
         deadline = loop.time() + budget
-        stuck = shutdown.drive(_cancel_and_wait(budget, deadline))
+        with _garbage_collector_paused(loop):
+            stuck = shutdown.drive(_cancel_and_wait(budget, deadline))
         shutdown.abandoned.update(id(task) for task in stuck)
         unfinished = tuple(task.get_name() for task in stuck)
         del stuck
@@ -1004,22 +1008,26 @@ def _signal_name(signum: int) -> str:
 
 
 @contextlib.contextmanager
-def _garbage_collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for one cancel pass: the cancel calls and the one
-    step in which most cancelled tasks end.
+def _garbage_collector_paused(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Pause the cyclic garbage collector while the cancelled tasks end, for at most
+    ``_GC_PAUSE`` seconds.
 
     Cancelling thousands of tasks makes thousands of short-lived reference cycles
-    (exceptions, tracebacks, frames); a collection in the middle of the pass can cost as
-    much as the rest of the shutdown. Pausing longer would let protected work or a slow
-    task fill memory with garbage nobody collects, so the pause ends with the pass.
+    (exceptions, tracebacks, frames); collections in the middle of it can cost as much as
+    the rest of the shutdown. Pausing longer would let protected work or a slow task fill
+    memory with garbage nobody collects, so the pause ends when the tasks have ended or the
+    time is up, whichever comes first.
     """
-    was_enabled = gc.isenabled()
+    if not gc.isenabled():
+        yield
+        return
     gc.disable()
+    resume = loop.call_later(_GC_PAUSE, gc.enable)
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        resume.cancel()
+        gc.enable()
 
 
 def _seconds_left(loop: asyncio.AbstractEventLoop, deadline: float) -> float | None:
@@ -1044,26 +1052,25 @@ async def _cancel_and_wait(budget: float, deadline: float) -> list[asyncio.Task[
         if not pending:
             return []
         fresh = [task for task in pending if task not in _protected and task not in cancelled]
-        with _garbage_collector_paused():
-            for task in fresh:
-                task.cancel(_CANCEL_MESSAGE)
-            cancelled.update(fresh)
-            if first_pass:
-                logger.info(
-                    "shutdown: cancelling %d task(s); waiting for %d protected task(s)",
-                    len(fresh),
-                    len(pending) - len(fresh),
-                    extra={
-                        "phase": "cancel",
-                        "tasks": len(fresh),
-                        "protected": len(pending) - len(fresh),
-                    },
-                )
-                first_pass = False
-            if not out_of_time:
-                # Most cancelled tasks end in their next step: let them take it, then wait
-                # (with a done callback each) only for the few that did not.
-                await asyncio.sleep(0)
+        for task in fresh:
+            task.cancel(_CANCEL_MESSAGE)
+        cancelled.update(fresh)
+        if first_pass:
+            logger.info(
+                "shutdown: cancelling %d task(s); waiting for %d protected task(s)",
+                len(fresh),
+                len(pending) - len(fresh),
+                extra={
+                    "phase": "cancel",
+                    "tasks": len(fresh),
+                    "protected": len(pending) - len(fresh),
+                },
+            )
+            first_pass = False
+        if not out_of_time:
+            # Most cancelled tasks end in their next step: let them take it, then wait
+            # (with a done callback each) only for the few that did not.
+            await asyncio.sleep(0)
         if not out_of_time:
             pending = {task for task in pending if not task.done()}
             remaining = _seconds_left(loop, deadline)
