@@ -332,20 +332,21 @@ def test_a_zero_budget_still_lets_cancelled_tasks_end() -> None:
     assert report.unfinished == ()
 
 
-def test_the_garbage_collector_pause_ends_after_its_time_limit(
+def test_collections_are_spaced_while_tasks_end_and_back_after_the_time_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Paused while the cancelled tasks end, but protected work that runs on must not make
-    garbage that nobody collects: after ``_GC_PAUSE`` the collector is back."""
+    """Spaced while the cancelled tasks end, but protected work that runs on must get the
+    usual collections back after ``_GC_PAUSE``."""
     monkeypatch.setattr(aiorun, "_GC_PAUSE", 0.01)
-    enabled: list[bool] = []
+    usual = gc.get_threshold()
+    thresholds: list[int] = []
     closing = asyncio.Event()
 
     async def protected() -> None:
         await closing.wait()
-        enabled.append(gc.isenabled())
+        thresholds.append(gc.get_threshold()[0])
         await asyncio.sleep(0.05)  # the spacing is the test: longer than the limit
-        enabled.append(gc.isenabled())
+        thresholds.append(gc.get_threshold()[0])
 
     async def main() -> None:
         keep(shutdown_waits_for(protected()))
@@ -356,32 +357,36 @@ def test_the_garbage_collector_pause_ends_after_its_time_limit(
             closing.set()
 
     run(main())
-    assert enabled == [False, True]
+    assert thresholds == [aiorun._GC_THRESHOLD, usual[0]]
+    assert gc.get_threshold() == usual
     assert gc.isenabled()
 
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_garbage_collector_is_as_it_was_after_run(enabled: bool) -> None:
-    paused: list[bool] = []
+    thresholds: list[int] = []
 
     async def worker() -> None:
         try:
             await asyncio.Event().wait()
         finally:
-            paused.append(not gc.isenabled())
+            thresholds.append(gc.get_threshold()[0])
 
     async def main() -> None:
         keep(worker())
         await asyncio.sleep(0)
         stop_soon()
 
+    usual = gc.get_threshold()
     (gc.enable if enabled else gc.disable)()
     try:
         run(main())
         assert gc.isenabled() is enabled
+        assert gc.get_threshold() == usual
     finally:
         gc.enable()
-    assert paused == [True]
+    # spaced while the cancelled tasks end; left alone when the caller turned it off
+    assert thresholds == [aiorun._GC_THRESHOLD if enabled else usual[0]]
 
 
 def test_every_shutdown_line_carries_structured_fields(

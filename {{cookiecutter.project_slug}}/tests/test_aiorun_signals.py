@@ -320,7 +320,8 @@ def test_cyclic_garbage_in_protected_work_stays_bounded(start) -> None:
     assert child.finish() == 0, child.output()
     assert "INFO attack: churn done" in child.lines["stderr"]
     peak = float(child.wait_for("peak_rss_mib=", "stdout").split("=")[1])
-    assert peak < 200, f"peak RSS {peak:.0f} MiB during the shutdown"
+    # The issue asks for under 200 MiB; a pause that let garbage pile up reached 210 on 3.14.
+    assert peak < 120, f"peak RSS {peak:.0f} MiB during the shutdown"
 
 
 def test_failures_the_caller_handles_are_not_unhandled(start) -> None:
