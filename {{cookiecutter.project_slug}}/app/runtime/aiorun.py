@@ -307,6 +307,7 @@ def run(
         loop.set_task_factory(_protecting_task_factory(factory_before))
         if stop_on_unhandled_errors:
             loop.set_exception_handler(shutdown.stop_on_error)
+        loop.call_soon(shutdown.on_loop_start)  # ahead of the first step of anything
         if coro is not None:
             shutdown.start_main(coro)
         hooks.install()
@@ -507,13 +508,13 @@ class _Shutdown:
         self.abandoned: set[int] = set()
         self.on_loop_start: Callable[[], None] = _nothing
         """Called first each time the loop starts running (the signal hooks take their
-        wake-up fd back from a loop that installs its own)."""
+        wake-up fd back from a loop that installs its own): run() schedules it before the
+        first run, ``drive()`` before each of its own."""
         self._hearing = threading.RLock()
         """Signals are heard in the listening thread, or in the main thread's handler."""
 
     def start_main(self, coro: Awaitable[object]) -> None:
         """Start the caller's coroutine; its failure is reported at once, not when collected."""
-        self.loop.call_soon(self.on_loop_start)  # ahead of the coroutine's first step
         if asyncio.iscoroutine(coro):
             self.main = self.loop.create_task(coro, name="main")
         else:
@@ -664,8 +665,6 @@ class _Shutdown:
 
     def run_until_stopped(self) -> None:
         """Run the loop until something stops it; then silence what the shutdown causes."""
-        if self.main is None:
-            self.loop.call_soon(self.on_loop_start)
         try:
             self.loop.run_forever()
         except KeyboardInterrupt:  # only if someone put the default SIGINT handler back
