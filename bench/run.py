@@ -213,6 +213,7 @@ def measure(
             log(f"echo-first baseline: not available: {exc}")
     results["baseline_commit"] = bake.BASELINE_COMMIT
     loadgen, how = cbuild.build()
+    load = throughput.Load(loadgen, plan.tp_conns, plan.tp_size, plan.tp_warmup, plan.tp_seconds)
     results["loadgen"] = {
         "what": f"C epoll client (bench/procs/loadgen.c, built with {how})"
         if loadgen
@@ -265,33 +266,17 @@ def measure(
         specs = throughput.specs(project, baseline, scratch, full=plan.tp_all_variants)
         results["throughput_variants"] = [s.name for s in specs]
         results["throughput_settings"] = {s.name: s.settings() for s in specs}
-        samples, failed, unrecognised = throughput.run_all(
-            specs,
-            loadgen=loadgen,
-            reps=plan.tp_reps,
-            conns=plan.tp_conns,
-            size=plan.tp_size,
-            warmup=plan.tp_warmup,
-            seconds=plan.tp_seconds,
-            log=log,
-        )
+        samples, failed, unrecognised = throughput.run_all(specs, load, reps=plan.tp_reps, log=log)
         optional = {s.name for s in specs if s.optional}
         results["throughput"] = [s.as_dict() for s in samples]
         results["throughput_failed"] = {n: w for n, w in failed.items() if n not in optional}
         results["throughput_unavailable"] = {n: w for n, w in failed.items() if n in optional}
         results["throughput_unrecognised"] = unrecognised
     if "seam" in only:
-        load: dict[str, Any] = {
-            "loadgen": loadgen,
-            "reps": plan.seam_reps,
-            "conns": plan.tp_conns,
-            "size": plan.tp_size,
-            "warmup": plan.tp_warmup,
-            "seconds": plan.tp_seconds,
-            "log": log,
-        }
-        results["seam_alternated"] = seam.run_alternated(project, scratch, **load)
-        results["seam"] = seam.run_pairs(project, scratch, **load)
+        results["seam_alternated"] = seam.run_alternated(
+            project, scratch, load, reps=plan.seam_reps, log=log
+        )
+        results["seam"] = seam.run_pairs(project, scratch, load, reps=plan.seam_reps, log=log)
         call = subprocess.run(
             [sys.executable, str(BENCH_DIR / "procs" / "seam_call.py"), str(project),
              str(200_000 if plan.tp_all_variants else 20_000)],

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,13 +107,9 @@ def summary(section: dict[str, Any]) -> dict[str, float] | None:
 def run_alternated(
     project: Path,
     scratch: Path,
+    load: throughput.Load,
     *,
-    loadgen: Path | None,
     reps: int,
-    conns: int,
-    size: int,
-    warmup: float,
-    seconds: float,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """`reps` processes, each alternating the two versions; the slices of the counted window."""
@@ -126,27 +121,22 @@ def run_alternated(
         except (RuntimeError, ValueError) as exc:
             return {"unavailable": f"{type(exc).__name__}: {str(exc)[-600:]}", "runs": runs}
         try:
-            argv = throughput._client_argv(
-                loadgen, "pingpong", port, child.pid, conns, size, warmup, seconds
-            )
             began = time.perf_counter()
-            load = subprocess.run(
-                argv, check=False, capture_output=True, text=True, timeout=warmup + seconds + 60
-            )
+            client = load.run("pingpong", port, child.pid)
             ended = time.perf_counter()
         finally:
             servers.stop(child, spec.stop_signal)
             (scratch / "j-alternate.log").unlink(missing_ok=True)
-        if load.returncode != 0:
-            return {"unavailable": f"load generator: {load.stderr[-600:]}", "runs": runs}
+        if client.returncode != 0:
+            return {"unavailable": f"load generator: {client.stderr[-600:]}", "runs": runs}
         with child.stderr.cond:
             stamped = list(zip(child.stderr.times, child.stderr.lines, strict=True))
         slices = [
             (m.group("name"), int(m.group("lines")), float(m.group("cpu")))
             for at, line in stamped
-            if began + warmup + 0.1 <= at <= ended and (m := SLICE_LINE.match(line))
+            if began + load.warmup + 0.1 <= at <= ended and (m := SLICE_LINE.match(line))
         ]
-        run = {"slices": slices, "client": json.loads(load.stdout)}
+        run = {"slices": slices, "client": json.loads(client.stdout)}
         if not any(s[0] == "seam" and s[1] for s in slices) or not any(
             s[0] == "no-seam" and s[1] for s in slices
         ):
@@ -159,13 +149,9 @@ def run_alternated(
 def run_pairs(
     project: Path,
     scratch: Path,
+    load: throughput.Load,
     *,
-    loadgen: Path | None,
     reps: int,
-    conns: int,
-    size: int,
-    warmup: float,
-    seconds: float,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """`reps` pairs, order alternated; or why the build has no seam-less variant."""
@@ -177,15 +163,7 @@ def run_pairs(
         got: dict[str, throughput.Sample] = {}
         for spec in order:
             try:
-                sample, _ = throughput.measure_once(
-                    spec,
-                    "pingpong",
-                    loadgen,
-                    conns=conns,
-                    size=size,
-                    warmup=warmup,
-                    seconds=seconds,
-                )
+                sample, _ = throughput.measure_once(spec, "pingpong", load)
             except (RuntimeError, ValueError) as exc:
                 why = f"{type(exc).__name__}: {str(exc)[-600:]}"
                 log(f"seam: {spec.name} not available: {why}")
@@ -201,4 +179,4 @@ def run_pairs(
             f"seam pair {rep + 1}/{reps}: {cost(pair):+.1%} server CPU per round trip "
             f"({got[SEAM].per_cpu_second:,.0f} vs {got[NO_SEAM].per_cpu_second:,.0f} per cpu-s)"
         )
-    return {"pairs": pairs, "conns": conns, "size": size, "seconds": seconds}
+    return {"pairs": pairs, "conns": load.conns, "size": load.size, "seconds": load.seconds}

@@ -76,23 +76,36 @@ def unrecognised_settings(lines: Sequence[str]) -> list[str]:
     return sorted({m.group(1) for line in lines if (m := UNKNOWN_SETTING.search(line))})
 
 
-def measure_once(
-    spec: servers.ServerSpec,
-    mode: str,
-    loadgen: Path | None,
-    *,
-    conns: int,
-    size: int,
-    warmup: float,
-    seconds: float,
-) -> tuple[Sample, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """One window of load: the client and how hard it pushes. The throughput and seam
+    sections run the same windows, so they share this."""
+
+    loadgen: Path | None
+    conns: int
+    size: int
+    warmup: float
+    seconds: float
+
+    def run(self, mode: str, port: int, pid: int) -> subprocess.CompletedProcess[str]:
+        """Run the client against ``port`` (the server's ``pid`` is for its CPU share)."""
+        argv = _client_argv(
+            self.loadgen, mode, port, pid, self.conns, self.size, self.warmup, self.seconds
+        )
+        return subprocess.run(
+            argv,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=self.warmup + self.seconds + 60,
+        )
+
+
+def measure_once(spec: servers.ServerSpec, mode: str, load: Load) -> tuple[Sample, list[str]]:
     """One window; returns the sample and the settings the server did not recognise."""
     child, port = servers.start(spec)
     try:
-        argv = _client_argv(loadgen, mode, port, child.pid, conns, size, warmup, seconds)
-        run = subprocess.run(
-            argv, check=False, capture_output=True, text=True, timeout=warmup + seconds + 60
-        )
+        run = load.run(mode, port, child.pid)
     finally:
         servers.stop(child, spec.stop_signal)
         journal = (spec.env or {}).get("APP_JOURNAL_PATH")
@@ -119,13 +132,9 @@ def measure_once(
 
 def run_all(
     specs: Sequence[servers.ServerSpec],
+    load: Load,
     *,
-    loadgen: Path | None,
     reps: int,
-    conns: int,
-    size: int,
-    warmup: float,
-    seconds: float,
     log: Callable[[str], None],
 ) -> tuple[list[Sample], dict[str, str], dict[str, list[str]]]:
     """Every (variant, mode) once per repetition, order rotated.
@@ -143,9 +152,7 @@ def run_all(
             if spec.name in failed:
                 continue
             try:
-                sample, unknown = measure_once(
-                    spec, mode, loadgen, conns=conns, size=size, warmup=warmup, seconds=seconds
-                )
+                sample, unknown = measure_once(spec, mode, load)
             except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
                 failed[spec.name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
                 log(f"throughput {spec.name}: failed, left out: {failed[spec.name]}")
