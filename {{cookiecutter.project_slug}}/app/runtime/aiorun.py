@@ -559,8 +559,12 @@ class _Shutdown:
             self._call_in_loop(self._duplicate, signum, now - heard_at)
         elif self.force_exit:
             self.state = _State.EXITING
-            # Not here: a signal handler that logs can re-enter a stream write it interrupted.
-            _thread.start_new_thread(self._exit_now, (signum,))
+            # Not here: a handler that logs can re-enter a stream write it interrupted, and
+            # the listening thread must stay free to hear a third signal.
+            try:
+                _thread.start_new_thread(self._exit_now, (signum,))
+            except RuntimeError:  # no thread to be had (a process limit): exit unreported
+                os._exit(128 + signum)
         else:
             self._call_in_loop(
                 logger.info,

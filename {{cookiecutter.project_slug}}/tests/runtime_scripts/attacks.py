@@ -7,6 +7,7 @@ with real signals and check the exit status and the log.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import hashlib
 import itertools
@@ -62,6 +63,16 @@ def flood_stderr() -> None:
     """Fill a stderr pipe nobody reads, so the next log write blocks for good."""
     while True:
         logger.info("flood %s", "x" * 1000)
+
+
+async def wedged_without_threads() -> None:
+    """Wedged, and no thread can be started any more (a process limit reached)."""
+
+    def refuse(*args: Any) -> int:
+        raise RuntimeError("can't start new thread")
+
+    _thread.start_new_thread = refuse  # type: ignore[assignment]
+    await wedged()
 
 
 def attack_wedged_loop(flood: bool) -> None:
@@ -250,6 +261,9 @@ def attacks() -> dict[str, Callable[[], object]]:
     return {
         "wedged-loop": lambda: attack_wedged_loop(flood=False),
         "wedged-loop-unread-stderr": lambda: attack_wedged_loop(flood=True),
+        "wedged-without-threads": lambda: run(
+            wedged_without_threads(), force_exit_on_second_signal=True
+        ),
         "wedged-in-c": lambda: run(wedged_in_c(), force_exit_on_second_signal=True),
         "wedged-in-c-uvloop": lambda: run(
             wedged_in_c(), force_exit_on_second_signal=True, use_uvloop=True
