@@ -221,7 +221,7 @@ def measure(
         "fastest servers, see the client CPU column",
         "c": loadgen is not None,
     }
-    vendored = (project / "app" / "runtime" / "aiorun.py").exists()
+    vendored = (project / "servicekit" / "aiorun.py").exists()
     if "startup" in only:
         results["startup"] = startup.run_all(
             project, scratch, reps=plan.startup_reps, journal_lines=plan.journal_lines, log=log

@@ -26,8 +26,8 @@ OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
     "windows_scripts": (
         "scripts/windows",
         "scripts/launcher_demo.py",
-        "app/runtime/launcher.py",
-        "tests/test_launcher.py",
+        "servicekit/launcher.py",
+        "tests/servicekit/test_launcher.py",
     ),
 }
 

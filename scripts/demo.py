@@ -42,9 +42,9 @@ def main() -> int:
         return service.wait()
 
     port = match[2]
-    print(f"\n$ python -m app.client --port {port} 'hello, graceful world'")
+    print(f"\n$ python -m servicekit.client --port {port} 'hello, graceful world'")
     client = subprocess.run(
-        [sys.executable, "-m", "app.client", "--port", port, "hello, graceful world"],
+        [sys.executable, "-m", "servicekit.client", "--port", port, "hello, graceful world"],
         cwd=project,
         capture_output=True,
         text=True,

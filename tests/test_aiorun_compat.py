@@ -3,7 +3,7 @@
 The runtime promises to be a drop-in for aiorun's public API, so aiorun's tests are the
 judge. The sdist is fetched once with pip (as the bench fetches aiorun) and cached under the
 template's gitignored ``.cache/``. Its ``tests/`` run under pytest in a subprocess, with a
-shim module named ``aiorun`` on PYTHONPATH that re-exports ``app.runtime.aiorun``. The suite
+shim module named ``aiorun`` on PYTHONPATH that re-exports ``servicekit.aiorun``. The suite
 needs only pytest and uvloop, both in requirements-dev.txt (no pytest-asyncio).
 
 The shim supplies one private name the tests read: ``_DO_NOT_CANCEL_COROS``, as a view of the
@@ -12,7 +12,7 @@ coroutines of protected work. Adapted tests, and nothing else (each replacement 
 1. ``test_posix.py::test_mutex_exc_handler_and_stop_unhandled`` matches our wording for the
    refused exception handler instead of "parameter is unavailable".
 2. ``test_posix.py::main_shutdown_callback_error_and_main_error`` listens to our logger,
-   ``app.runtime.aiorun``, instead of ``aiorun`` (a private name).
+   ``servicekit.aiorun``, instead of ``aiorun`` (a private name).
 3. ``test_posix.py::test_shutdown_callback_error_and_main_error`` looks for our wording,
    "shutdown callback failed", instead of "shutdown_callback() raised an error".
 4. The same test sends no SIGTERM after ``run()`` has returned and expects exit status 0,
@@ -51,8 +51,8 @@ SLOW_TEST = 20.0
 """Seconds after which one of aiorun's tests counts as hung: each needs a few at most."""
 
 SHIM = '''"""Maps ``import aiorun`` to the vendored runtime, for aiorun's own test suite."""
-from app.runtime.aiorun import *  # noqa: F403
-from app.runtime.aiorun import ShutdownCallback, _protected  # noqa: F401
+from servicekit.aiorun import *  # noqa: F403
+from servicekit.aiorun import ShutdownCallback, _protected  # noqa: F401
 
 
 class _CoroutinesOfProtectedWork:
@@ -71,7 +71,7 @@ ADAPTATIONS: dict[str, list[tuple[str, str]]] = {
             'match="parameter is unavailable"',
             'match="cannot be used with a loop that already has a custom exception handler"',
         ),
-        ('logging.getLogger("aiorun")', 'logging.getLogger("app.runtime.aiorun")'),  # 2
+        ('logging.getLogger("aiorun")', 'logging.getLogger("servicekit.aiorun")'),  # 2
         ('"shutdown_callback() raised an error"', '"shutdown callback failed"'),  # 3
         (  # 4
             "main_shutdown_callback_error_and_main_error, expected_exit_code=1\n"
@@ -178,7 +178,7 @@ def test_aiorun_own_suite_passes_against_the_vendored_runtime(
         text=True,
         timeout=60,
     )
-    assert probe.stdout.strip() == "app.runtime.aiorun", probe.stderr
+    assert probe.stdout.strip() == "servicekit.aiorun", probe.stderr
 
 
 def test_force_exit_on_second_signal_is_our_extension(aiorun_source: Path) -> None:

@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict[str, object]] = {
 LEFTOVER_JINJA = re.compile(r"\{\{-?\s*cookiecutter\b|\{%-?\s")
 DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml")
 FIGURES = TEMPLATE / "build" / "reliability.jsonl"
-WINDOWS_FILES = ("app/runtime/launcher.py", "scripts/windows/run.bat", "scripts/windows/run.ps1")
+WINDOWS_FILES = ("servicekit/launcher.py", "scripts/windows/run.bat", "scripts/windows/run.ps1")
 
 
 def project_files(project: Path) -> list[Path]:
@@ -110,13 +110,15 @@ def test_lock_is_consistent_with_pyproject(variant: tuple[str, Path]) -> None:
 @pytest.mark.parametrize("platform", ["linux", "win32"])
 def test_mypy_strict_is_clean(bake: Bake, platform: str) -> None:
     project = bake()
-    result = run(sys.executable, "-m", "mypy", "--platform", platform, "app", cwd=project)
+    result = run(
+        sys.executable, "-m", "mypy", "--platform", platform, "app", "servicekit", cwd=project
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_runtime_is_copied_verbatim(bake: Bake) -> None:
-    vendored = TEMPLATE / "{{cookiecutter.project_slug}}" / "app" / "runtime" / "aiorun.py"
-    assert (bake() / "app" / "runtime" / "aiorun.py").read_bytes() == vendored.read_bytes()
+    vendored = TEMPLATE / "{{cookiecutter.project_slug}}" / "servicekit" / "aiorun.py"
+    assert (bake() / "servicekit" / "aiorun.py").read_bytes() == vendored.read_bytes()
 
 
 def test_options_prune_their_files(bake: Bake) -> None:
@@ -135,7 +137,7 @@ def test_answers_flow_into_the_project(bake: Bake) -> None:
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == "ping-pong"
     assert pyproject["project"]["authors"] == [{"name": "Ada O'Hara"}]
-    assert "DEFAULT_PORT = 9999" in (project / "app/config.py").read_text()
+    assert "DEFAULT_PORT = 9999" in (project / "servicekit/config.py").read_text()
     assert (project / "README.md").read_text().startswith("# Ping Pong")
     recorded = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     assert recorded["project_name"] == "Ping Pong"
@@ -180,5 +182,5 @@ def test_bakes_from_a_git_clone(tmp_path: Path) -> None:
         output_dir=str(tmp_path / "out"),
         config_file=str(config),
     )
-    assert (Path(project) / "app" / "runtime" / "aiorun.py").is_file()
+    assert (Path(project) / "servicekit" / "aiorun.py").is_file()
     assert (Path(project) / "Dockerfile").is_file()

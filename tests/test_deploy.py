@@ -35,7 +35,7 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 schema kubernetes-validate ships."""
 MARGIN = 2.0
 """Seconds the grace period must leave after preStop + APP_SHUTDOWN_TIMEOUT: the interpreter's
-exit, and the multi-worker supervisor's wait beyond the timeout (app/runtime/supervisor.py)."""
+exit, and the multi-worker supervisor's wait beyond the timeout (servicekit/supervisor.py)."""
 KUBERNETES = Path("deploy/kubernetes")
 RAW_MANIFESTS = ("deployment.yaml", "service.yaml", "poddisruptionbudget.yaml")
 Resource = dict[str, Any]
@@ -230,7 +230,7 @@ def test_pods_are_wired_to_the_service_the_budget_and_the_volume(
     assert service["spec"]["ports"][0]["targetPort"] == "echo"
 
     for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "app.health"]
+        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "servicekit.health"]
     # A pod at its connection limit is taken out of the Service, not restarted.
     assert "--live" not in container["readinessProbe"]["exec"]["command"]
     assert "--live" in container["livenessProbe"]["exec"]["command"]

@@ -151,7 +151,7 @@ def _client(project: Path, port: int, *messages: str, count: int = 1) -> list[st
         [
             sys.executable,
             "-m",
-            "app.client",
+            "servicekit.client",
             "--host",
             "127.0.0.1",
             "--port",
@@ -212,7 +212,7 @@ def test_image_config(app_image: Any) -> None:
     assert config["Entrypoint"] == ["python", "-m", "app"]  # exec form: no /bin/sh -c
     assert not config.get("Cmd")
     # Liveness: a service busy at its connection limit is alive, not broken.
-    assert config["Healthcheck"]["Test"] == ["CMD", "python", "-m", "app.health", "--live"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "python", "-m", "servicekit.health", "--live"]
     assert "/data" in config["Volumes"]
     assert env["APP_HOST"] == "0.0.0.0"
     assert env["APP_JOURNAL_PATH"].startswith("/data/")
@@ -440,7 +440,7 @@ def test_compose_grace_period_covers_shutdown(baked: Path) -> None:
     timeout = float(service["environment"]["APP_SHUTDOWN_TIMEOUT"])
     assert grace > timeout
     assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
-    assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "app.health", "--live"]
+    assert service["healthcheck"]["test"] == ["CMD", "python", "-m", "servicekit.health", "--live"]
     assert any(str(v).endswith(":/data") for v in service["volumes"])
     assert "network_mode" not in service
 

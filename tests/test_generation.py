@@ -8,8 +8,11 @@ create and update run here as real commands against a git copy of this working t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
 import sys
 import tomllib
 import zipfile
@@ -63,7 +66,7 @@ def assert_complete_project(project: Path, answers: dict[str, str]) -> None:
     dockerfile = (project / "Dockerfile").read_text()
     assert f"python:{answers.get('python_version', '3.14')}-slim" in dockerfile
     assert "{{" not in dockerfile
-    assert (project / "app" / "runtime" / "aiorun.py").is_file()
+    assert (project / "servicekit" / "aiorun.py").is_file()
     recorded = json.loads((project / ".cookiecutter.json").read_text())["cookiecutter"]
     for key, value in answers.items():
         assert recorded[key] == value
@@ -165,7 +168,7 @@ def test_cruft_update_round_trip(tmp_path: Path) -> None:
     git("add", "-A", cwd=project)
     git("commit", "-q", "-m", "generated", cwd=project)
 
-    server = project / "app" / "server.py"
+    server = project / "servicekit" / "server.py"
     server.write_text(server.read_text() + "\n# my own change, kept across updates\n")
     git("commit", "-q", "-am", "user edit", cwd=project)
 
@@ -180,6 +183,86 @@ def test_cruft_update_round_trip(tmp_path: Path) -> None:
     assert json.loads((project / ".cruft.json").read_text())["commit"] == commit_b
     check = run(BIN / "cruft", "check", cwd=project)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+BEFORE_THE_SPLIT = "cf2b14721eafff23103ff0918d49e9f9b60daf0a"
+"""The last template commit whose projects kept everything in ``app/`` (before ``servicekit/``)."""
+
+UPPERCASE_PROTOCOL = """\
+async def handle(request: bytes) -> bytes:
+    return request.upper()  # the user's own change
+
+
+def recover(request: bytes) -> None:
+    pass
+"""
+
+
+def test_cruft_update_across_the_split_keeps_the_users_protocol(tmp_path: Path) -> None:
+    """A project generated before ``app/`` and ``servicekit/`` were split updates cleanly."""
+    if run("git", "cat-file", "-e", BEFORE_THE_SPLIT, cwd=TEMPLATE).returncode != 0:
+        pytest.skip("the template's git history is not here (not a clone)")
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = tmp_path / "old.tar"
+    git("archive", "-o", str(archive), BEFORE_THE_SPLIT, cwd=TEMPLATE)
+    shutil.unpack_archive(archive, old)
+    git("init", "-q", cwd=old)
+    git("add", "-A", cwd=old)
+    git("commit", "-q", "-m", "before the split", cwd=old)
+    out = tmp_path / "projects"
+    out.mkdir()
+    cruft("create", "--no-input", "--output-dir", out, f"file://{old}", cwd=tmp_path)
+    project = out / "echo-service"
+    assert (project / "app" / "server.py").is_file()
+    git("init", "-q", cwd=project)
+    (project / "app" / "protocol.py").write_text(UPPERCASE_PROTOCOL)
+    git("add", "-A", cwd=project)
+    git("commit", "-q", "-m", "generated, then made mine", cwd=project)
+
+    new = copy_template(tmp_path / "new")
+    shutil.rmtree(old / "{{cookiecutter.project_slug}}")
+    for path in new.iterdir():
+        if path.name != ".git":
+            target = old / path.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+    git("add", "-A", cwd=old)
+    git("commit", "-q", "-m", "the split", cwd=old)
+
+    cruft("update", "-y", cwd=project)
+    assert (project / "app" / "protocol.py").read_text() == UPPERCASE_PROTOCOL
+    assert sorted(p.name for p in (project / "app").glob("*.py")) == [
+        "__init__.py",
+        "__main__.py",
+        "protocol.py",
+    ]
+    assert (project / "servicekit" / "server.py").is_file()
+    # The template's own edit of the protocol's docstring cannot apply to the user's rewrite:
+    # cruft keeps the user's file and leaves that hunk beside it, and nowhere else.
+    rejected = [str(p.relative_to(project)) for p in project.rglob("*.rej")]
+    assert rejected == ["app/protocol.py.rej"]
+    service = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=project,
+        env={**os.environ, "APP_PORT": "0", "APP_JOURNAL_PATH": str(tmp_path / "j.log")},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stderr is not None
+        for line in service.stderr:
+            if found := re.search(r"listening on (\S+):(\d+)", line):
+                break
+        else:
+            pytest.fail("the updated project did not start")
+        with socket.create_connection((found[1], int(found[2])), timeout=10) as conn:
+            conn.sendall(b"made mine\n")
+            assert conn.makefile("rb").readline() == b"MADE MINE\n"
+    finally:
+        service.terminate()
+        assert service.wait(timeout=20) == 0
 
 
 def test_readme_documents_the_cruft_round_trip(bake: Bake) -> None:
@@ -216,7 +299,7 @@ def test_licence_answer_writes_licence_and_pep639_expression(bake: Bake, licence
     if licence in ("MIT", "BSD-3-Clause", "Proprietary"):
         assert "Ada O'Hara" in text
     # The vendored runtime keeps its own licence, whatever the project's is.
-    runtime = (project / "app" / "runtime" / "aiorun.py").read_text()
+    runtime = (project / "servicekit" / "aiorun.py").read_text()
     assert "SPDX-License-Identifier: MIT" in runtime
     assert "MIT" in (project / "README.md").read_text().split("## Licence", 1)[1]
 

@@ -137,7 +137,7 @@ def test_port_is_accepted_exactly_in_range(port: int | str) -> None:
     [
         ({"use_docker": True, "windows_scripts": True}, []),
         ({"use_docker": False, "windows_scripts": True}, ["compose.yaml", "deploy"]),
-        ({"use_docker": True, "windows_scripts": False}, ["scripts", "app/runtime/launcher.py"]),
+        ({"use_docker": True, "windows_scripts": False}, ["scripts", "servicekit/launcher.py"]),
     ],
 )
 def test_prune_removes_what_answers_turned_off(tmp_path: Path, answers, removed) -> None:
@@ -146,8 +146,8 @@ def test_prune_removes_what_answers_turned_off(tmp_path: Path, answers, removed)
         ".dockerignore",
         "deploy/kubernetes/deployment.yaml",
         "scripts/windows/run.bat",
-        "app/runtime/launcher.py",
-        "app/server.py",
+        "servicekit/launcher.py",
+        "servicekit/server.py",
     ]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def test_prune_removes_what_answers_turned_off(tmp_path: Path, answers, removed)
     post.prune(tmp_path, answers)
     for name in removed:
         assert not (tmp_path / name).exists(), name
-    assert (tmp_path / "app/server.py").exists()
+    assert (tmp_path / "servicekit/server.py").exists()
     if answers["windows_scripts"]:
         assert (tmp_path / "scripts/windows/run.bat").exists()
 
@@ -180,9 +180,11 @@ def test_prune_drops_tool_caches(tmp_path: Path) -> None:
     for cache in ("app/__pycache__/x.pyc", ".ruff_cache/0.1/y", ".pytest_cache/v/z"):
         (tmp_path / cache).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / cache).write_bytes(b"\x8b")
-    (tmp_path / "app/server.py").write_text("x")
+    (tmp_path / "servicekit").mkdir()
+    (tmp_path / "servicekit/server.py").write_text("x")
     post.prune(tmp_path, {"use_docker": True, "windows_scripts": True})
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
         "app",
-        "app/server.py",
+        "servicekit",
+        "servicekit/server.py",
     ]

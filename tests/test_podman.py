@@ -157,7 +157,7 @@ def test_kube_play_runs_the_deployment(
         ).split(maxsplit=4)
         user, read_only, stop_timeout, memory, health = inspected
         assert user.split(":")[0] == "10001" and read_only == "true", inspected
-        assert "app.health" in health, health
+        assert "servicekit.health" in health, health
 
         # The probes: liveness as podman's own health check, readiness as the kubelet runs it.
         _podman("healthcheck", "run", container)

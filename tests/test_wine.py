@@ -78,7 +78,8 @@ import signal
 import sys
 import threading
 
-from app.__main__ import main
+from app import protocol
+from servicekit.main import main
 
 
 def trigger() -> None:
@@ -89,7 +90,7 @@ def trigger() -> None:
 loop_type = type(asyncio.new_event_loop()).__name__
 print(f"stand-in: {sys.platform} {loop_type}", file=sys.stderr, flush=True)
 threading.Thread(target=trigger, daemon=True).start()
-sys.exit(main())
+sys.exit(main(protocol))
 '''
 
 SERVICE_WRAPPER_STAND_IN = '''\
@@ -561,8 +562,8 @@ def test_wrappers_are_crlf_and_powershell_parses(bake: Bake) -> None:
     assert b"$root = Split-Path -Parent (Split-Path -Parent $PSScriptRoot)" in shared
     assert b"& $python @args" in shared
     commands = {
-        "run": "-m app.runtime.launcher run",
-        "stop": "-m app.runtime.launcher stop",
+        "run": "-m servicekit.launcher run",
+        "stop": "-m servicekit.launcher stop",
         "demo": "scripts\\launcher_demo.py",
     }
     for name in WRAPPERS:

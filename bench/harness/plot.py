@@ -13,7 +13,7 @@ from typing import Any
 from .stats import median
 
 STYLE = {
-    "vendored": ("app.runtime.aiorun (vendored)", "tab:green", "o", "-"),
+    "vendored": ("servicekit.aiorun (vendored)", "tab:green", "o", "-"),
     "aiorun": ("aiorun 2025.1.1", "tab:blue", "s", "-"),
     "asyncio": ("asyncio.run (SIGINT)", "tab:orange", "^", "-"),
     "exit": ("floor: os._exit on SIGTERM", "tab:gray", "", ":"),

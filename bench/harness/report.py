@@ -16,7 +16,7 @@ from .stats import fmt_number, fmt_seconds, median, ratio
 
 HEAVY = (1000, 10000)
 RUNNER_NAMES = {
-    "vendored": "app.runtime.aiorun (vendored)",
+    "vendored": "servicekit.aiorun (vendored)",
     "aiorun": "aiorun 2025.1.1",
     "asyncio": "asyncio.run (SIGINT)",
     "exit": "floor: os._exit",

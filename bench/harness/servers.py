@@ -106,7 +106,7 @@ def baseline_service(project: Path, journal: Path, **settings: str) -> ServerSpe
 
 
 def service_under_asyncio_run(project: Path, journal: Path) -> ServerSpec:
-    """The same EchoService code, run by plain asyncio.run on the default loop."""
+    """The same Service code, run by plain asyncio.run on the default loop."""
     return ServerSpec(
         name="same server, asyncio.run",
         argv=[sys.executable, str(PROCS / "service_asyncio_run.py"), str(project)],

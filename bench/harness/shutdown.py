@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", required=True, help="comma-separated, e.g. 10000")
     parser.add_argument("--reps", type=int, required=True)
     args = parser.parse_args(argv)
-    vendored = (args.project / "app" / "runtime" / "aiorun.py").exists()
+    vendored = (args.project / "servicekit" / "aiorun.py").exists()
     grid = run_grid(
         runners=[r for r in RUNNERS if vendored or r != "vendored"],
         conns_grid=[int(c) for c in args.conns.split(",")],

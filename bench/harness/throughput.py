@@ -30,7 +30,7 @@ from . import servers
 
 PY_LOADGEN = servers.PROCS / "loadgen.py"
 UNKNOWN_SETTING = re.compile(r"unknown setting (APP_\w+)")
-"""The service's warning for an APP_ variable it does not know (app/config.py)."""
+"""The service's warning for an APP_ variable it does not know (servicekit/config.py)."""
 MODES = {"pingpong": 1, "pipeline": 16}
 """Lines per write in each mode."""
 

@@ -105,7 +105,7 @@ def main() -> int:
         from aiorun import run
     else:
         sys.path.insert(0, args.project)
-        from app.runtime.aiorun import run  # type: ignore[no-redef]
+        from servicekit.aiorun import run  # type: ignore[no-redef]
     run(start(args.tasks))  # runs until SIGTERM/SIGINT, like a service does
     logger.info("runner returned")
     return 0

@@ -2,7 +2,7 @@
 
 Why: the seam's cost is what the server pays per request to call the user's `handle` instead
 of echoing inline. A handle that returns without suspending is driven here by the server's own
-driver (`app.server._driver`: one send per request, the reply checked and left in a list), so
+driver (`servicekit.server._driver`: one send per request, the reply checked and left in a list), so
 this loop costs what the seam adds per line; a build without that driver is timed the way it
 drove `handle` (coroutine created, one send(None), StopIteration carries the reply). Prints
 the microseconds per call as JSON.
@@ -28,7 +28,7 @@ def main() -> int:
     handle = protocol.handle
     request = b"x" * 1023
     try:
-        from app.server import _ANSWERED, _driver
+        from servicekit.server import _ANSWERED, _driver
     except ImportError:
         _driver = None
     best = float("inf")

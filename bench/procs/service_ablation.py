@@ -54,7 +54,7 @@ def main() -> int:
 
     if args.no_journal:
         if not hasattr(journal.Journal, "append"):
-            print("ablation: app.journal.Journal has no append() any more", file=sys.stderr)
+            print("ablation: servicekit.journal.Journal has no append() any more", file=sys.stderr)
             return 3
         journal.Journal.append = _written  # type: ignore[method-assign]
     if (args.seam or args.no_seam) and not _recompiled(seam=args.seam):

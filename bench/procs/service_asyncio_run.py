@@ -1,4 +1,4 @@
-"""Run the generated service's own EchoService under plain `asyncio.run`, not app.runtime.
+"""Run the generated service's own Service under plain `asyncio.run`, not servicekit.aiorun.run().
 
 Why: the throughput benchmark compares this with `python -m app` on the same (default) loop.
 Between start and stop the runtime should cost nothing, so the ratio shows its overhead.
@@ -19,8 +19,9 @@ import sys
 
 def main() -> int:
     sys.path.insert(0, sys.argv[1])
-    from app.config import load_settings
-    from app.service import EchoService
+    from app import protocol
+    from servicekit.config import load_settings
+    from servicekit.service import Service
 
     settings, _ = load_settings()
     logging.basicConfig(
@@ -28,7 +29,7 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    service = EchoService(settings)
+    service = Service(settings, protocol)
 
     async def serve() -> None:
         await service.open()

@@ -1,6 +1,6 @@
 """Negative control for tests/test_docker.py: the same echo service with no signal handling.
 
-It starts the generated project's EchoService under plain ``asyncio.run()``, which installs no
+It starts the generated project's Service under plain ``asyncio.run()``, which installs no
 SIGTERM handler. Run as a container's main process (PID 1, or under a shell-form CMD's
 ``/bin/sh -c``), SIGTERM is then ignored and ``docker stop`` can only end it with SIGKILL after
 the grace period: exit status 137, no drain, no journal flush. The test proves that it does.
@@ -12,13 +12,14 @@ import asyncio
 import logging
 import sys
 
-from app.config import load_settings
-from app.service import EchoService
+from app import protocol
+from servicekit.config import load_settings
+from servicekit.service import Service
 
 
 async def serve() -> None:
     settings, _ = load_settings()
-    service = EchoService(settings)
+    service = Service(settings, protocol)
     await service.open()
     await service.serve()
     await asyncio.Event().wait()  # forever: nothing here reacts to SIGTERM

@@ -1,4 +1,5 @@
-"""{{ cookiecutter.project_name }}: an asyncio TCP echo service that stops gracefully.
+"""{{ cookiecutter.project_name }}: your service. ``protocol.py`` is what it answers.
 
-Start it with ``python -m app``; see README.md for configuration and the shutdown sequence.
+Everything in this package is yours to edit; what it inherits from the template is in
+``servicekit/``, which never imports this package. Start it with ``python -m app``.
 """

@@ -1,7 +1,7 @@
 """What the service does with a request: the one file to replace with your own protocol.
 
 A request is one line a client sent, without its newline; the reply is one line, sent back
-with a newline added. Everything else is the server's (``app/server.py``): framing, limits,
+with a newline added. Everything else is the server's (``servicekit/server.py``): framing, limits,
 timeouts, backpressure, fairness, the journal and the graceful drain. It calls ``handle`` for
 the requests of one connection in order, one at a time, and sends a reply only once its
 request is in the journal. An empty line never reaches ``handle``: it is a health ping, which

@@ -3,7 +3,7 @@
     python scripts/launcher_demo.py      (or scripts\\windows\\demo.bat / demo.ps1)
 
 It shows the launcher's promise end to end on this machine: the stop goes through
-``python -m app.runtime.launcher stop`` (CTRL_BREAK_EVENT on Windows, SIGTERM elsewhere), the
+``python -m servicekit.launcher stop`` (CTRL_BREAK_EVENT on Windows, SIGTERM elsewhere), the
 service exits 0, and the request it answered is in the journal. It checks nothing about what
 the answer says, so it keeps working when ``app/protocol.py`` is yours: one request line in,
 one reply line out, every answered request journaled.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, for `app`
 
-from app.exitcodes import describe
-from app.runtime.launcher import RunFiles, current_platform, request_stop
+from servicekit.exitcodes import describe
+from servicekit.launcher import RunFiles, current_platform, request_stop
 
 REQUEST = b"hello from the launcher demo"
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -44,7 +44,7 @@ def main() -> int:
             "APP_PORT": "0",
             "APP_JOURNAL_PATH": str(journal),
         }
-        command = [sys.executable, "-m", "app.runtime.launcher", "run", "--run-dir", tmp]
+        command = [sys.executable, "-m", "servicekit.launcher", "run", "--run-dir", tmp]
         say(f"demo: starting the service through the launcher: {' '.join(command)}")
         launcher = subprocess.Popen(
             command,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import protocol
-from app.service import does_nothing
+from servicekit.service import does_nothing
 
 
 def test_handle_echoes_and_recover_keeps_nothing() -> None:
@@ -27,7 +27,7 @@ def test_the_echo_keeps_no_state_so_the_journal_is_not_replayed() -> None:
 
 def test_client_prints_each_echo(start_service: StartService, run_app) -> None:
     service = start_service()
-    result = run_app("--port", str(service.port), "hello", "wörld", module="app.client")
+    result = run_app("--port", str(service.port), "hello", "wörld", module="servicekit.client")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["hello", "wörld"]
 

@@ -5,8 +5,8 @@ rem Runs from the project folder with PYTHON if set, else .venv\Scripts\python.e
 rem The exit status is 0 when the request was answered, the graceful stop worked and the journal holds it.
 setlocal
 pushd "%~dp0..\.."
-if not exist "app\runtime\launcher.py" (
-    echo error: cannot find app\runtime\launcher.py two folders above scripts\windows 1>&2
+if not exist "servicekit\launcher.py" (
+    echo error: cannot find servicekit\launcher.py two folders above scripts\windows 1>&2
     popd
     exit /b 1
 )

@@ -6,5 +6,5 @@ Usage: scripts\windows\stop.ps1 [--run-dir DIR]
 Runs from the project folder with $env:PYTHON if set, else .venv\Scripts\python.exe, else python.
 The exit status is the launcher's: the service's exit status (0 = clean stop), 1 if nothing was running.
 #>
-. (Join-Path $PSScriptRoot '_common.ps1') -m app.runtime.launcher stop @args
+. (Join-Path $PSScriptRoot '_common.ps1') -m servicekit.launcher stop @args
 exit $status

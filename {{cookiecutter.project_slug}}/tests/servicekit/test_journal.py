@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from conftest import HANG_GUARD, Service, StartService, ask, connect, is_reply, service_env
 
-import app.journal
-from app.exitcodes import ExitCode
-from app.journal import FsyncPolicy, Journal
+import servicekit.journal
+from servicekit.exitcodes import ExitCode
+from servicekit.journal import FsyncPolicy, Journal
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -121,7 +121,7 @@ FULL_DISK = textwrap.dedent(
     """
     import asyncio, logging, resource, sys
     from pathlib import Path
-    from app.journal import FsyncPolicy, Journal
+    from servicekit.journal import FsyncPolicy, Journal
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
@@ -187,7 +187,7 @@ class Counted:
         self.calls = 0
         self.called = asyncio.Event()
         self.loop = asyncio.get_running_loop()
-        monkeypatch.setattr(app.journal.os, name, self)
+        monkeypatch.setattr(servicekit.journal.os, name, self)
 
     def __call__(self, *args: object) -> object:
         self.calls += 1

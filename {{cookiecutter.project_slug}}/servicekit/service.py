@@ -25,25 +25,38 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from app import protocol
-from app.config import Settings
-from app.exitcodes import ExitCode, StartupError, bind_exit_code
-from app.journal import Journal, JournalInUse
-from app.runtime import notify
-from app.server import Server
+from servicekit import notify
+from servicekit.config import Settings
+from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code
+from servicekit.journal import Journal, JournalInUse
+from servicekit.server import Server
 
-logger = logging.getLogger("app")
+logger = logging.getLogger(__name__)
 
 DRAIN_SHARE = 0.5
 """Part of APP_SHUTDOWN_TIMEOUT given to draining connections; the runtime gets the rest."""
 
 
-class EchoService:
-    """Wires the journal, the server and systemd notification to the runtime."""
+class ServiceProtocol(Protocol):
+    """What the user's protocol module provides (``app/protocol.py`` is one).
 
-    def __init__(self, settings: Settings) -> None:
+    A module satisfies it by having these two functions: the service is handed the module, so
+    this package never imports the user's.
+    """
+
+    async def handle(self, request: bytes) -> bytes: ...
+
+    def recover(self, request: bytes) -> None: ...
+
+
+class Service:
+    """Wires the user's protocol, the journal, the server and systemd notification together."""
+
+    def __init__(self, settings: Settings, protocol: ServiceProtocol) -> None:
         self.settings = settings
+        self.protocol = protocol
         self.exit_code = ExitCode.OK
         self.journal = Journal(
             settings.journal_path, fsync=settings.journal_fsync, on_failure=self._journal_failed
@@ -54,6 +67,7 @@ class EchoService:
             max_line_bytes=settings.max_line_bytes,
             idle_timeout=settings.idle_timeout,
             line_timeout=settings.line_timeout,
+            handle=protocol.handle,
         )
         self._stopping = False
         self.addresses: list[tuple[str, int]] = []
@@ -85,12 +99,12 @@ class EchoService:
             raise StartupError(
                 bind_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
             ) from None
-        if does_nothing(protocol.recover):
+        if does_nothing(self.protocol.recover):
             return
         try:
             replayed = 0
             for request in self.journal.replay():
-                protocol.recover(request)
+                self.protocol.recover(request)
                 replayed += 1
         except OSError as exc:
             self.server.close()

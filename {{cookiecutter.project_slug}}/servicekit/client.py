@@ -1,4 +1,4 @@
-"""``python -m app.client``: send requests to the service and print each reply.
+"""``python -m servicekit.client``: send requests to the service and print each reply.
 
 Requests are the arguments, one per argument, or else the lines read from stdin. Each request
 is one line, and the service answers each with one line, whatever the protocol: the client
@@ -20,11 +20,11 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-from app.config import client_port
+from servicekit.config import client_port
 
 REFUSALS = (b"error: too many connections\n", b"error: shutting down\n")
 """Lines the server sends instead of a reply, after which it ends the connection (see
-app/server.py): the request they answer was not handled."""
+servicekit/server.py): the request they answer was not handled."""
 LONGEST_REPLY = 1 << 24
 """Bytes a reply may have before the client gives up on it."""
 
@@ -104,7 +104,7 @@ def _stdin_lines() -> Iterable[bytes]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Defaults follow the service's own settings: APP_PORT, and loopback."""
-    parser = argparse.ArgumentParser(prog="python -m app.client", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m servicekit.client", description=__doc__)
     parser.add_argument(
         "messages", nargs="*", type=_message, metavar="MESSAGE", help="default: stdin's lines"
     )

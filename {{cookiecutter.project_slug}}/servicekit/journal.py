@@ -49,8 +49,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from app.config import FsyncPolicy
-from app.runtime import shutdown_waits_for
+from servicekit.aiorun import shutdown_waits_for
+from servicekit.config import FsyncPolicy
 
 logger = logging.getLogger(__name__)
 

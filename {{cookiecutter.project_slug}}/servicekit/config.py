@@ -320,7 +320,7 @@ def load_settings(
 def client_port() -> str:
     """The port local tools (client, health probe) try first: APP_PORT, else the default.
 
-    Read like the service reads it (environment over ``.env``), so ``python -m app.client``
+    Read like the service reads it (environment over ``.env``), so ``python -m servicekit.client``
     finds the service it sits next to. A broken ``.env`` is the service's to report.
     """
     return _client_setting("APP_PORT") or str(DEFAULT_PORT)

@@ -1,4 +1,4 @@
-"""``python -m app.health``: exit 0 if the service is ready (or, with ``--live``, alive).
+"""``python -m servicekit.health``: exit 0 if the service is ready (or, with ``--live``, alive).
 
 For container and Kubernetes probes. It sends an empty line, which the server answers with an
 empty line and does not journal, so probes every few seconds prove the event loop is alive
@@ -29,8 +29,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from app.config import client_host, client_port
-from app.server import TOO_MANY
+from servicekit.config import client_host, client_port
+from servicekit.server import TOO_MANY
 
 FULL = "at its connection limit"
 
@@ -88,7 +88,7 @@ def _timeout(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Probe once; print the reason on failure."""
     parser = _Parser(
-        prog="python -m app.health",
+        prog="python -m servicekit.health",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -39,11 +39,12 @@ from conftest import (
     talk_through_sigterm,
 )
 
-from app.config import Settings
-from app.exitcodes import ExitCode
-from app.logs import JsonFormatter
-from app.server import Server
-from app.service import does_nothing
+from app import protocol
+from servicekit.config import Settings
+from servicekit.exitcodes import ExitCode
+from servicekit.logs import JsonFormatter
+from servicekit.server import Server
+from servicekit.service import does_nothing
 
 SHUTDOWN_PHASES = (
     "stopped accepting connections",
@@ -75,7 +76,7 @@ def reply_to(service: Service, line: bytes) -> bytes:
 
 def test_client_prints_one_reply_per_request(start_service: StartService, run_app) -> None:
     service = start_service()
-    result = run_app("--port", str(service.port), "hello", "wörld", module="app.client")
+    result = run_app("--port", str(service.port), "hello", "wörld", module="servicekit.client")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2
     assert service.stop() == ExitCode.OK
@@ -86,7 +87,7 @@ def test_client_reads_requests_from_stdin(start_service: StartService, workdir: 
     service = start_service()
     requests = b"".join(b"request %d\n" % n for n in range(50))
     result = subprocess.run(
-        [sys.executable, "-m", "app.client", "--port", str(service.port)],
+        [sys.executable, "-m", "servicekit.client", "--port", str(service.port)],
         input=requests,
         capture_output=True,
         cwd=workdir,
@@ -108,7 +109,7 @@ def test_client_reports_requests_refused_by_a_draining_service(
     it was refused and not handled (so it can be sent again) and exits 1."""
     service = start_service()
     client = subprocess.Popen(
-        [sys.executable, "-m", "app.client", "--port", str(service.port)],
+        [sys.executable, "-m", "servicekit.client", "--port", str(service.port)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -138,7 +139,7 @@ def test_client_reports_nothing_listening(run_app) -> None:
     with socket.socket() as sock:  # a port that was free a moment ago and has no listener
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = run_app("--port", str(port), module="app.client")
+    result = run_app("--port", str(port), module="servicekit.client")
     assert result.returncode == 1
     assert result.stderr.startswith("error: nothing is listening on 127.0.0.1:")
     assert "Traceback" not in result.stderr
@@ -226,13 +227,13 @@ def test_connections_past_the_limit_are_refused_politely(start_service: StartSer
 
 def test_health_probe(start_service: StartService, run_app) -> None:
     service = start_service()
-    assert run_app("--port", str(service.port), module="app.health").returncode == 0
+    assert run_app("--port", str(service.port), module="servicekit.health").returncode == 0
     assert service.stop() == ExitCode.OK
-    failed = run_app("--port", str(service.port), module="app.health")
+    failed = run_app("--port", str(service.port), module="servicekit.health")
     assert failed.returncode == 1
     assert failed.stderr.startswith("unhealthy: ")
     assert service.journal.read_bytes() == b"", "health pings must not be journaled"
-    assert run_app("--port", "x", module="app.health").returncode == 1  # never 2 (Docker's)
+    assert run_app("--port", "x", module="servicekit.health").returncode == 1  # never 2 (Docker's)
 
 
 def test_busy_service_is_alive_but_not_ready(start_service: StartService, run_app) -> None:
@@ -241,11 +242,14 @@ def test_busy_service_is_alive_but_not_ready(start_service: StartService, run_ap
     service = start_service(APP_MAX_CONNECTIONS="1")
     with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as only:
         assert ask(only, b"\n") == b"\n"
-        ready = run_app("--port", str(service.port), module="app.health")
+        ready = run_app("--port", str(service.port), module="servicekit.health")
         assert ready.returncode == 1
         assert ready.stderr.startswith("not ready: ")
         assert "connection limit" in ready.stderr
-        assert run_app("--live", "--port", str(service.port), module="app.health").returncode == 0
+        assert (
+            run_app("--live", "--port", str(service.port), module="servicekit.health").returncode
+            == 0
+        )
 
 
 def ipv6_loopback() -> bool:
@@ -262,7 +266,7 @@ def ipv6_loopback() -> bool:
 def test_health_probe_follows_app_host(start_service: StartService, run_app, host: str) -> None:
     """The probe asks where the service listens: ::1 itself, and ::1 for the wildcard ::."""
     service = start_service(APP_HOST=host)
-    probe = run_app("--port", str(service.port), module="app.health", APP_HOST=host)
+    probe = run_app("--port", str(service.port), module="servicekit.health", APP_HOST=host)
     assert probe.returncode == 0, probe.stderr
     assert service.stop() == ExitCode.OK
 
@@ -272,7 +276,7 @@ def test_client_reports_a_server_that_hangs_up_without_a_reply(run_app) -> None:
         port = mute.getsockname()[1]
         answer = threading.Thread(target=lambda: _hang_up(mute), daemon=True)
         answer.start()
-        result = run_app("--port", str(port), "hello", module="app.client")
+        result = run_app("--port", str(port), "hello", module="servicekit.client")
         answer.join(HANG_GUARD)
     assert result.returncode == 1
     assert result.stderr == f"error: 127.0.0.1:{port} closed the connection without a reply\n"
@@ -282,7 +286,7 @@ def test_client_reports_a_refusal(start_service: StartService, run_app) -> None:
     service = start_service(APP_MAX_CONNECTIONS="1")
     with connect(service) as only:
         assert ask(only, b"\n") == b"\n"
-        result = run_app("--port", str(service.port), "hello", module="app.client")
+        result = run_app("--port", str(service.port), "hello", module="servicekit.client")
     assert result.returncode == 1
     assert result.stderr == (
         f"error: refused by 127.0.0.1:{service.port}: too many connections; "
@@ -297,7 +301,7 @@ def _hang_up(server: socket.socket) -> None:
 
 
 def test_client_refuses_a_message_with_a_line_break(run_app) -> None:
-    result = run_app("--port", "1", "two\nlines", module="app.client")
+    result = run_app("--port", "1", "two\nlines", module="servicekit.client")
     assert result.returncode == 2
     assert "a message is one line" in result.stderr
 
@@ -510,8 +514,8 @@ def test_startup_imports_only_what_this_start_needs(start_service: StartService)
     with workers, difflib only for a warning (see bench/ for the time to 'listening on')."""
     service = start_service("-X", "importtime", "-m", "app")
     imported = {line.rsplit("|", 1)[1].strip() for line in service.lines if "import time:" in line}
-    assert "app.server" in imported, "no import times read"
-    for module in ("dotenv", "app.runtime.supervisor", "difflib"):
+    assert "servicekit.server" in imported, "no import times read"
+    for module in ("dotenv", "servicekit.supervisor", "difflib"):
         assert module not in imported, f"{module} imported at start"
     assert service.stop() == ExitCode.OK
 
@@ -519,7 +523,8 @@ def test_startup_imports_only_what_this_start_needs(start_service: StartService)
 PROTOCOL_SWAP = textwrap.dedent(
     """
     import asyncio, sys
-    from app import __main__ as entry, protocol
+    from app import protocol
+    from servicekit import main as entry
 
     original = protocol.handle
 
@@ -543,10 +548,10 @@ PROTOCOL_SWAP = textwrap.dedent(
         print("recover() saw", len(recovered), "request(s)", file=sys.stderr, flush=True)
 
     protocol.handle, protocol.recover = handle, recover
-    entry.EchoService.serve = (lambda serve: lambda self: (report(), serve(self))[1])(
-        entry.EchoService.serve
+    entry.Service.serve = (lambda serve: lambda self: (report(), serve(self))[1])(
+        entry.Service.serve
     )
-    sys.exit(entry.main())
+    sys.exit(entry.main(protocol))
     """
 )
 
@@ -646,8 +651,9 @@ def test_an_empty_recover_is_recognised() -> None:
 NO_REPLAY = textwrap.dedent(
     """
     import sys
-    from app import __main__ as entry, protocol
-    from app.journal import Journal
+    from app import protocol
+    from servicekit import main as entry
+    from servicekit.journal import Journal
 
     def replay(self):
         raise SystemExit("the journal was read")
@@ -657,7 +663,7 @@ NO_REPLAY = textwrap.dedent(
 
     Journal.replay = replay
     protocol.recover = recover
-    sys.exit(entry.main())
+    sys.exit(entry.main(protocol))
     """
 )
 
@@ -706,7 +712,14 @@ def test_port_0_on_ipv4_and_ipv6_binds_the_same_port(monkeypatch: pytest.MonkeyP
     async def scenario() -> list[tuple[str, int]]:
         loop = asyncio.get_running_loop()
         monkeypatch.setattr(loop, "getaddrinfo", both)
-        server = Server(None, max_connections=1, max_line_bytes=10, idle_timeout=1, line_timeout=1)  # type: ignore[arg-type]
+        server = Server(
+            None,  # type: ignore[arg-type]
+            max_connections=1,
+            max_line_bytes=10,
+            idle_timeout=1,
+            line_timeout=1,
+            handle=protocol.handle,
+        )
         addresses = await server.listen("localhost", 0)
         await server.drain(0.1)
         return addresses

@@ -84,10 +84,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings
-from app.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
-from app.logs import iso_time
-from app.runtime import notify
+from servicekit import notify
+from servicekit.config import Settings
+from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
+from servicekit.logs import iso_time
 
 logger = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ class _Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "app",
+                _entry_module(),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -556,7 +556,7 @@ class _Supervisor:
                     record = {"time": iso_time(time.time()), "level": "WARNING"}
                     record.update(logger="worker.stderr", message=line)
                 record["worker"] = worker.index
-                line = json.dumps(record)  # ASCII, like app.logs.JsonFormatter
+                line = json.dumps(record)  # ASCII, like servicekit.logs.JsonFormatter
             else:
                 line = f"[worker {worker.index}] {line}"
             sys.stderr.write(line + "\n")
@@ -596,3 +596,14 @@ def _json_record(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def _entry_module() -> str:
+    """The module this process was started as (``app`` for ``python -m app``).
+
+    Workers run the same entry as the supervisor, so this package needs no knowledge of the
+    user's package name and never imports it.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = spec.name if spec is not None else "app"
+    return name.removesuffix(".__main__")

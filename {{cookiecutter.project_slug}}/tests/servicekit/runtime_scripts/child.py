@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from app.runtime.aiorun import run, shutdown_waits_for
+from servicekit.aiorun import run, shutdown_waits_for
 
 logger = logging.getLogger("child")
 background: set[asyncio.Future[None]] = set()

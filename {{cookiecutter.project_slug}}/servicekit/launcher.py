@@ -1,4 +1,4 @@
-"""``python -m app.runtime.launcher``: start the service so that it can always stop gracefully.
+"""``python -m servicekit.launcher``: start the service so that it can always stop gracefully.
 
 Windows has no SIGTERM. The only graceful stop a console program gets is a console control
 event, Ctrl-C or Ctrl-Break, and CTRL_BREAK_EVENT can be aimed at one program only when that
@@ -10,8 +10,8 @@ the grace period (APP_SHUTDOWN_TIMEOUT plus a margin) is killed.
 
 Commands::
 
-    python -m app.runtime.launcher run [--run-dir DIR] [--grace S] [-- ARGS]  # start, wait, exit
-    python -m app.runtime.launcher stop [--run-dir DIR]  # ask the running ``run`` to stop
+    python -m servicekit.launcher run [--run-dir DIR] [--grace S] [-- ARGS]  # start, wait, exit
+    python -m servicekit.launcher stop [--run-dir DIR]  # ask the running ``run`` to stop
 
 ``stop`` talks to ``run`` through files in the run folder (``data/`` by default): ``run``
 writes ``app.pid``; ``stop`` writes ``app.stop``; ``run`` notices it within 50 ms, stops the
@@ -19,8 +19,8 @@ service, writes its exit status to ``app.exit`` and removes ``app.pid``. A file 
 and works the same everywhere, and it is the only way in on Windows: a process attached to
 another console cannot send console events to this one.
 
-Exit statuses: the service's own (``app/exitcodes.py``); 137 when the launcher had to kill the
-service; 1 for the launcher's own refusals (already running, nothing to stop).
+Exit statuses: the service's own (``servicekit/exitcodes.py``); 137 when the launcher had to kill
+the service; 1 for the launcher's own refusals (already running, nothing to stop).
 
 Stdlib only (it imports nothing from the project but the exit statuses and the runtime's
 signal names, both stdlib only), so it runs on any interpreter that can run the service, the
@@ -49,13 +49,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from app.exitcodes import exit_status
-from app.runtime.aiorun import _signal_name
+from servicekit.aiorun import _signal_name
+from servicekit.exitcodes import exit_status
 
-logger = logging.getLogger("app.runtime.launcher")
+logger = logging.getLogger("servicekit.launcher")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 8.0
-"""The service's own default for APP_SHUTDOWN_TIMEOUT (app/config.py)."""
+"""The service's own default for APP_SHUTDOWN_TIMEOUT (servicekit/config.py)."""
 GRACE_MARGIN = 5.0
 """Seconds on top of the service's shutdown budget: interpreter exit, a slow disk, a busy box."""
 POLL_SECONDS = 0.05
@@ -320,7 +320,7 @@ class Launcher:
         if owner is not None:
             logger.error(
                 "already running (launcher pid %d, %s); "
-                "stop it with: python -m app.runtime.launcher stop",
+                "stop it with: python -m servicekit.launcher stop",
                 owner,
                 self.files.pid,
             )
@@ -357,7 +357,7 @@ class Launcher:
             return REFUSED
         logger.info(
             "started '%s' (pid %d) in its own process group; "
-            "Ctrl-C or 'python -m app.runtime.launcher stop' stops it with %s, killed after %.1f s",
+            "Ctrl-C or 'python -m servicekit.launcher stop' stops it with %s, killed after %.1f s",
             " ".join(["python", *self.command[1:]]),
             child.pid,
             self.platform.stop_event,
@@ -519,7 +519,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(
-        prog="python -m app.runtime.launcher",
+        prog="python -m servicekit.launcher",
         description="Start and stop the service so that it always stops gracefully.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import HANG_GUARD, StartService, ask, connect, is_reply, service_env
 
-from app.exitcodes import ExitCode
-from app.logs import JsonFormatter
+from servicekit.exitcodes import ExitCode
+from servicekit.logs import JsonFormatter
 
 FAKE_SECRET = "hunter2S3cr3t"
 """A stand-in password: it must never show up in anything the service prints."""
@@ -54,7 +54,7 @@ def test_a_setting_without_a_value_is_named(run_app, workdir: Path) -> None:
     ],
 )
 def test_health_probe_refuses_bad_arguments_in_one_line(run_app, args: tuple[str, ...]) -> None:
-    result = run_app(*args, module="app.health")
+    result = run_app(*args, module="servicekit.health")
     assert result.returncode == 1  # never 2, which Docker reserves
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
@@ -63,7 +63,7 @@ def test_health_probe_refuses_bad_arguments_in_one_line(run_app, args: tuple[str
 
 def test_health_probe_with_an_out_of_range_app_port(run_app) -> None:
     """The probe reads APP_PORT as the service does: 70000 is refused, not probed as 4464."""
-    result = run_app(module="app.health", APP_PORT="70000")
+    result = run_app(module="servicekit.health", APP_PORT="70000")
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["error: APP_PORT='70000' is not a port (1-65535)"]
 
@@ -170,7 +170,7 @@ def test_warnings_in_a_json_log_are_json_records_too(workdir: Path) -> None:
     on two or more lines; in a JSON log each of them would be a line no pipeline can parse."""
     script = (
         "import warnings\n"
-        "from app import logs\n"
+        "from servicekit import logs\n"
         "logs.configure('INFO', 'json')\n"
         "warnings.warn('first line\\nsecond line', RuntimeWarning)\n"
     )

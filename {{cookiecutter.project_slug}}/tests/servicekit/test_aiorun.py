@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from app.runtime import aiorun
-from app.runtime.aiorun import ShutdownReport, run, shutdown_waits_for
+from servicekit import aiorun
+from servicekit.aiorun import ShutdownReport, run, shutdown_waits_for
 
 HANG_GUARD = 30
 """Seconds after which a hung test dumps every stack and ends the run: a failure, not a wait."""
@@ -47,7 +47,7 @@ def hang_guard() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def runtime_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="app.runtime.aiorun")
+    caplog.set_level(logging.DEBUG, logger="servicekit.aiorun")
     return caplog
 
 
@@ -56,7 +56,7 @@ def messages(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> li
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "app.runtime.aiorun" and record.levelno >= level
+        if record.name == "servicekit.aiorun" and record.levelno >= level
     ]
 
 
@@ -417,7 +417,7 @@ def test_every_shutdown_line_carries_structured_fields(
             if hasattr(record, key)
         }
         for record in runtime_log.records
-        if record.name == "app.runtime.aiorun" and record.levelno >= logging.INFO
+        if record.name == "servicekit.aiorun" and record.levelno >= logging.INFO
     }
     assert fields[STOP.name] == {"phase": "signal", "signal": STOP.name}
     assert fields["running"] == {"phase": "callback"}
@@ -693,7 +693,7 @@ def test_a_failing_shutdown_callback_is_raised(runtime_log: pytest.LogCaptureFix
     with pytest.raises(RuntimeError, match="callback failed"):
         run(main(), shutdown_callback=callback)
     assert messages(runtime_log, logging.INFO)[-1].startswith("shutdown: complete in ")
-    logged = [r for r in runtime_log.records if r.name == "app.runtime.aiorun" and r.exc_info]
+    logged = [r for r in runtime_log.records if r.name == "servicekit.aiorun" and r.exc_info]
     assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["callback failed"]
 
 
@@ -708,7 +708,7 @@ def test_a_failing_callback_is_only_logged_when_an_error_is_pending(
 
     with pytest.raises(ValueError, match="first"):
         run(main(), stop_on_unhandled_errors=True, shutdown_callback=callback)
-    logged = [r for r in runtime_log.records if r.name == "app.runtime.aiorun" and r.exc_info]
+    logged = [r for r in runtime_log.records if r.name == "servicekit.aiorun" and r.exc_info]
     assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["first", "second"]
     assert "the earlier error is re-raised instead" in logged[1].getMessage()
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.runtime.aiorun import run, shutdown_waits_for
+from servicekit.aiorun import run, shutdown_waits_for
 
 logger = logging.getLogger("attack")
 background: set[asyncio.Future[Any]] = set()

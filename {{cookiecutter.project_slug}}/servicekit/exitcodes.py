@@ -66,7 +66,7 @@ def exit_status(returncode: int) -> int:
 
 def describe(returncode: int) -> str:
     """Words for a child's return code: ``SIGKILL``, ``status 73 (JOURNAL_UNWRITABLE)``."""
-    from app.runtime.aiorun import _signal_name  # the runtime owns signal names
+    from servicekit.aiorun import _signal_name  # the runtime owns signal names
 
     if returncode < 0:
         return _signal_name(-returncode)

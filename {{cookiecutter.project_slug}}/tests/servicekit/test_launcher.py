@@ -1,11 +1,11 @@
-"""The launcher (``python -m app.runtime.launcher``): real processes; the Windows branch via a seam.
+"""The launcher (``python -m servicekit.launcher``): real processes; the Windows branch via a seam.
 
 Three layers, each saying what it proves:
 
 - Real processes on this machine: ``run`` starts the service, a client echoes, ``stop`` (or
   Ctrl-C to the launcher) stops it, the child exits 0 and the journal is complete. On POSIX the
   stop event is SIGTERM; the same tests run on Windows in CI, where it is CTRL_BREAK_EVENT.
-- The Windows branch on any machine, through :func:`app.runtime.launcher.windows_platform`, with
+- The Windows branch on any machine, through :func:`servicekit.launcher.windows_platform`, with
   a fake child process and a fake console-event sender: process-group flag, which signals are
   relayed and which are not, what happens when the event cannot be sent (as under Wine) or is
   ignored.
@@ -29,10 +29,9 @@ from typing import Any
 import pytest
 from conftest import HANG_GUARD, LISTENING, Process, service_env
 
-from app import exitcodes
-from app.exitcodes import ExitCode
-from app.runtime import launcher
-from app.runtime.launcher import (
+from servicekit import exitcodes, launcher
+from servicekit.exitcodes import ExitCode
+from servicekit.launcher import (
     CREATE_NEW_PROCESS_GROUP,
     CTRL_BREAK_EVENT,
     KILLED,
@@ -61,9 +60,9 @@ def launcher_env(**settings: str) -> dict[str, str]:
 
 
 def start_launcher(workdir: Path, *args: str, **settings: str) -> tuple[Process, str, int]:
-    """``python -m app.runtime.launcher run`` in ``workdir``, ready: it and the service address."""
+    """``python -m servicekit.launcher run`` in ``workdir``, ready: it and the service address."""
     process = Process(
-        [sys.executable, "-m", "app.runtime.launcher", "run", *args],
+        [sys.executable, "-m", "servicekit.launcher", "run", *args],
         workdir,
         launcher_env(**settings),
     )
@@ -84,7 +83,7 @@ def ask(host: str, port: int, lines: Sequence[bytes]) -> list[bytes]:
 
 def launcher_command(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.runtime.launcher", *args],
+        [sys.executable, "-m", "servicekit.launcher", *args],
         cwd=workdir,
         env=launcher_env(),
         capture_output=True,
@@ -135,7 +134,7 @@ def test_the_service_exit_status_is_passed_through(workdir: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         in_use = subprocess.run(
-            [sys.executable, "-m", "app.runtime.launcher", "run"],
+            [sys.executable, "-m", "servicekit.launcher", "run"],
             cwd=workdir,
             env=launcher_env(APP_PORT=str(taken.getsockname()[1])),
             capture_output=True,
@@ -149,7 +148,7 @@ def test_the_service_exit_status_is_passed_through(workdir: Path) -> None:
     assert "started 'python -m app --extra'" in extra.stderr
     assert "error: unknown argument '--extra'" in extra.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "app.runtime.launcher", "run"],
+        [sys.executable, "-m", "servicekit.launcher", "run"],
         cwd=workdir,
         env=launcher_env(APP_PORT="not-a-port"),
         capture_output=True,
@@ -177,7 +176,7 @@ def test_stop_with_nothing_running_says_so(workdir: Path) -> None:
 
 def test_demo_reports_a_clean_stop(workdir: Path) -> None:
     """The walk-through lives in scripts/, out of the package; run from another folder."""
-    demo = Path(__file__).resolve().parent.parent / "scripts" / "launcher_demo.py"
+    demo = Path(__file__).resolve().parents[2] / "scripts" / "launcher_demo.py"
     result = subprocess.run(
         [sys.executable, str(demo)],
         cwd=workdir,
@@ -455,7 +454,7 @@ def test_grace_follows_the_service_shutdown_timeout(tmp_path: Path) -> None:
 )
 def test_grace_reads_env_as_the_service_does(tmp_path: Path, line: str) -> None:
     """A launcher that read a shorter budget than the service would kill it mid-drain."""
-    from app.config import load_settings
+    from servicekit.config import load_settings
 
     env_file = tmp_path / ".env"
     env_file.write_text(line + "\n")

@@ -1,7 +1,7 @@
 """Run an asyncio service until it is told to stop, then stop it gracefully.
 
 A stdlib-only drop-in for the public API of aiorun 2025.1.1: ``run()`` and
-``shutdown_waits_for()``; swap ``from aiorun import ...`` for ``from app.runtime import ...``.
+``shutdown_waits_for()``; swap ``from aiorun import ...`` for ``from servicekit.aiorun import ...``.
 ``run()`` keeps the loop running until a signal (SIGINT/SIGTERM/SIGHUP, on Windows Ctrl-C and
 Ctrl-Break) or ``loop.stop()``, then shuts down in this order: run the shutdown callback,
 cancel every task that is not protected by ``shutdown_waits_for()``, wait for all of them

@@ -42,7 +42,7 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.exitcodes import ExitCode
+from servicekit.exitcodes import ExitCode
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc for memory")
@@ -334,8 +334,9 @@ def test_abrupt_resets_mid_line_do_not_disturb_others(start_service: StartServic
 STUBBORN = textwrap.dedent(
     """
     import asyncio, sys
-    from app import __main__ as entry
-    from app.service import EchoService
+    from app import protocol
+    from servicekit import main as entry
+    from servicekit.service import Service
 
     async def stubborn_worker():
         while True:
@@ -344,13 +345,13 @@ STUBBORN = textwrap.dedent(
             except asyncio.CancelledError:
                 pass  # the bug under test: it swallows its cancellation
 
-    class ServiceWithStuckWork(EchoService):
+    class ServiceWithStuckWork(Service):
         async def serve(self):
             await super().serve()
             asyncio.get_running_loop().create_task(stubborn_worker(), name="stubborn-worker")
 
-    entry.EchoService = ServiceWithStuckWork
-    sys.exit(entry.main())
+    entry.Service = ServiceWithStuckWork
+    sys.exit(entry.main(protocol))
     """
 )
 
@@ -392,20 +393,21 @@ def test_second_sigint_forces_exit_130(workdir: Path, figure) -> None:
 CRASHING = textwrap.dedent(
     """
     import asyncio, sys
-    from app import __main__ as entry
-    from app.service import EchoService
+    from app import protocol
+    from servicekit import main as entry
+    from servicekit.service import Service
 
     async def crashing_worker():
         await asyncio.sleep(0)
         raise RuntimeError("the bug under test")
 
-    class ServiceWithABug(EchoService):
+    class ServiceWithABug(Service):
         async def serve(self):
             await super().serve()
             asyncio.get_running_loop().create_task(crashing_worker(), name="crashing-worker")
 
-    entry.EchoService = ServiceWithABug
-    sys.exit(entry.main())
+    entry.Service = ServiceWithABug
+    sys.exit(entry.main(protocol))
     """
 )
 

@@ -67,8 +67,7 @@ import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, cast
 
-from app import protocol
-from app.journal import Journal
+from servicekit.journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +131,10 @@ class Server:
         max_line_bytes: int,
         idle_timeout: float,
         line_timeout: float,
-        handle: Handler | None = None,
+        handle: Handler,
     ) -> None:
         self.journal = journal
-        self.handle = protocol.handle if handle is None else handle
+        self.handle = handle
         self.driver: Generator[Any, bytes, None]
         """Runs ``handle`` for one request per ``send``, outside any task (see ``_driver``)."""
         self.drive: Callable[[bytes], Any]

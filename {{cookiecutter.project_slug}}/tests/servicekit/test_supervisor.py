@@ -33,9 +33,9 @@ from conftest import (
     talk_through_sigterm,
 )
 
-from app.config import Settings
-from app.exitcodes import ExitCode
-from app.runtime import supervisor
+from servicekit import supervisor
+from servicekit.config import Settings
+from servicekit.exitcodes import ExitCode
 
 reuse_port_only = pytest.mark.skipif(
     not hasattr(socket, "SO_REUSEPORT"), reason="workers share a port with SO_REUSEPORT"

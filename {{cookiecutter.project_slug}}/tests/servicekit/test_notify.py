@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import HANG_GUARD, StartService, ask, connect, is_reply
 
-from app.exitcodes import ExitCode
-from app.runtime.notify import watchdog_interval
+from servicekit.exitcodes import ExitCode
+from servicekit.notify import watchdog_interval
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="AF_UNIX datagrams: Linux")
 

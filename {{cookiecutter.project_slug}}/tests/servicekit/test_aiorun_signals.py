@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).resolve().parent / "runtime_scripts" / "child.py"
 ATTACKS = Path(__file__).resolve().parent / "runtime_scripts" / "attacks.py"
 HANG_GUARD = 20.0
@@ -104,7 +104,7 @@ class Child:
         return "\n".join(["--- stdout", *self.lines["stdout"], "--- stderr", *self.lines["stderr"]])
 
     def runtime_lines(self) -> list[str]:
-        return [line for line in self.lines["stderr"] if " app.runtime.aiorun: " in line]
+        return [line for line in self.lines["stderr"] if " servicekit.aiorun: " in line]
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_signal_gives_a_clean_shutdown_and_exit_0(start, signum: int) -> None:
     child.signal(signum)
     assert child.finish() == 0, child.output()
     name = signal.Signals(signum).name
-    phases = [line.split(" app.runtime.aiorun: ", 1)[1] for line in child.runtime_lines()]
+    phases = [line.split(" servicekit.aiorun: ", 1)[1] for line in child.runtime_lines()]
     assert phases[0] == f"shutdown: {name} received"
     assert phases[1].startswith("shutdown: cancelling ")
     assert phases[1].endswith("; waiting for 1 protected task(s)")
@@ -166,7 +166,7 @@ def test_stuck_task_ends_at_the_budget_with_its_stack_logged(start) -> None:
     assert status == 75, child.output()
     assert budget <= elapsed < budget + 10, child.output()
     warning = child.wait_for("shutdown: 1 task(s) still running after 0.5s")
-    assert warning.startswith("WARNING app.runtime.aiorun: ")
+    assert warning.startswith("WARNING servicekit.aiorun: ")
     stderr = "\n".join(child.lines["stderr"])
     assert "task 'stubborn':" in stderr
     assert "in stubborn" in stderr  # the frame the task is stuck in
@@ -185,7 +185,7 @@ def test_second_sigint_exits_130_with_the_stacks_of_unfinished_tasks(start) -> N
     assert child.finish() == 130, child.output()
     assert time.monotonic() - sent < HANG_GUARD / 2
     line = child.wait_for("shutdown: second SIGINT received; exiting now with status 130")
-    assert line.startswith("WARNING app.runtime.aiorun: ")
+    assert line.startswith("WARNING servicekit.aiorun: ")
     stderr = "\n".join(child.lines["stderr"])
     assert "task 'stubborn':" in stderr
     assert "in stubborn" in stderr
@@ -287,7 +287,7 @@ def test_a_duplicate_signal_is_the_same_request(start, use_uvloop: bool) -> None
     child.signal_again(signal.SIGTERM, gap=0.02)  # as timeout(1) or a process group does
     assert child.finish() == 0, child.output()
     assert "INFO child: protected flush done" in child.lines["stderr"]
-    phases = [line.split(" app.runtime.aiorun: ", 1)[1] for line in child.runtime_lines()]
+    phases = [line.split(" servicekit.aiorun: ", 1)[1] for line in child.runtime_lines()]
     assert phases[0] == "shutdown: SIGTERM received"
     repeats = [line for line in phases if line.startswith("shutdown: SIGTERM received again")]
     assert len(repeats) == 1, child.output()  # logged, never dropped in silence
