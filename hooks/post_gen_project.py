@@ -26,6 +26,7 @@ OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
     "windows_scripts": (
         "scripts/windows",
         "scripts/launcher_demo.py",
+        "docs/windows.md",
         "servicekit/launcher.py",
         "tests/servicekit/test_launcher.py",
     ),

@@ -1,9 +1,9 @@
-"""Rewrite the README's reliability table from the figures of the last test run.
+"""Rewrite the reliability table in docs/reliability.md from the figures of the last test run.
 
 The generated project's reliability tests record what they tried and what held (via the
 ``figure`` fixture) into ``build/reliability.jsonl`` when the template's suite runs them
 (tests/test_bake.py). This script turns that file into the table between the
-``reliability:begin`` and ``reliability:end`` markers of README.md, so the published figures
+``reliability:begin`` and ``reliability:end`` markers of docs/reliability.md, so the published figures
 are the measured ones:
 
     ./test.sh -k "generated_suite and all-on" && .venv/bin/python scripts/reliability_table.py
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "build" / "reliability.jsonl"
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "reliability.md"
 SECTION = re.compile(r"(<!-- reliability:begin -->\n).*?(<!-- reliability:end -->)", re.S)
 
 
@@ -39,13 +39,13 @@ def main() -> int:
     if not FIGURES.exists():
         print(f"error: {FIGURES} is missing: run the tests first (see this file's docstring)")
         return 1
-    readme = README.read_text(encoding="utf-8")
+    readme = DOC.read_text(encoding="utf-8")
     if not SECTION.search(readme):
-        print("error: README.md has no reliability:begin/end markers")
+        print(f"error: {DOC} has no reliability:begin/end markers")
         return 1
     table = render(FIGURES.read_text(encoding="utf-8").splitlines())
-    README.write_text(SECTION.sub(lambda m: m[1] + table + m[2], readme), encoding="utf-8")
-    print(f"README.md: reliability table updated from {FIGURES}")
+    DOC.write_text(SECTION.sub(lambda m: m[1] + table + m[2], readme), encoding="utf-8")
+    print(f"{DOC}: reliability table updated from {FIGURES}")
     return 0
 
 

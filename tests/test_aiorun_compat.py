@@ -27,7 +27,7 @@ a heavily loaded machine a child may not have installed its handlers by then, di
 signal, and the test waits for it forever; the time limits below turn that into a failure
 that shows where it waited.
 
-A last test checks the README's claim that ``force_exit_on_second_signal`` is ours: aiorun
+A last test checks docs/runtime.md's claim that ``force_exit_on_second_signal`` is ours: aiorun
 2025.1.1 itself raises TypeError for it.
 """
 
@@ -182,7 +182,7 @@ def test_aiorun_own_suite_passes_against_the_vendored_runtime(
 
 
 def test_force_exit_on_second_signal_is_our_extension(aiorun_source: Path) -> None:
-    """The README says aiorun itself rejects it; check that against the real aiorun."""
+    """docs/runtime.md says aiorun itself rejects it; check that against the real aiorun."""
     result = subprocess.run(
         [sys.executable, "-c",
          "import aiorun; aiorun.run(force_exit_on_second_signal=True)"],
@@ -194,7 +194,7 @@ def test_force_exit_on_second_signal_is_our_extension(aiorun_source: Path) -> No
     assert result.returncode == 1
     assert "TypeError" in result.stderr
     assert "force_exit_on_second_signal" in result.stderr
-    readme = (TEMPLATE / "README.md").read_text()
+    readme = (TEMPLATE / "docs" / "runtime.md").read_text()
     differences = readme.split("Small differences", 1)[1].split("\n## ", 1)[0]
     assert "`force_exit_on_second_signal`" in differences
     assert "TypeError" in differences
