@@ -318,7 +318,10 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
             f"Shutdown latency on Python {py314['python']} (container {py314['image']})\n"
             f"{meta['date']}, {meta['cores']} cores",
         )
-    (out / "RESULTS.md").write_text(report.render(results))
+    notes = BENCH_DIR / "NOTES.md"
+    (out / "RESULTS.md").write_text(
+        report.render(results, notes=notes.read_text() if notes.exists() else None)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

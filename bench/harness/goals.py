@@ -147,7 +147,7 @@ def pingpong(results: dict[str, Any]) -> Row | None:
             c["cpu_wal"] >= PINGPONG,
             _breakdown(c, "round trip"),
             "with one line in flight every read is a batch of one, so the fixed cost per read "
-            "is what counts: see the profile in bench/RESULTS.md's notes for where it goes, and "
+            "is what counts: see the profile in bench/NOTES.md for where it goes, and "
             "cut what buys no guarantee (per-read timer bookkeeping, the journal's future and "
             "queue per batch, attribute lookups).",
         ),
@@ -167,7 +167,7 @@ def pipelined(results: dict[str, Any]) -> Row | None:
             _breakdown(c, "line"),
             "the per-line Python work (splitting, the handler call, joining replies) is what "
             "is left to cut: answer the lines of a read with fewer Python steps per line "
-            "(one split, replies gathered once), see bench/RESULTS.md's notes.",
+            "(one split, replies gathered once), see bench/NOTES.md.",
         ),
     )
 
@@ -218,12 +218,13 @@ def idle_memory(results: dict[str, Any]) -> Row | None:
             value <= IDLE_KIB,
             f"the bare Protocol echo needs {median(bare):.2f} KiB (socket, transport, "
             f"protocol object); the service's other {value - median(bare):.2f} KiB is the "
-            "state it keeps per parked connection beyond that (read buffer, connection "
-            "object, timers; at the echo-first commit also a StreamReader/StreamWriter pair "
-            "and a task parked in readline()).",
-            "no task and no timer per idle connection, and a read buffer sized to the line "
-            "limit or taken only while data arrives (tracemalloc on one parked connection "
-            "shows what remains).",
+            "state it keeps per parked connection beyond that: tracemalloc shows the "
+            "connection's timer (one TimerHandle from call_at, about 0.5 KiB with its libuv "
+            "timer and context) as the largest part, then the accepted Python socket object "
+            "with its weak reference (the server accepts with sock_accept) and the connection "
+            "object (see bench/NOTES.md).",
+            "one server-wide sweep over the connections' deadlines instead of a timer per "
+            "connection.",
         ),
     )
 
@@ -272,11 +273,12 @@ def startup(results: dict[str, Any]) -> list[Row]:
             verdict(
                 r <= STARTUP,
                 f"{(svc - bare) * 1000:.0f} ms more than a bare uvloop server: the modules the "
-                "service imports on every start (settings and .env parsing, logging set-up, "
-                "the runtime, the journal) and opening the journal.",
-                "import lazily what only some paths need (`python -X importtime -m app` lists "
-                "them): .env parsing only when a .env exists, the supervisor only for "
-                "APP_WORKERS > 1.",
+                "service imports beyond asyncio and uvloop (its own, and pathlib with "
+                "urllib.parse and ipaddress for the settings, dataclasses for the runtime) and "
+                "the work before listening (settings, logging set-up, opening the journal); "
+                "see bench/NOTES.md.",
+                "import only what the first request needs (`python -X importtime -m app`): "
+                "no pathlib or dataclasses on the start path.",
             ),
         )
     ]

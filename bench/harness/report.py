@@ -169,7 +169,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
+def render(
+    results: dict[str, Any], plot_name: str = "shutdown.png", notes: str | None = None
+) -> str:
+    """The report; ``notes`` (bench/NOTES.md: the profile and what would pay, written by
+    hand because a profile is read, not computed) goes in before the reproduce section."""
     meta, cfg = results["meta"], results["config"]
     out: list[str] = [
         "# Benchmark results",
@@ -201,6 +205,8 @@ def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
     out += _container_section(results)
     out += _footprint_section(results)
     out += _flood_section(results)
+    if notes:
+        out += [notes.strip(), ""]
     out += [
         "## Reproduce",
         "",
