@@ -66,6 +66,7 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
         "bare uvloop Protocol echo",
         "bare echo + WAL",
         "service (uvloop)",
+        "service (uvloop), journal-free requests",
         "echo-first 5c8c445 (uvloop)",
     ):
         for mode in ("pingpong", "pipeline"):
@@ -87,6 +88,7 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
         "Ping-pong",
         "Pipelined",
         "Load generator",
+        "Journal-free",
         "Idle connection",
         "Default loop",
         "Startup",

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import seam as seam_stats
 from .bake import BASELINE_COMMIT
-from .servers import CEILING_NAME, CEILING_WAL_NAME
+from .servers import CEILING_NAME, CEILING_WAL_NAME, JOURNAL_FREE_NAME
 from .stats import median, ratio
 
 CEILING = CEILING_NAME
@@ -28,6 +28,7 @@ BASE_UVLOOP = f"echo-first {BASELINE_COMMIT} (uvloop)"
 BASE_DEFAULT = f"echo-first {BASELINE_COMMIT} (default loop)"
 FSYNC = {p: f"service (uvloop, fsync={p})" for p in ("always", "never")}
 SAME_ASYNCIO = "same server, asyncio.run"
+JOURNAL_FREE = JOURNAL_FREE_NAME
 CLIENT_BOUND = 0.9
 """A load generator using this share of a core or more may be what limits the rate."""
 
@@ -168,6 +169,42 @@ def pipelined(results: dict[str, Any]) -> Row | None:
             "the per-line Python work (splitting, the handler call, joining replies) is what "
             "is left to cut: answer the lines of a read with fewer Python steps per line "
             "(one split, replies gathered once), see bench/NOTES.md.",
+        ),
+    )
+
+
+def journal_free(results: dict[str, Any]) -> Row | None:
+    """A request the protocol declares journal-free (``needs_journal`` -> False) must cost
+    less than a journaled one: server CPU per line of both, in both modes."""
+    samples = [s for s in results.get("throughput", []) if s["variant"] == JOURNAL_FREE]
+    if not samples:
+        return None
+    name = "Journal-free requests (`needs_journal` → False) / journaled ones, server CPU per line"
+    if any(s.get("journal_bytes", 0) for s in samples):
+        return (
+            name,
+            "n/a",
+            "< 1 in both modes",
+            verdict(None, "this build journals them anyway (it does not read needs_journal)"),
+        )
+    cells, faster = [], True
+    for mode in ("pingpong", "pipeline"):
+        free, ours = (
+            us_per_line(results, JOURNAL_FREE, mode),
+            us_per_line(results, SERVICE_UVLOOP, mode),
+        )
+        if free != free or ours != ours:  # nan: the mode did not run
+            continue
+        cells.append(f"{mode}: **{free / ours:.2f}** ({free:.2f} vs {ours:.2f} µs)")
+        faster = faster and free < ours
+    return (
+        name,
+        "; ".join(cells),
+        "< 1 in both modes",
+        verdict(
+            faster,
+            "skipping the journal saves less than the bookkeeping the choice adds per request.",
+            "decide per batch, not per request, when every request of a read is journal-free.",
         ),
     )
 
@@ -478,6 +515,7 @@ def all_rows(results: dict[str, Any]) -> list[Row]:
         pingpong(results),
         pipelined(results),
         load_generator(results),
+        journal_free(results),
         idle_memory(results),
         default_loop(results),
         *startup(results),

@@ -20,6 +20,7 @@ SERVICE_READY = r"listening on (?P<host>\S+):(?P<port>\d+)"
 SCRIPT_READY = r"^ready (?P<port>\d+)$"
 CEILING_NAME = "bare uvloop Protocol echo"
 CEILING_WAL_NAME = "bare echo + WAL"
+JOURNAL_FREE_NAME = "service (uvloop), journal-free requests"
 
 
 @dataclass(frozen=True)
@@ -148,4 +149,18 @@ def seam_service(project: Path, journal: Path) -> ServerSpec:
         ready_stream="stderr",
         ready_pattern=SERVICE_READY,
         stop_signal=signal.SIGKILL,
+    )
+
+
+def journal_free_service(project: Path, journal: Path) -> ServerSpec:
+    """The service on uvloop answering every request without journalling it, if the build
+    knows ``needs_journal`` (procs/journal_free_service.py)."""
+    return ServerSpec(
+        name=JOURNAL_FREE_NAME,
+        argv=[sys.executable, str(PROCS / "journal_free_service.py"), str(project)],
+        cwd=project,
+        env=service_env(journal, APP_USE_UVLOOP="1"),
+        journal=journal,
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
     )

@@ -51,6 +51,8 @@ class Sample:
     client: str
     client_sys: float = float("nan")
     """The part of client_cpu spent in the kernel."""
+    journal_bytes: int = 0
+    """What the server appended to its journal file in this window."""
 
     @property
     def per_cpu_second(self) -> float:
@@ -113,8 +115,10 @@ def measure_once(spec: servers.ServerSpec, mode: str, load: Load) -> tuple[Sampl
         run = load.run(mode, port, child.pid)
     finally:
         servers.stop(child, spec.stop_signal)
-        if spec.journal:  # a pipelined window journals hundreds of MiB; keep the disk free
-            spec.journal.unlink(missing_ok=True)
+        journal_bytes = 0
+        if spec.journal and spec.journal.exists():
+            journal_bytes = spec.journal.stat().st_size
+            spec.journal.unlink()  # a pipelined window journals hundreds of MiB: free the disk
     if run.returncode != 0:
         raise RuntimeError(
             f"load generator exited {run.returncode}: {run.stderr.strip()[-500:]}; "
@@ -130,6 +134,7 @@ def measure_once(spec: servers.ServerSpec, mode: str, load: Load) -> tuple[Sampl
         client_cpu=result["client_cpu"],
         client=result.get("client", "?"),
         client_sys=result.get("client_sys", float("nan")),
+        journal_bytes=journal_bytes,
     )
     return sample, unrecognised_settings(child.stderr.lines)
 
@@ -186,6 +191,9 @@ def specs(
         dataclasses.replace(
             servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
             modes=("pingpong",),
+        ),
+        dataclasses.replace(
+            servers.journal_free_service(project, scratch / "j-free.log"), modes=both
         ),
     ]
     if baseline is not None:
