@@ -22,13 +22,13 @@ from .stats import median, ratio
 
 CEILING = CEILING_NAME
 CEILING_WAL = CEILING_WAL_NAME
+JOURNAL_FREE = JOURNAL_FREE_NAME
 SERVICE_UVLOOP = "service (uvloop)"
 SERVICE_DEFAULT = "service (default loop)"
 BASE_UVLOOP = f"echo-first {BASELINE_COMMIT} (uvloop)"
 BASE_DEFAULT = f"echo-first {BASELINE_COMMIT} (default loop)"
 FSYNC = {p: f"service (uvloop, fsync={p})" for p in ("always", "never")}
 SAME_ASYNCIO = "same server, asyncio.run"
-JOURNAL_FREE = JOURNAL_FREE_NAME
 CLIENT_BOUND = 0.9
 """A load generator using this share of a core or more may be what limits the rate."""
 
@@ -40,8 +40,6 @@ IDLE_KIB = 2.0
 """Idle connection: KiB of RSS per parked connection, at most."""
 STARTUP = 1.10
 """Startup to `listening on` over a bare uvloop server to `ready` (.pyc present), at most."""
-SHUTDOWN = 0.30
-"""SIGTERM to exit, vendored runtime over aiorun, at most (Python 3.11)."""
 SEAM = 0.05
 """One more seam's extra server CPU per request, at most."""
 
@@ -539,10 +537,7 @@ def all_rows(results: dict[str, Any]) -> list[Row]:
         bystander(results),
         wal_summary(results),
         shutdown(
-            results,
-            "shutdown",
-            f"Python {results.get('meta', {}).get('python', '3.11')}",
-            SHUTDOWN,
+            results, "shutdown", f"Python {results.get('meta', {}).get('python', '3.11')}", 0.30
         ),
     ]
     py314 = results.get("shutdown_py314") or {}

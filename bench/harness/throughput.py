@@ -192,9 +192,6 @@ def specs(
             servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
             modes=("pingpong",),
         ),
-        dataclasses.replace(
-            servers.journal_free_service(project, scratch / "j-free.log"), modes=both
-        ),
     ]
     if baseline is not None:
         out += [
@@ -207,6 +204,11 @@ def specs(
                 modes=("pingpong",),
             ),
         ]
+    out.append(
+        dataclasses.replace(
+            servers.journal_free_service(project, scratch / "j-free.log"), modes=both
+        )
+    )
     for policy in ("always", "never") if full else ():
         out.append(
             dataclasses.replace(
