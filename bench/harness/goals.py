@@ -270,11 +270,9 @@ def idle_memory(results: dict[str, Any]) -> Row | None:
             value <= IDLE_KIB,
             f"the bare Protocol echo needs {median(bare):.2f} KiB (socket, transport, "
             f"protocol object); the service's other {value - median(bare):.2f} KiB is the "
-            "state it keeps per parked connection beyond that: tracemalloc shows the "
-            "connection's timer (one TimerHandle from call_at, about 0.5 KiB with its libuv "
-            "timer and context) as the largest part, then the accepted Python socket object "
-            "with its weak reference (the server accepts with sock_accept) and the connection "
-            "object (see bench/NOTES.md).",
+            "state it keeps per parked connection beyond that, most of it the connection's "
+            "timer (a TimerHandle from call_at with its libuv timer: the same service without "
+            "it measured 1.05 KiB, see bench/NOTES.md).",
             "one server-wide sweep over the connections' deadlines instead of a timer per "
             "connection.",
         ),
