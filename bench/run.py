@@ -37,7 +37,6 @@ import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
@@ -76,10 +75,7 @@ class Plan:
     tp_all_variants: bool
     """False: only the variants the goals need (ceiling, service, echo-first baseline)."""
     seam_reps: int
-    """Alternated runs, and pairs of back-to-back runs, with and without the seam
-    (harness/seam.py)."""
-    disk_lines: int
-    disk_reps: int
+    """Runs of the service alternating one seam and two in one process (harness/seam.py)."""
     idle_mem_conns: int
     idle_mem_reps: int
     flood_reps: int
@@ -107,8 +103,6 @@ FULL = Plan(
     tp_reps=5,
     tp_all_variants=True,
     seam_reps=10,
-    disk_lines=200_000,
-    disk_reps=5,
     idle_mem_conns=5000,
     idle_mem_reps=3,
     flood_reps=3,
@@ -135,8 +129,6 @@ QUICK = Plan(
     tp_reps=1,
     tp_all_variants=False,
     seam_reps=1,
-    disk_lines=16_000,
-    disk_reps=1,
     idle_mem_conns=300,
     idle_mem_reps=1,
     flood_reps=1,
@@ -186,7 +178,6 @@ def measure(
         bake,
         cbuild,
         container,
-        diskbound,
         drain,
         flood,
         footprint,
@@ -260,9 +251,6 @@ def measure(
         )
         results["drain_idle"] = [asdict(s) for s in idle_runs]
     if "throughput" in only:
-        results["diskbound"] = diskbound.measure(
-            scratch, lines=plan.disk_lines, reps=plan.disk_reps
-        )
         specs = throughput.specs(project, baseline, scratch, full=plan.tp_all_variants)
         results["throughput_variants"] = [s.name for s in specs]
         results["throughput_settings"] = {s.name: s.settings() for s in specs}
@@ -276,16 +264,6 @@ def measure(
         results["seam_alternated"] = seam.run_alternated(
             project, scratch, load, reps=plan.seam_reps, log=log
         )
-        results["seam"] = seam.run_pairs(project, scratch, load, reps=plan.seam_reps, log=log)
-        call = subprocess.run(
-            [sys.executable, str(BENCH_DIR / "procs" / "seam_call.py"), str(project),
-             str(200_000 if plan.tp_all_variants else 20_000)],
-            cwd=project, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        try:
-            results["seam_call"] = json.loads(call.stdout)
-        except ValueError:
-            results["seam_call"] = {"unavailable": f"seam_call.py failed: {call.stderr[-300:]}"}
     if "footprint" in only:
         results["footprint"] = footprint.run_all(
             footprint.specs(project, baseline, scratch, plan.idle_mem_conns),
@@ -340,7 +318,10 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
             f"Shutdown latency on Python {py314['python']} (container {py314['image']})\n"
             f"{meta['date']}, {meta['cores']} cores",
         )
-    (out / "RESULTS.md").write_text(report.render(results))
+    notes = BENCH_DIR / "NOTES.md"
+    (out / "RESULTS.md").write_text(
+        report.render(results, notes=notes.read_text() if notes.exists() else None)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

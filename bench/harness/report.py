@@ -169,7 +169,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
+def render(
+    results: dict[str, Any], plot_name: str = "shutdown.png", notes: str | None = None
+) -> str:
+    """The report; ``notes`` (bench/NOTES.md: the profile and what would pay, written by
+    hand because a profile is read, not computed) goes in before the reproduce section."""
     meta, cfg = results["meta"], results["config"]
     out: list[str] = [
         "# Benchmark results",
@@ -201,6 +205,8 @@ def render(results: dict[str, Any], plot_name: str = "shutdown.png") -> str:
     out += _container_section(results)
     out += _footprint_section(results)
     out += _flood_section(results)
+    if notes:
+        out += [notes.strip(), ""]
     out += [
         "## Reproduce",
         "",
@@ -407,11 +413,6 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
     samples = results.get("throughput", [])
     if not samples:
         return []
-    refs = {
-        goals.SERVICE_DEFAULT: goals.BASE_DEFAULT,
-        goals.SAME_ASYNCIO: goals.SERVICE_DEFAULT,
-        goals.NO_JOURNAL: goals.SERVICE_UVLOOP,
-    }
     failures = [
         f"**{name} failed and is left out**: `{why}`"
         for name, why in results.get("throughput_failed", {}).items()
@@ -420,23 +421,23 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         f"{name}: not available in this build (`{why[:300]}`)"
         for name, why in results.get("throughput_unavailable", {}).items()
     ]
+
+    def against(variant: str, ref: str, mode: str) -> str:
+        values, ref_values = goals.tp(results, variant, mode), goals.tp(results, ref, mode)
+        if variant == ref or not ref_values:
+            return ""
+        per_cpu = ratio(
+            goals.tp(results, variant, mode, "per_cpu_second"),
+            goals.tp(results, ref, mode, "per_cpu_second"),
+        )
+        return f"{ratio(values, ref_values):.2f} / {per_cpu:.2f}"
+
     rows = []
     for mode in goals_modes(results):
         for variant in results["throughput_variants"]:
             values = goals.tp(results, variant, mode)
             if not values:
                 continue
-            ref = refs.get(variant, goals.CEILING)
-            ref_values = goals.tp(results, ref, mode)
-            per_cpu = ratio(
-                goals.tp(results, variant, mode, "per_cpu_second"),
-                goals.tp(results, ref, mode, "per_cpu_second"),
-            )
-            rel = (
-                f"{ratio(values, ref_values):.2f} / {per_cpu:.2f} of {ref}"
-                if ref != variant and ref_values
-                else ""
-            )
             rows.append(
                 [
                     mode,
@@ -444,12 +445,13 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
                     fmt_number(values),
                     f"{median(goals.tp(results, variant, mode, 'server_cpu')):.0%}",
                     f"{median(goals.tp(results, variant, mode, 'client_cpu')):.0%}",
-                    f"{median(goals.tp(results, variant, mode, 'per_cpu_second')):,.0f}",
-                    rel,
+                    f"{goals.us_per_line(results, variant, mode):.2f}",
+                    f"{goals.us_per_line(results, variant, mode, 'client'):.2f}",
+                    against(variant, goals.CEILING_WAL, mode),
+                    against(variant, goals.CEILING, mode),
                 ]
             )
     client = results.get("loadgen", {})
-    bound = goals.journal_bound(results)
     client_note = ""
     bare = [
         x
@@ -468,7 +470,6 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
             "cores. The rate of the fastest servers is therefore partly the client's; the ratio "
             "per server CPU-second does not depend on it."
         )
-    disk = results.get("diskbound") or {}
     return [
         "## 3. Echo throughput",
         "",
@@ -478,11 +479,18 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
         f"{cfg['tp_warmup']} s warm-up then {cfg['tp_seconds']} s counted, {cfg['tp_reps']} "
         "alternated run(s) per server and mode, order rotated.",
         "",
+        f"The two references: `{goals.CEILING}` (procs/ceiling_server.py) journals nothing; "
+        f"`{goals.CEILING_WAL}` is the same echo appending each read's complete lines to an "
+        "O_APPEND file with one `os.write` before it replies, no fsync on the reply path (as "
+        "the service's default `APP_JOURNAL_FSYNC=interval`): the fastest server here that "
+        "keeps the write-ahead promise. Every row is given against both, as rate / per server "
+        "CPU-second.",
+        "",
         f"Load generator: {client.get('what', 'n/a')}.{client_note} CPU columns are each "
         "side's user+system time over the counted window (100% = one core; the server's "
-        "includes its threads and child processes). The machine has 2 cores shared with "
-        "other jobs, so the ratio per server CPU-second (second figure in the last column) "
-        "is the steadier one.",
+        "includes its threads and child processes), and the same per line in µs. The machine "
+        "has 2 cores shared with other jobs, so the ratios per server CPU-second are the "
+        "steadier ones.",
         "",
         "No malloc tuning in any process: these are the figures users get. Settings of each "
         "service variant are its `APP_` variables (section 3b); the echo-first baseline is "
@@ -496,25 +504,14 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
                 "lines/s, median (min-max)",
                 "server CPU",
                 "client CPU",
-                "lines per server CPU-second",
-                "ratio: rate / per CPU-second",
+                "server µs per line",
+                "client µs per line",
+                f"vs {goals.CEILING_WAL}: rate / per CPU-s",
+                f"vs {goals.CEILING}: rate / per CPU-s",
             ),
             rows,
         ),
         "",
-        *(
-            [
-                f"Journalling bound: appending 1 KiB lines to a file in the journals' folder "
-                f"({disk['filesystem']}), {disk['batch']} lines per write(), costs "
-                f"{disk['cpu_us_per_line']:.2f} µs of CPU per line "
-                f"({disk['wall_us_per_line']:.2f} µs wall). With the bare echo's pipelined cost "
-                f"per line, a server that journals every line can reach at most "
-                f"**{bound:.2f}** of it per server CPU-second.",
-                "",
-            ]
-            if bound is not None
-            else []
-        ),
         "### 3b. Write-ahead journal cost, per fsync policy, against the echo-first design",
         "",
         *_table(
@@ -547,96 +544,41 @@ def _throughput_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[st
 
 def _seam_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     section = results.get("seam_alternated") or {}
-    pairs_section = results.get("seam") or {}
     alt = seam_stats.alternated(section)
-    pairs = seam_stats.summary(pairs_section)
-    if not alt and not pairs:
-        why = section.get("unavailable") or pairs_section.get("unavailable")
+    if not alt:
+        why = section.get("unavailable")
         if not why:
             return []
         return ["## 3c. The seam's cost", "", f"Not available in this build (`{why[:300]}`).", ""]
-    out = [
+    rows = [
+        [str(n), str(len(seam_stats.slice_pairs(run))), f"{seam_stats.run_cost(run):+.1%}"]
+        for n, run in enumerate(section["runs"], 1)
+    ]
+    return [
         "## 3c. The seam's cost",
         "",
-        "The same server with and without the call through `protocol.handle`. Both versions "
-        "are the server's batch method recompiled from its source when "
-        "`procs/service_ablation.py` starts: unchanged, or with the drive of `handle` and the "
-        "check of its reply replaced by appending the request line itself. Ping-pong, "
+        "The seam is the server's call into the user's `handle` per request. "
+        "`procs/seam_service.py` runs the real service through `servicekit.main.main(protocol)` "
+        "with a protocol whose `handle` answers either at once (the one seam the server has) or "
+        "through a second seam built like the first (one more awaited async echo, its reply "
+        "checked), and swaps the two every "
+        f"{section.get('slice_seconds', 0.05) * 1000:.0f} ms (which goes first drawn at random). "
+        "Each slice is charged with the process CPU time and the requests of its version; a "
+        "run's cost is the median over its pairs of neighbouring slices, so a slice that "
+        "something else hit (a collection, another job) does not decide it. Nothing in the "
+        "service is patched: the figure follows the server as it is. Ping-pong, "
         f"{cfg['tp_conns']} connections of {cfg['tp_size']}-byte lines, {cfg['tp_warmup']} s "
         f"warm-up then {cfg['tp_seconds']} s counted per run, so every read is a batch of one "
-        "and the call's share of a round trip is the largest it gets. The cost is the extra "
-        "server CPU per request with the seam; each run or pair gives one, and the figure is "
-        "their median, with the min-max as the spread (2 shared cores).",
+        "and a call's share of a round trip is the largest it gets.",
+        "",
+        *_table(("run", "slice pairs", "cost of one more seam"), rows),
+        "",
+        f"Median **{alt['median']:+.1%}** ({alt['min']:+.1%} to {alt['max']:+.1%} over "
+        f"{alt['runs']} runs, {alt['slice_pairs']} slice pairs): {alt['us_two']:.2f} µs of "
+        f"server CPU per request with two seams, {alt['us_one']:.2f} µs with one (median "
+        "slices).",
         "",
     ]
-    if alt:
-        rows = [
-            [
-                str(n),
-                str(len(seam_stats.slice_pairs(run))),
-                f"{seam_stats.run_cost(run):+.1%}",
-            ]
-            for n, run in enumerate(section["runs"], 1)
-        ]
-        out += [
-            f"**Alternated in one process** (the verdict): `--alternate` swaps the two versions "
-            f"every {section.get('slice_seconds', 0.05) * 1000:.0f} ms (which goes first drawn "
-            "at random) and charges each slice with the process CPU time and the requests of "
-            "its version. A run's cost is the median over its pairs of neighbouring slices, so "
-            "a slice that something else hit (a collection, another job) does not decide it.",
-            "",
-            *_table(("run", "slice pairs", "seam cost"), rows),
-            "",
-            f"Median **{alt['median']:+.1%}** ({alt['min']:+.1%} to {alt['max']:+.1%} over "
-            f"{alt['runs']} runs, {alt['slice_pairs']} slice pairs): {alt['us_with']:.2f} µs of "
-            f"server CPU per request with the seam, {alt['us_without']:.2f} µs without (median "
-            "slices).",
-            "",
-        ]
-    if pairs:
-        rows = [
-            [
-                str(n),
-                pair["order"],
-                f"{pair['with']['per_cpu_second']:,.0f}",
-                f"{pair['without']['per_cpu_second']:,.0f}",
-                f"{pair['with']['server_cpu']:.0%} / {pair['without']['server_cpu']:.0%}",
-                f"{seam_stats.cost(pair):+.1%}",
-            ]
-            for n, pair in enumerate(pairs_section["pairs"], 1)
-        ]
-        out += [
-            "**Back-to-back processes** (cross-check): `--seam` and `--no-seam` started one "
-            "after the other, the order alternated from pair to pair, server CPU per round trip "
-            "of each from /proc over the load generator's window. Differences between two "
-            "processes (memory layout, hash seed, a drift in the machine's load) stay in it, so "
-            "its spread is wider.",
-            "",
-            *_table(
-                (
-                    "pair",
-                    "order",
-                    "with seam: round trips per server CPU-second",
-                    "without",
-                    "server CPU with / without",
-                    "seam cost",
-                ),
-                rows,
-            ),
-            "",
-            f"Median {pairs['median']:+.1%} ({pairs['min']:+.1%} to {pairs['max']:+.1%} over "
-            f"{pairs['pairs']} pairs); rate with the seam {pairs['rate_median']:.2f} of the "
-            "rate without (median).",
-            "",
-        ]
-    call = results.get("seam_call") or {}
-    if "us_per_call" in call:
-        out += [
-            f"The call timed alone (`procs/seam_call.py`, driven as the server drives it): "
-            f"{call['us_per_call']:.2f} µs.",
-            "",
-        ]
-    return out
 
 
 def _short(value: str) -> str:

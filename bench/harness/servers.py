@@ -19,6 +19,8 @@ PROCS = Path(__file__).resolve().parent.parent / "procs"
 SERVICE_READY = r"listening on (?P<host>\S+):(?P<port>\d+)"
 SCRIPT_READY = r"^ready (?P<port>\d+)$"
 CEILING_NAME = "bare uvloop Protocol echo"
+CEILING_WAL_NAME = "bare echo + WAL"
+JOURNAL_FREE_NAME = "service (uvloop), journal-free requests"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class ServerSpec:
     optional: bool = False
     """A measurement aid that reaches into the service's internals: when it no longer fits
     the build, the report names it "not available in this build" instead of failing the run."""
+    journal: Path | None = None
+    """The file this server appends every request to (removed after each load window)."""
 
     def settings(self) -> dict[str, str]:
         """The APP_ variables this server was started with (shown in the report)."""
@@ -86,6 +90,7 @@ def generated_service(project: Path, journal: Path, **settings: str) -> ServerSp
         argv=[sys.executable, "-m", "app"],
         cwd=project,
         env=service_env(journal, **settings),
+        journal=journal,
         ready_stream="stderr",
         ready_pattern=SERVICE_READY,
     )
@@ -100,6 +105,7 @@ def baseline_service(project: Path, journal: Path, **settings: str) -> ServerSpe
         argv=[sys.executable, "-m", "app"],
         cwd=project,
         env=service_env(journal, **settings),
+        journal=journal,
         ready_stream="stderr",
         ready_pattern=SERVICE_READY,
     )
@@ -112,35 +118,49 @@ def service_under_asyncio_run(project: Path, journal: Path) -> ServerSpec:
         argv=[sys.executable, str(PROCS / "service_asyncio_run.py"), str(project)],
         cwd=project,
         env=service_env(journal, APP_USE_UVLOOP="0"),
+        journal=journal,
         ready_stream="stderr",
         ready_pattern=SERVICE_READY,
         stop_signal=signal.SIGINT,
     )
 
 
-def ceiling() -> ServerSpec:
-    """A bare uvloop Protocol echo server: the most a line echo can do here."""
+def ceiling(wal: Path | None = None) -> ServerSpec:
+    """A bare uvloop Protocol echo server: the most a line echo can do here. With ``wal``, the
+    same echo appending each read's complete lines to that file before it replies: the most a
+    write-ahead server can do here (procs/ceiling_server.py)."""
     return ServerSpec(
-        name=CEILING_NAME,
-        argv=[sys.executable, str(PROCS / "ceiling_server.py")],
+        name=CEILING_NAME if wal is None else CEILING_WAL_NAME,
+        argv=[sys.executable, str(PROCS / "ceiling_server.py")]
+        + ([] if wal is None else ["--wal", str(wal)]),
         stop_signal=signal.SIGINT,
+        journal=wal,
     )
 
 
-def service_ablation(project: Path, journal: Path, *switches: str) -> ServerSpec:
-    """The service on uvloop with per-line costs switched off (procs/service_ablation.py)."""
-    words = {
-        "--no-journal": "no journal",
-        "--no-seam": "no seam",
-        "--seam": "seam recompiled",
-        "--alternate": "with and without the seam, alternated",
-    }
+def seam_service(project: Path, journal: Path) -> ServerSpec:
+    """The service on uvloop with one seam and with two, alternated (procs/seam_service.py)."""
     return ServerSpec(
-        name="service (uvloop), " + ", ".join(words[s] for s in switches),
-        argv=[sys.executable, str(PROCS / "service_ablation.py"), str(project), *switches],
+        name="service (uvloop), one seam and two, alternated",
+        argv=[sys.executable, str(PROCS / "seam_service.py"), str(project)],
         cwd=project,
         env=service_env(journal, APP_USE_UVLOOP="1"),
+        journal=journal,
         ready_stream="stderr",
         ready_pattern=SERVICE_READY,
         stop_signal=signal.SIGKILL,
+    )
+
+
+def journal_free_service(project: Path, journal: Path) -> ServerSpec:
+    """The service on uvloop answering every request without journalling it, if the build
+    knows ``needs_journal`` (procs/journal_free_service.py)."""
+    return ServerSpec(
+        name=JOURNAL_FREE_NAME,
+        argv=[sys.executable, str(PROCS / "journal_free_service.py"), str(project)],
+        cwd=project,
+        env=service_env(journal, APP_USE_UVLOOP="1"),
+        journal=journal,
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
     )

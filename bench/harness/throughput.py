@@ -5,6 +5,11 @@ and waits for all 16 echoes, the load that shows whether a server writes once pe
 or once per line. Each server variant is started, loaded for a warm-up and a fixed window, and
 stopped; variants are alternated, the order rotated every repetition.
 
+Two references run beside the service in every run (procs/ceiling_server.py): the bare uvloop
+Protocol echo, which journals nothing, and the same echo appending each read's lines to a file
+before it replies ("bare echo + WAL"), the fastest server that keeps the write-ahead promise.
+The service is judged against the second; the first shows what journalling itself costs.
+
 The load generator is the C epoll client (procs/loadgen.c, built by harness/cbuild.py), so the
 client is not the bottleneck; procs/loadgen.py only when no compiler is found. Both report the
 CPU share of the client and of the server (the server's pid and its children, from /proc) over
@@ -46,6 +51,8 @@ class Sample:
     client: str
     client_sys: float = float("nan")
     """The part of client_cpu spent in the kernel."""
+    journal_bytes: int = 0
+    """What the server appended to its journal file in this window."""
 
     @property
     def per_cpu_second(self) -> float:
@@ -108,9 +115,10 @@ def measure_once(spec: servers.ServerSpec, mode: str, load: Load) -> tuple[Sampl
         run = load.run(mode, port, child.pid)
     finally:
         servers.stop(child, spec.stop_signal)
-        journal = (spec.env or {}).get("APP_JOURNAL_PATH")
-        if journal:  # a pipelined window journals hundreds of MiB; keep the disk from filling
-            Path(journal).unlink(missing_ok=True)
+        journal_bytes = 0
+        if spec.journal and spec.journal.exists():
+            journal_bytes = spec.journal.stat().st_size
+            spec.journal.unlink()  # a pipelined window journals hundreds of MiB: free the disk
     if run.returncode != 0:
         raise RuntimeError(
             f"load generator exited {run.returncode}: {run.stderr.strip()[-500:]}; "
@@ -126,6 +134,7 @@ def measure_once(spec: servers.ServerSpec, mode: str, load: Load) -> tuple[Sampl
         client_cpu=result["client_cpu"],
         client=result.get("client", "?"),
         client_sys=result.get("client_sys", float("nan")),
+        journal_bytes=journal_bytes,
     )
     return sample, unrecognised_settings(child.stderr.lines)
 
@@ -174,6 +183,7 @@ def specs(
     both = ("pingpong", "pipeline")
     out = [
         dataclasses.replace(servers.ceiling(), modes=both),
+        dataclasses.replace(servers.ceiling(scratch / "j-bare-wal.log"), modes=both),
         dataclasses.replace(
             servers.generated_service(project, scratch / "j-uvloop.log", APP_USE_UVLOOP="1"),
             modes=both,
@@ -194,6 +204,11 @@ def specs(
                 modes=("pingpong",),
             ),
         ]
+    out.append(
+        dataclasses.replace(
+            servers.journal_free_service(project, scratch / "j-free.log"), modes=both
+        )
+    )
     for policy in ("always", "never") if full else ():
         out.append(
             dataclasses.replace(
@@ -211,11 +226,6 @@ def specs(
             dataclasses.replace(
                 servers.service_under_asyncio_run(project, scratch / "j-asyncio.log"),
                 modes=("pingpong",),
-                optional=True,
-            ),
-            dataclasses.replace(
-                servers.service_ablation(project, scratch / "j-no-journal.log", "--no-journal"),
-                modes=("pingpong", "pipeline"),
                 optional=True,
             ),
         ]
