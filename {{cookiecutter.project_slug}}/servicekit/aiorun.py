@@ -873,7 +873,7 @@ class _SignalHooks:
         if threading.current_thread() is not threading.main_thread():
             _log_off_main_thread()
             return
-        if not self._platform.windows:
+        if not self._platform.windows and sys.platform != "win32":
             reader, writer = os.pipe()
             os.set_blocking(reader, False)
             os.set_blocking(writer, False)  # the C-level handler must never block
@@ -926,6 +926,8 @@ class _SignalHooks:
 
     def _listen(self, reader: int) -> None:
         """The listening thread: wait for the pipe, read it, until it is not the listener."""
+        if sys.platform == "win32":  # for the type checker: there is no pipe on Windows
+            return
         poller = select.poll()
         poller.register(reader, select.POLLIN)
         me = threading.current_thread()

@@ -286,7 +286,7 @@ def process_pool(use_uvloop: bool) -> None:
 async def forks_a_sleeper(children: list[int]) -> None:
     pid = os.fork()
     if pid == 0:
-        time.sleep(30)  # alive, busy with its own work, through the parent's whole shutdown
+        time.sleep(30)  # noqa: ASYNC251 -- the child: alive through the parent's shutdown
         os._exit(0)
     children.append(pid)
     await until_cancelled(asyncio.Event())
@@ -362,7 +362,7 @@ def write_while_signalled(use_uvloop: bool) -> None:
     print(f"lines={len(lines)} strays={len(strays)} usr1={next(usr1) - 1}", flush=True)
 
 
-# --- 13. SIGTERM must never be lost ---------------------------------------------------------------
+# --- 13. SIGTERM must never be lost ---------------------------------------------------------
 
 
 async def busy(closing: asyncio.Event) -> None:
@@ -397,7 +397,7 @@ async def forks_then_no_threads() -> None:
     pid = os.fork()
     if pid == 0:
         os._exit(0)
-    os.waitpid(pid, 0)
+    os.waitpid(pid, 0)  # noqa: ASYNC222 -- a child that exits at once
     await until_cancelled(asyncio.Event())
 
 
@@ -424,7 +424,7 @@ def signal_race(use_uvloop: bool, at_end: bool) -> None:
                 heard[0] += 1
 
     signal.signal(signal.SIGTERM, previous)
-    runtime_logger = logging.getLogger("app.runtime.aiorun")
+    runtime_logger = logging.getLogger("servicekit.aiorun")
     runtime_logger.addHandler(Heard())
     runtime_logger.propagate = False  # hundreds of runs: keep stderr short
 
@@ -432,7 +432,8 @@ def signal_race(use_uvloop: bool, at_end: bool) -> None:
         if at_end:
             asyncio.get_running_loop().stop()
         deadline = time.monotonic() + 1.0
-        while heard[0] == before and time.monotonic() < deadline:
+        # A signal handler bumps the count, perhaps outside any loop: poll it.
+        while heard[0] == before and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
         asyncio.get_running_loop().stop()
 
@@ -460,7 +461,7 @@ def signal_race(use_uvloop: bool, at_end: bool) -> None:
     print(f"lost={lost} of {runs}", flush=True)
 
 
-# --- 14. fork warnings ------------------------------------------------------------------------------
+# --- 14. fork warnings -----------------------------------------------------------------------
 
 
 async def forks(count: int) -> None:
@@ -468,7 +469,7 @@ async def forks(count: int) -> None:
         pid = os.fork()
         if pid == 0:
             os._exit(0)
-        os.waitpid(pid, 0)
+        os.waitpid(pid, 0)  # noqa: ASYNC222 -- a child that exits at once
         await asyncio.sleep(0)
 
 
@@ -496,7 +497,7 @@ def fork_warnings(use_uvloop: bool) -> None:
     print(f"asyncio.run warnings={counts[0]} run warnings={counts[1]}", flush=True)
 
 
-# --- 15. smaller ones --------------------------------------------------------------------------------
+# --- 15. smaller ones ------------------------------------------------------------------------
 
 
 async def sets_gc_threshold(closing: asyncio.Event) -> None:
@@ -599,8 +600,12 @@ def attacks() -> dict[str, Callable[[], object]]:
                 f"user-sigterm-signal{name}": functools.partial(
                     user_sigterm_inside, use_uvloop, False
                 ),
-                f"user-sigterm-loop{name}": functools.partial(user_sigterm_inside, use_uvloop, True),
-                f"write-while-signalled{name}": functools.partial(write_while_signalled, use_uvloop),
+                f"user-sigterm-loop{name}": functools.partial(
+                    user_sigterm_inside, use_uvloop, True
+                ),
+                f"write-while-signalled{name}": functools.partial(
+                    write_while_signalled, use_uvloop
+                ),
                 f"flooded{name}": functools.partial(flooded, use_uvloop),
                 f"fork-then-no-threads{name}": functools.partial(fork_then_no_threads, use_uvloop),
                 f"no-threads-at-all{name}": functools.partial(no_threads_at_all, use_uvloop),
