@@ -262,8 +262,8 @@ def run(
     (default: stop the loop). The same signal again within a moment is the same request (a
     wrapper or a process group delivers it twice); later signals are ignored, or with
     ``force_exit_on_second_signal`` the second one logs the unfinished tasks and exits the
-    process at once with status 128 + signal number, even while the loop is blocked. Once
-    the loop stops:
+    process at once with status 128 + signal number, even while the loop is blocked (by a
+    call that holds the GIL: as soon as it returns). Once the loop stops:
 
     1. ``shutdown_callback`` runs, while every task is still alive (it has no time limit:
        bound it yourself, or rely on the second signal);
@@ -271,8 +271,9 @@ def run(
     3. all tasks get up to ``timeout_task_shutdown`` seconds (None: no limit); the stacks of
        those still running then are logged, and the executor gets what is left of it;
     4. a loop that ``run()`` created has its async generators closed and is closed;
-    5. the signal handlers that were there before are restored;
-    6. an unhandled error that stopped the loop (``stop_on_unhandled_errors``) is re-raised.
+    5. the signal handlers that were there before are restored, where ours are still in place;
+    6. an unhandled error that stopped the loop (``stop_on_unhandled_errors``), or a
+       SystemExit or KeyboardInterrupt raised by code, is re-raised.
 
     Every argument is checked before anything starts. Returns a ``ShutdownReport``; aiorun
     returns None, so existing callers are unaffected.
