@@ -517,33 +517,35 @@ def test_other_signals_write_nothing_into_the_users_files(start, loop: str) -> N
         child.signal_again(signal.SIGUSR1, gap=0.01)  # the spacing is the scenario
     assert child.finish() == 0, child.output()
     line = child.wait_for("lines=", "stdout")
-    assert line.startswith("lines=200 strays=0 "), child.output()
+    assert line.startswith("lines=400 strays=0 "), child.output()
 
 
 @LOOPS
 def test_a_flood_of_another_signal_loses_no_sigterm(start, loop: str) -> None:
-    """Thousands of SIGUSR1 a second while the loop is busy overflow any wake-up channel:
-    the SIGTERM among them must still be heard."""
-    child = attack_on(start, "flooded", loop)
-    child.wait_for("ready", "stdout")
-    stop = threading.Event()
+    """Thousands of SIGUSR1 a second while the loop is busy in a call that holds the GIL
+    overflow any wake-up channel: the SIGTERM among them must still be heard. Three rounds,
+    because the SIGTERM may also land where the channel has room."""
+    for _ in range(3):
+        child = attack_on(start, "flooded", loop)
+        child.wait_for("ready", "stdout")
+        stop = threading.Event()
 
-    def flood() -> None:
-        while not stop.is_set():
-            for _ in range(100):
-                child.popen.send_signal(signal.SIGUSR1)
-            time.sleep(0.001)  # the flood's rate, not a synchronisation
+        def flood(child: Child = child) -> None:
+            while not stop.is_set():
+                for _ in range(100):
+                    child.popen.send_signal(signal.SIGUSR1)
+                time.sleep(0.001)  # the flood's rate, not a synchronisation
 
-    flooder = threading.Thread(target=flood, daemon=True)
-    flooder.start()
-    try:
-        time.sleep(0.5)  # the flood fills the channel before the SIGTERM comes
-        child.signal(signal.SIGTERM)
-        child.wait_for("shutdown: SIGTERM received")
-    finally:
-        stop.set()
-        flooder.join()
-    assert child.finish() == 0, child.output()
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        try:
+            time.sleep(0.5)  # the scenario: the flood fills the channel before the SIGTERM
+            child.signal(signal.SIGTERM)
+            child.wait_for("shutdown: SIGTERM received")
+        finally:
+            stop.set()
+            flooder.join()
+        assert child.finish() == 0, child.output()
 
 
 @LOOPS

@@ -338,25 +338,29 @@ def user_sigterm_inside(use_uvloop: bool, on_loop: bool) -> None:
 
 
 def write_while_signalled(use_uvloop: bool) -> None:
-    """A synchronous shutdown callback writes a data file while SIGUSR1 (which has a Python
-    handler) keeps arriving: not one byte may land in the file but the callback's own."""
+    """A synchronous shutdown callback writes two data files while SIGUSR1 (which has a
+    Python handler) keeps arriving: not one byte may land in them but the callback's own.
+    Two files, so both fd numbers uvloop's closed socket pair leaves free are reused."""
     usr1 = itertools.count(1)
     signal.signal(signal.SIGUSR1, lambda signum, frame: next(usr1))
     directory = tempfile.mkdtemp()
-    path = os.path.join(directory, "data.txt")
+    paths = [os.path.join(directory, name) for name in ("index.txt", "data.txt")]
 
     def write(loop: asyncio.AbstractEventLoop) -> None:
-        with open(path, "w") as data:
+        with open(paths[0], "w") as index, open(paths[1], "w") as data:
             print("writing", flush=True)
             for n in range(200):
-                data.write(f"line {n}\n")
-                data.flush()
+                for file in (index, data):
+                    file.write(f"line {n}\n")
+                    file.flush()
                 time.sleep(0.005)  # the workload: slow enough for signals to arrive meanwhile
 
     run(until_cancelled(asyncio.Event()), shutdown_callback=write, use_uvloop=use_uvloop)
-    with open(path) as data:
-        lines = data.read().split("\n")[:-1]
-    os.remove(path)
+    lines: list[str] = []
+    for path in paths:
+        with open(path) as file:
+            lines += file.read().split("\n")[:-1]
+        os.remove(path)
     os.rmdir(directory)
     strays = [line for line in lines if not line.startswith("line ")]
     print(f"lines={len(lines)} strays={len(strays)} usr1={next(usr1) - 1}", flush=True)
@@ -366,13 +370,11 @@ def write_while_signalled(use_uvloop: bool) -> None:
 
 
 async def busy(closing: asyncio.Event) -> None:
-    """Keep the loop busy in Python code, holding the GIL most of the time."""
+    """Keep the loop busy in C calls that hold the GIL for a while: no other thread runs."""
     ready()
     try:
         while True:
-            end = time.monotonic() + 0.05
-            while time.monotonic() < end:
-                sum(range(100))
+            sum(range(10_000_000))
             await asyncio.sleep(0)
     finally:
         closing.set()
