@@ -17,7 +17,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import random
 import resource
 import signal
 import sys
@@ -412,9 +411,11 @@ def no_threads_at_all(use_uvloop: bool) -> None:
     run(until_cancelled(asyncio.Event()), use_uvloop=use_uvloop)
 
 
-def signal_race(use_uvloop: bool, at_end: bool) -> None:
-    """SIGTERM at a random moment of the first or the last milliseconds of run(), many times:
-    each one must be heard, by run() or by the handler that was there before it."""
+def signal_injected(use_uvloop: bool, at_end: bool) -> None:
+    """SIGTERM arrives while run() starts (or ends): in run k, just before its k-th call of
+    signal.signal() or signal.set_wakeup_fd(), received by another thread as the kernel may
+    choose, so the main thread runs the Python-level handler only later. Every point is
+    tried; each SIGTERM must be heard, by run() or by the handler that was there before."""
     heard = [0]
 
     def previous(signum: int, frame: Any) -> None:
@@ -426,41 +427,71 @@ def signal_race(use_uvloop: bool, at_end: bool) -> None:
                 heard[0] += 1
 
     signal.signal(signal.SIGTERM, previous)
-    runtime_logger = logging.getLogger("servicekit.aiorun")
-    runtime_logger.addHandler(Heard())
-    runtime_logger.propagate = False  # hundreds of runs: keep stderr short
+    logging.getLogger("servicekit.aiorun").addHandler(Heard())
+    targets = {"signal", "set_wakeup_fd"}  # the C functions (signal.signal wraps one)
+    watching = [False]
+
+    def deliver_elsewhere() -> None:
+        """The signal trips in another thread; from then on only C code runs here until
+        the caller continues, so the main thread runs the handler at its next check."""
+        sent = _thread.allocate_lock()
+        sent.acquire()
+
+        def send() -> None:
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # handled before it returns
+            sent.release()
+
+        threading.Thread(target=send).start()
+        sent.acquire()
 
     async def main(before: int) -> None:
+        watching[0] = at_end
         if at_end:
             asyncio.get_running_loop().stop()
+            return
         deadline = time.monotonic() + 1.0
         # A signal handler bumps the count, perhaps outside any loop: poll it.
         while heard[0] == before and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.001)
         asyncio.get_running_loop().stop()
 
-    def shoot(when: float) -> None:
-        while time.perf_counter() < when:
-            pass
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    window = float(os.environ.get("RACE_WINDOW", "0.004" if at_end else "0.002"))
     lost = 0
-    runs = int(os.environ.get("RACE_RUNS", "400"))
-    for _ in range(runs):
+    point = 0
+    while True:
+        calls = [0]
+
+        def profile(
+            frame: Any, event: str, arg: Any, k: int = point, calls: list[int] = calls
+        ) -> None:
+            if (
+                watching[0]
+                and event == "c_call"
+                and getattr(arg, "__module__", None) == "_signal"
+                and arg.__name__ in targets
+            ):
+                if calls[0] == k:
+                    deliver_elsewhere()
+                calls[0] += 1
+
         before = heard[0]
-        shooter = threading.Thread(
-            target=shoot, args=(time.perf_counter() + random.uniform(0, window),)
-        )
-        shooter.start()
-        run(main(before), use_uvloop=use_uvloop)
-        shooter.join()
+        watching[0] = not at_end
+        sys.setprofile(profile)
+        try:
+            run(main(before), use_uvloop=use_uvloop, shutdown_callback=lambda loop: None)
+        finally:
+            sys.setprofile(None)
+            watching[0] = False
+        if calls[0] <= point:
+            break  # every point tried
         for _ in range(100):  # a Python-level handler still pending runs between bytecodes
             if heard[0] != before:
                 break
             time.sleep(0.001)
-        lost += heard[0] == before
-    print(f"lost={lost} of {runs}", flush=True)
+        if heard[0] == before:
+            lost += 1
+            logger.info("lost the SIGTERM sent before call %d", point)
+        point += 1
+    print(f"lost={lost} of {point}", flush=True)
 
 
 # --- 14. fork warnings -----------------------------------------------------------------------
@@ -611,8 +642,8 @@ def attacks() -> dict[str, Callable[[], object]]:
                 f"flooded{name}": functools.partial(flooded, use_uvloop),
                 f"fork-then-no-threads{name}": functools.partial(fork_then_no_threads, use_uvloop),
                 f"no-threads-at-all{name}": functools.partial(no_threads_at_all, use_uvloop),
-                f"race-start{name}": functools.partial(signal_race, use_uvloop, False),
-                f"race-end{name}": functools.partial(signal_race, use_uvloop, True),
+                f"race-start{name}": functools.partial(signal_injected, use_uvloop, False),
+                f"race-end{name}": functools.partial(signal_injected, use_uvloop, True),
                 f"fork-warnings{name}": functools.partial(fork_warnings, use_uvloop),
             }
         )
