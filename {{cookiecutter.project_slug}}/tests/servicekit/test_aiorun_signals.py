@@ -530,7 +530,7 @@ def test_a_flood_of_another_signal_loses_no_sigterm(start, loop: str) -> None:
         child.wait_for("ready", "stdout")
         stop = threading.Event()
 
-        def flood(child: Child = child) -> None:
+        def flood(child: Child = child, stop: threading.Event = stop) -> None:
             while not stop.is_set():
                 for _ in range(100):
                     child.popen.send_signal(signal.SIGUSR1)
