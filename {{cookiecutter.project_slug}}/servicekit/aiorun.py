@@ -806,27 +806,20 @@ class _SignalHooks:
     """Hears the shutdown signals, wakes the loop, and puts back what was there before.
 
     Our Python-level handler is the reliable path: CPython always runs it, in the main
-    thread, sooner or later; it counts every signal no one counted before it. On POSIX a
-    thread of ours adds what the main thread cannot do while it is stuck: the C-level
-    handler writes each signal's number to our wake-up pipe (``signal.set_wakeup_fd``) the
-    moment it arrives, and the listening thread reads it, so the signal is timed on arrival
-    and a second one can force the exit even while the main thread waits in a call that
-    releases the GIL. Both read the pipe under one lock, and a byte the pipe showed is
-    matched by the next call of our handler for that signal (``_unmatched``), so no signal
-    counts twice and none is lost when the pipe is full or someone else holds the fd.
+    thread, sooner or later, and it counts every signal nobody counted before it. On POSIX
+    a thread of ours also reads the pipe the C-level handler writes each signal's number to
+    on arrival (``signal.set_wakeup_fd``), to time it then and to force the exit while the
+    main thread waits in a call that releases the GIL. Both read the pipe under one lock;
+    a byte it showed is matched by our handler's next call for that signal, so nothing
+    counts twice, and nothing is lost when the pipe is full or another fd is in place.
 
-    Only signals whose handler is still ours are the runtime's: a handler the user installs
-    meanwhile (``signal.signal`` or ``loop.add_signal_handler``) takes its signal over, and
-    at the end only handlers still ours are put back. Other signals' bytes go on to the
-    wake-up fd we displaced (a loop's: asyncio's after ``add_signal_handler``, uvloop's each
-    time it runs), through a duplicate of it, so its number can never come to mean another
-    file. uvloop installs its fd whenever its loop starts, so ``resume`` takes ours back.
-
-    A fork stops the listening thread first (3.12+ warn when a process with threads forks),
-    and the loop starts it again afterwards. A forked child closes our fds and puts back the
-    previous handlers: its signals are its own. Where no thread can be started, the handler
-    alone hears the signals, and the loop keeps its own wake-up fd. Windows has no listening
-    thread: its Proactor loop keeps its own wake-up fd, and a loop without one is woken
+    A signal is ours while its handler is ours: one the user installs meanwhile
+    (``signal.signal``, ``loop.add_signal_handler``) takes it over, and only handlers still
+    ours are put back. Other signals go on to the wake-up fd we displaced (asyncio's after
+    ``add_signal_handler``, uvloop's whenever it runs) through a duplicate of that fd, whose
+    number cannot come to mean another file. The listening thread stops for a fork and the
+    loop restarts it; a forked child closes our fds and puts the previous handlers back.
+    Windows has no thread: a Proactor loop is woken by its own wake-up fd, any other loop
     periodically. Off the main thread nothing is installed.
     """
 
@@ -857,7 +850,6 @@ class _SignalHooks:
         """A duplicate of the wake-up fd we displaced, or -1."""
         self._listener: threading.Thread | None = None
         """The listening thread; None while stopped (for a fork, or for good)."""
-        self._stopped = False
         self._wakeup: asyncio.TimerHandle | None = None
 
     @property
@@ -872,7 +864,10 @@ class _SignalHooks:
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            _log_off_main_thread()
+            _warn_once(
+                "signals: run() is not in the main thread, so it installs no signal handlers; "
+                "stop it with loop.stop() or shutdown_handler"
+            )
             return
         if not self._platform.windows and sys.platform != "win32":
             reader, writer = os.pipe()
@@ -943,7 +938,7 @@ class _SignalHooks:
         """In the main thread, at install and as the loop starts: listen, and hold the
         wake-up fd while a thread listens (uvloop took it when it started)."""
         with self._lock:
-            if self._pipe is None or self._stopped:
+            if self._pipe is None:  # not POSIX, or restore() or a fork closed it
                 return
             if self._listener is None:
                 listener = threading.Thread(
@@ -954,7 +949,11 @@ class _SignalHooks:
                     listener.start()
                 except RuntimeError as exc:  # no thread to be had (a process limit)
                     self._listener = None
-                    _log_no_listener(exc)
+                    _warn_once(
+                        "signals: no listening thread (%s): signals are still heard, but a "
+                        "second one cannot force the exit while the loop is stuck",
+                        exc,
+                    )
             writer = self._pipe[1]
             if self._listener is None:  # nobody reads our pipe: let the loop's fd wake it
                 current = signal.set_wakeup_fd(-1)
@@ -1005,29 +1004,36 @@ class _SignalHooks:
             self._wakeup.cancel()
             self._wakeup = None
         with self._lock:
-            self._stopped = True
-            taken = {sig for sig in self._previous if self._is_ours(sig)}
-            for sig in taken:
-                previous = self._previous[sig]
-                signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-            if self._pipe is not None and self._fd_before is not None:
-                current = signal.set_wakeup_fd(self._fd_before)
-                if current not in (self._pipe[1], self._forward):
-                    signal.set_wakeup_fd(current)  # someone else's since: leave it theirs
-        self._stop_listening()
+            taken = self._put_back()
+        listener = self._stop_listening()
         with self._lock:
             self._drain(wake=False, ours=taken.__contains__)
-            self._close(keep_pipe=self._listener is not None)
+            self._close(keep_pipe=listener is not None and listener.is_alive())
         if _SignalHooks.installed is self:
             _SignalHooks.installed = None
 
+    def _put_back(self) -> set[int]:
+        """Put back the handlers that are still ours, then the wake-up fd if it is still
+        ours (in this order: a signal in between is still ours, or the default's). Returns
+        the signals that were still ours."""
+        taken = {sig for sig in self._previous if self._is_ours(sig)}
+        for sig in taken:
+            previous = self._previous[sig]
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        if self._pipe is not None and self._fd_before is not None:
+            current = signal.set_wakeup_fd(self._fd_before)
+            if current not in (self._pipe[1], self._forward):
+                signal.set_wakeup_fd(current)  # someone else's since: leave it theirs
+        return taken
+
     def _close(self, *, keep_pipe: bool = False) -> None:
+        """Close our fds; the pipe is kept if a listening thread that never ended may read it."""
         self._close_forward()
         if self._pipe is not None and not keep_pipe:
             for fd in self._pipe:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self._pipe = None
+        self._pipe = None
 
     @staticmethod
     def _before_fork() -> None:
@@ -1054,22 +1060,11 @@ class _SignalHooks:
     def _after_fork_in_child() -> None:
         """In a forked child: close our fds, put the previous handlers back (no lock: the
         thread that held it may not exist here)."""
-        hooks = _SignalHooks.installed
-        _SignalHooks.installed = None
-        if hooks is None:
-            return
-        with contextlib.suppress(Exception):
-            for sig, previous in hooks._previous.items():
-                if hooks._is_ours(sig):
-                    signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-            if hooks._pipe is not None:
-                current = signal.set_wakeup_fd(-1)
-                if current not in (hooks._pipe[1], hooks._forward):
-                    signal.set_wakeup_fd(current)
-                elif hooks._fd_before is not None:
-                    signal.set_wakeup_fd(hooks._fd_before)
-        hooks._stopped = True
-        hooks._close()
+        hooks, _SignalHooks.installed = _SignalHooks.installed, None
+        if hooks is not None:
+            with contextlib.suppress(Exception):
+                hooks._put_back()
+            hooks._close()
 
 
 if hasattr(os, "register_at_fork"):
@@ -1082,27 +1077,14 @@ if hasattr(os, "register_at_fork"):
 _JOIN_LIMIT = 1.0
 """Seconds to wait for the listening thread to end: it only has to wake and return."""
 
-_logged_once: set[str] = set()
-"""Conditions already logged in this process: each is worth one line, not one per run()."""
+_warned: set[str] = set()
+"""Warnings already logged in this process: each is worth one line, not one per run()."""
 
 
-def _log_off_main_thread() -> None:
-    if "off-main" not in _logged_once:
-        _logged_once.add("off-main")
-        logger.warning(
-            "signals: run() is not in the main thread, so it installs no signal handlers; "
-            "stop it with loop.stop() or shutdown_handler"
-        )
-
-
-def _log_no_listener(exc: BaseException) -> None:
-    if "no-listener" not in _logged_once:
-        _logged_once.add("no-listener")
-        logger.warning(
-            "signals: cannot start the listening thread (%s): signals are still heard, but a "
-            "second one cannot force the exit while the loop is stuck",
-            exc,
-        )
+def _warn_once(message: str, *args: object) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message, *args)
 
 
 def _nothing() -> None:
