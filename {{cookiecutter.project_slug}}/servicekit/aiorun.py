@@ -957,9 +957,7 @@ class _SignalHooks:
             writer = self._pipe[1]
             if self._listener is None:  # nobody reads our pipe: let the loop's fd wake it
                 current = signal.set_wakeup_fd(-1)
-                if current == writer:
-                    current = self._forward if self._forward != -1 else -1
-                signal.set_wakeup_fd(current, warn_on_full_buffer=False)
+                signal.set_wakeup_fd(self._forward if current == writer else current)
                 return
             displaced = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
             if self._fd_before is None:
