@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import collections
 import contextlib
 import contextvars
 import enum
@@ -28,8 +29,8 @@ import io
 import logging
 import math
 import os
+import select
 import signal
-import socket
 import sys
 import threading
 import time
@@ -261,8 +262,8 @@ def run(
     (default: stop the loop). The same signal again within a moment is the same request (a
     wrapper or a process group delivers it twice); later signals are ignored, or with
     ``force_exit_on_second_signal`` the second one logs the unfinished tasks and exits the
-    process at once with status 128 + signal number, even while the loop is blocked. Once
-    the loop stops:
+    process at once with status 128 + signal number, even while the loop is blocked (by a
+    call that holds the GIL: as soon as it returns). Once the loop stops:
 
     1. ``shutdown_callback`` runs, while every task is still alive (it has no time limit:
        bound it yourself, or rely on the second signal);
@@ -270,8 +271,9 @@ def run(
     3. all tasks get up to ``timeout_task_shutdown`` seconds (None: no limit); the stacks of
        those still running then are logged, and the executor gets what is left of it;
     4. a loop that ``run()`` created has its async generators closed and is closed;
-    5. the signal handlers that were there before are restored;
-    6. an unhandled error that stopped the loop (``stop_on_unhandled_errors``) is re-raised.
+    5. the signal handlers that were there before are restored, where ours are still in place;
+    6. an unhandled error that stopped the loop (``stop_on_unhandled_errors``), or a
+       SystemExit or KeyboardInterrupt raised by code, is re-raised.
 
     Every argument is checked before anything starts. Returns a ``ShutdownReport``; aiorun
     returns None, so existing callers are unaffected.
@@ -298,7 +300,7 @@ def run(
         executor = ThreadPoolExecutor(max_workers=executor_workers, thread_name_prefix="aiorun")
     shutdown = _Shutdown(loop, shutdown_handler, force_exit_on_second_signal)
     hooks = _SignalHooks(platform, loop, shutdown.on_signal)
-    shutdown.on_loop_start = hooks.take_wakeup_fd
+    shutdown.on_loop_start = hooks.resume
     unfinished: tuple[str, ...] = ()
     busy_threads: tuple[str, ...] = ()
     duration = 0.0
@@ -329,6 +331,7 @@ def run(
         shutdown.drive(shutdown.hear_duplicates())
     finally:
         hooks.restore()
+        shutdown.hear_late_signals()
         loop.set_task_factory(factory_before)
         if owns_loop:
             _forget_protected_work(loop)
@@ -510,8 +513,9 @@ class _Shutdown:
         """Called first each time the loop starts running (the signal hooks take their
         wake-up fd back from a loop that installs its own): run() schedules it before the
         first run, ``drive()`` before each of its own."""
-        self._hearing = threading.RLock()
-        """Signals are heard in the listening thread, or in the main thread's handler."""
+        self._inbox: collections.deque[functools.partial[object]] = collections.deque()
+        """What the signals heard ask of the main thread, in order: run by the loop, or by
+        ``hear_late_signals()`` once the loop has run for the last time."""
 
     def start_main(self, coro: Awaitable[object]) -> None:
         """Start the caller's coroutine; its failure is reported at once, not when collected."""
@@ -540,14 +544,11 @@ class _Shutdown:
         self.signal = signum
         return True
 
-    def on_signal(self, signum: int) -> None:
-        """Hear a shutdown signal as it arrives, in the signal hooks' listening thread (or
-        their Python-level handler), so a blocked loop cannot delay it: only record, wake the
-        loop, or start the force exit."""
-        with self._hearing:
-            self._heard(signum, time.monotonic())
-
-    def _heard(self, signum: int, now: float) -> None:
+    def on_signal(self, signum: int, now: float) -> None:
+        """Count a shutdown signal that arrived at ``now``, once, under the signal hooks'
+        lock: from their listening thread or their Python-level handler. Only record, pass
+        the rest to the main thread, or start the force exit: a blocked loop cannot delay it.
+        """
         if self.state is _State.EXITING:
             os._exit(128 + signum)  # another signal while the second one is being reported
         if self.first_heard is None:
@@ -616,8 +617,17 @@ class _Shutdown:
                 await asyncio.sleep(left)
 
     def _call_in_loop(self, callback: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to stop
-            self.loop.call_soon_threadsafe(functools.partial(callback, *args, **kwargs))
+        self._inbox.append(functools.partial(callback, *args, **kwargs))
+        with contextlib.suppress(RuntimeError):  # the loop is closed: hear_late_signals() will
+            self.loop.call_soon_threadsafe(self._empty_inbox)
+
+    def _empty_inbox(self) -> None:
+        while self._inbox:
+            self._inbox.popleft()()
+
+    def hear_late_signals(self) -> None:
+        """After the handlers are back: act on signals heard after the loop last ran."""
+        self._empty_inbox()
 
     def _exit_now(self, signum: int) -> None:
         """The second signal: say what is still running, then leave without waiting.
@@ -671,19 +681,21 @@ class _Shutdown:
         """Run the loop until something stops it; then silence what the shutdown causes."""
         try:
             self.loop.run_forever()
-        except KeyboardInterrupt:  # only if someone put the default SIGINT handler back
-            if self.request(signal.SIGINT):
-                logger.info(
-                    "shutdown: SIGINT received (KeyboardInterrupt)",
-                    extra={"phase": "signal", "signal": "SIGINT"},
-                )
-        except SystemExit as exc:
-            if self.request():
-                logger.info("shutdown: SystemExit raised", extra={"phase": "signal"})
-            self.pending = self.pending or exc
+        except (SystemExit, KeyboardInterrupt) as exc:  # raised by code: ours are handled
+            self.request()
+            self._raised(exc)
         if self.request():
             logger.info("shutdown: loop stopped", extra={"phase": "signal"})
         self._quieten_exception_handler()
+
+    def _raised(self, exc: BaseException) -> None:
+        """SystemExit or KeyboardInterrupt out of the loop: re-raised after the shutdown."""
+        logger.info(
+            "shutdown: %s raised; re-raised after the shutdown",
+            type(exc).__name__,
+            extra={"phase": "signal", "error": repr(exc)},
+        )
+        self.pending = self.pending or exc
 
     def _quieten_exception_handler(self) -> None:
         """Drop the CancelledError reports the shutdown itself causes; pass on the rest.
@@ -722,7 +734,11 @@ class _Shutdown:
         self.phase = phase if ours else None
         phase.add_done_callback(lambda _: loop.stop())
         while True:
-            loop.run_forever()
+            try:
+                loop.run_forever()
+            except (SystemExit, KeyboardInterrupt) as exc:  # a task's: finish the phases first
+                if not (phase.done() and not phase.cancelled() and phase.exception() is exc):
+                    self._raised(exc)
             if phase.done():
                 return phase.result()
             loop.call_soon(self.on_loop_start)
@@ -762,8 +778,9 @@ class _Platform:
 
     windows: bool
     signals: tuple[int, ...]
-    kept_if_ignored: tuple[int, ...] = ()
-    """Signals left alone when already ignored: under ``nohup``, SIGHUP must not stop us."""
+    taken_if_default: tuple[int, ...] = ()
+    """Signals taken only while their handler is the default: a SIGHUP handler of the user's
+    (a reload) stays theirs, and under ``nohup`` SIGHUP stays ignored."""
     proactor_types: tuple[type, ...] = ()
     """Loop types whose wake-up fd lets a signal wake them (Windows' ProactorEventLoop)."""
     wakeup_interval: float = 0.1
@@ -781,51 +798,59 @@ def _this_platform() -> _Platform:
     return _Platform(
         windows=False,
         signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
-        kept_if_ignored=(signal.SIGHUP,),
+        taken_if_default=(signal.SIGHUP,),
     )
 
 
 class _SignalHooks:
-    """Hears the shutdown signals as they arrive, wakes the loop, and puts back everything
-    that was there before.
+    """Hears the shutdown signals, wakes the loop, and puts back what was there before.
 
-    On POSIX a thread of ours listens: the C-level handler writes each signal's number to
-    our wake-up fd (``signal.set_wakeup_fd``) at once, from whichever thread the kernel
-    chose, and the listening thread passes it on. So a signal is heard, and timed for the
-    duplicate window, even while the main thread is wedged: in a callback that blocks the
-    loop, or inside a C call that never returns to Python, where a Python-level handler
-    cannot run. Bytes of other signals go on to the wake-up fd we displaced, so a loop's
-    own signal handling keeps working. uvloop installs its fd whenever its loop starts, so
-    ``take_wakeup_fd`` takes ours back each time. Our Python-level handler stays installed
-    (else the default action kills the process); it does the work itself only while
-    something else holds the wake-up fd, e.g. after ``loop.add_signal_handler()``.
+    Our Python-level handler is the reliable path: CPython always runs it, in the main
+    thread, sooner or later, and it counts every signal nobody counted before it. On POSIX
+    a thread of ours also reads the pipe the C-level handler writes each signal's number to
+    on arrival (``signal.set_wakeup_fd``), to time it then and to force the exit while the
+    main thread waits in a call that releases the GIL. Both read the pipe under one lock;
+    a byte it showed is matched by our handler's next call for that signal, so nothing
+    counts twice, and nothing is lost when the pipe is full or another fd is in place.
 
-    Windows has no such thread: its Proactor loop keeps its own wake-up fd, so there the
-    Python-level handler does the work, and a loop without that fd is woken periodically.
-    Handlers added with ``loop.add_signal_handler`` stay registered with the loop and work
-    again afterwards. A ``fork()``ed child puts the previous handlers back at once, so its
-    signals are its own. Off the main thread nothing is installed.
+    A signal is ours while its handler is ours: one the user installs meanwhile
+    (``signal.signal``, ``loop.add_signal_handler``) takes it over, and only handlers still
+    ours are put back. Other signals go on to the wake-up fd we displaced (asyncio's after
+    ``add_signal_handler``, uvloop's whenever it runs) through a duplicate of that fd, whose
+    number cannot come to mean another file. The listening thread stops for a fork and the
+    loop restarts it; a forked child closes our fds and puts the previous handlers back.
+    Windows has no thread: a Proactor loop is woken by its own wake-up fd, any other loop
+    periodically. Off the main thread nothing is installed.
     """
 
     installed: _SignalHooks | None = None
-    """The hooks in place in this process, for a forked child to undo."""
+    """The hooks in place in this process, for the fork hooks."""
 
     def __init__(
         self,
         platform: _Platform,
         loop: asyncio.AbstractEventLoop,
-        on_signal: Callable[[int], None],
+        on_signal: Callable[[int, float], None],
     ) -> None:
         self._platform = platform
         self._loop = loop
         self._on_signal = on_signal
+        self._handler = self._direct
+        """One bound method, so ``signal.getsignal(sig) is self._handler`` says "still ours"."""
         self._previous: dict[int, Any] = {}
-        self._wakeup: asyncio.TimerHandle | None = None
-        self._wakeup_pair: tuple[socket.socket, socket.socket] | None = None
-        self._wakeup_fd_before = -1
-        self._forward_to = -1
-        """The wake-up fd we displaced: other signals' bytes still reach it."""
+        self._lock = threading.RLock()
+        """Held while the pipe is read and what it showed is counted."""
+        self._pipe: tuple[int, int] | None = None
+        """Our wake-up pipe (read end, write end), on POSIX."""
+        self._unmatched: dict[int, int] = {}
+        """Per signal, bytes the pipe showed (and counted) that no handler call matched yet."""
+        self._fd_before: int | None = None
+        """The wake-up fd before we first took it; None while we never took it."""
+        self._forward = -1
+        """A duplicate of the wake-up fd we displaced, or -1."""
         self._listener: threading.Thread | None = None
+        """The listening thread; None while stopped (for a fork, or for good)."""
+        self._wakeup: asyncio.TimerHandle | None = None
 
     @property
     def waking_up(self) -> bool:
@@ -839,90 +864,125 @@ class _SignalHooks:
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            logger.debug("signals: not installed, run() is not in the main thread")
+            _warn_once(
+                "signals: run() is not in the main thread, so it installs no signal handlers; "
+                "stop it with loop.stop() or shutdown_handler"
+            )
             return
+        if not self._platform.windows and sys.platform != "win32":
+            reader, writer = os.pipe()
+            os.set_blocking(reader, False)
+            os.set_blocking(writer, False)  # the C-level handler must never block
+            self._pipe = (reader, writer)
         for sig in self._platform.signals:
             previous = signal.getsignal(sig)
-            if sig in self._platform.kept_if_ignored and previous == signal.SIG_IGN:
-                continue
+            if sig in self._platform.taken_if_default and previous != signal.SIG_DFL:
+                continue  # the user's (a reload on SIGHUP), or ignored under nohup
             self._previous[sig] = previous
-            signal.signal(sig, self._direct)
+            signal.signal(sig, self._handler)
         _SignalHooks.installed = self
-        if not self._platform.windows:
-            self._listen()
+        if self._pipe is not None:
+            self.resume()
         elif not self._signals_wake_loop():
             self._tick()
 
     def _direct(self, signum: int, frame: FrameType | None) -> None:
-        if not self._fd_is_ours():
-            self._on_signal(signum)
-
-    def _listen(self) -> None:
-        reader, writer = socket.socketpair()
-        writer.setblocking(False)  # the C-level handler must never block
-        self._wakeup_pair = (reader, writer)
-        self._start_listener()
-        self._wakeup_fd_before = self._forward_to = signal.set_wakeup_fd(
-            writer.fileno(), warn_on_full_buffer=False
-        )
-
-    def _start_listener(self) -> None:
-        if self._wakeup_pair is None:
-            return
-        self._listener = threading.Thread(
-            target=self._hear,
-            args=(self._wakeup_pair[0], frozenset(self._previous)),
-            name="aiorun-signals",
-            daemon=True,
-        )
-        self._listener.start()
-
-    def take_wakeup_fd(self) -> None:
-        """Called as the loop starts running: take our wake-up fd back from a loop that
-        installed its own (uvloop), and pass that loop its signals from now on."""
-        if self._wakeup_pair is not None:
-            ours = self._wakeup_pair[1].fileno()
-            displaced = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
-            if displaced != ours:
-                self._forward_to = displaced
-
-    def _fd_is_ours(self) -> bool:
-        """True if the listening thread hears the signals: our wake-up fd is in place."""
-        if self._wakeup_pair is None:
-            return False
-        ours = self._wakeup_pair[1].fileno()
-        current = signal.set_wakeup_fd(ours, warn_on_full_buffer=False)
-        if current == ours:
-            return True
-        signal.set_wakeup_fd(current)  # someone else's since: leave it theirs
-        return False
-
-    def _hear(self, reader: socket.socket, shutdown_signals: frozenset[int]) -> None:
-        """The listening thread: one byte per signal, until ``restore()`` closes the pair
-        or a fork pauses it (byte 0). One byte at a time, so a pause leaves the signals
-        behind it for the next listener."""
-        while True:
-            try:
-                received = reader.recv(1)
-            except OSError:
-                return
-            if not received or received == _PAUSE:
-                return
-            signum = received[0]
-            if signum in shutdown_signals:
-                self._on_signal(signum)
+        with self._lock:
+            self._drain(wake=False)
+            if self._unmatched.get(signum):
+                self._unmatched[signum] = 0  # the pipe showed it: counted already
             else:
-                self._pass_on(signum)
+                self._on_signal(signum, time.monotonic())
 
-    def _pass_on(self, signum: int) -> None:
-        """Another signal: its Python-level handler runs in the main thread, so wake the
-        loop that was waiting for it, or ours."""
-        if self._forward_to != -1:
+    def _is_ours(self, signum: int) -> bool:
+        return signum in self._previous and signal.getsignal(signum) is self._handler
+
+    def _drain(self, *, wake: bool, ours: Callable[[int], bool] | None = None) -> None:
+        """Read every byte in the pipe: count our signals, pass the others on. Under the lock."""
+        if self._pipe is None:
+            return
+        data = b""
+        with contextlib.suppress(OSError):  # empty (BlockingIOError), or closed
+            while chunk := os.read(self._pipe[0], 4096):
+                data += chunk
+        now = time.monotonic()
+        others = bytearray()
+        for signum in data:
+            if (ours or self._is_ours)(signum):
+                self._unmatched[signum] = self._unmatched.get(signum, 0) + 1
+                self._on_signal(signum, now)
+            elif signum:  # 0 only wakes the listening thread
+                others.append(signum)
+        if others and self._forward != -1:
             with contextlib.suppress(OSError):
-                os.write(self._forward_to, bytes((signum,)))
+                os.write(self._forward, others)
+        if others and wake:  # their Python-level handlers run in the main thread: wake it
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+                self._loop.call_soon_threadsafe(_nothing)
+
+    def _listen(self, reader: int) -> None:
+        """The listening thread: wait for the pipe, read it, until it is not the listener."""
+        if sys.platform == "win32":  # for the type checker: there is no pipe on Windows
+            return
+        poller = select.poll()
+        poller.register(reader, select.POLLIN)
+        me = threading.current_thread()
+        while True:
+            poller.poll()
+            with self._lock:
+                if self._listener is not me:
+                    return
+                self._drain(wake=True)
+
+    def resume(self) -> None:
+        """In the main thread, at install and as the loop starts: listen, and hold the
+        wake-up fd while a thread listens (uvloop took it when it started)."""
+        with self._lock:
+            if self._pipe is None:  # not POSIX, or restore() or a fork closed it
                 return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-            self._loop.call_soon_threadsafe(_nothing)
+            if self._listener is None:
+                listener = threading.Thread(
+                    target=self._listen, args=(self._pipe[0],), name="aiorun-signals", daemon=True
+                )
+                self._listener = listener
+                try:
+                    listener.start()
+                except RuntimeError as exc:  # no thread to be had (a process limit)
+                    self._listener = None
+                    _warn_once(
+                        "signals: no listening thread (%s): signals are still heard, but a "
+                        "second one cannot force the exit while the loop is stuck",
+                        exc,
+                    )
+            writer = self._pipe[1]
+            if self._listener is None:  # nobody reads our pipe: let the loop's fd wake it
+                current = signal.set_wakeup_fd(-1)
+                signal.set_wakeup_fd(self._forward if current == writer else current)
+                return
+            displaced = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+            if self._fd_before is None:
+                self._fd_before = displaced
+            if displaced not in (writer, self._forward, -1):
+                self._close_forward()
+                with contextlib.suppress(OSError):  # already closed: nothing to forward to
+                    self._forward = os.dup(displaced)
+
+    def _close_forward(self) -> None:
+        if self._forward != -1:
+            with contextlib.suppress(OSError):
+                os.close(self._forward)
+            self._forward = -1
+
+    def _stop_listening(self) -> threading.Thread | None:
+        """Make the listening thread end, and wait for it (bounded); returns it."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            if listener is None or self._pipe is None:
+                return None
+            with contextlib.suppress(OSError):  # full: then it is awake anyway
+                os.write(self._pipe[1], b"\0")
+        listener.join(_JOIN_LIMIT)
+        return listener
 
     def _signals_wake_loop(self) -> bool:
         """True for a Proactor loop whose wake-up fd is in place (set when it was created)."""
@@ -936,68 +996,93 @@ class _SignalHooks:
         self._wakeup = self._loop.call_later(self._platform.wakeup_interval, self._tick)
 
     def restore(self) -> None:
-        """Put back the handlers and the wake-up fd that were there before run()."""
+        """Put back the handlers and the wake-up fd that are still ours; then count what
+        arrived until then, so no signal falls between us and the handler before us."""
         if self._wakeup is not None:
             self._wakeup.cancel()
             self._wakeup = None
-        self._put_back_handlers()
-        if self._wakeup_pair is not None:
-            reader, writer = self._wakeup_pair
-            self._wakeup_pair = None
-            writer.close()  # the listener hears what is already written, then the end
-            if self._listener is not None:
-                self._listener.join()
-                self._listener = None
-            reader.close()
-
-    def _put_back_handlers(self) -> None:
-        if self._wakeup_pair is not None:
-            signal.set_wakeup_fd(self._wakeup_fd_before)
-        for sig, previous in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
+        with self._lock:
+            taken = self._put_back()
+        listener = self._stop_listening()
+        with self._lock:
+            self._drain(wake=False, ours=taken.__contains__)
+            self._close(keep_pipe=listener is not None and listener.is_alive())
         if _SignalHooks.installed is self:
             _SignalHooks.installed = None
 
-    @staticmethod
-    def pause_for_fork() -> None:
-        """Before ``fork()``: stop the listening thread, so the process forks with one
-        thread (Python 3.15 warns about forking a multi-threaded process)."""
-        hooks = _SignalHooks.installed
-        if hooks is None or hooks._listener is None or hooks._wakeup_pair is None:
-            return
-        try:
-            hooks._wakeup_pair[1].send(_PAUSE)
-        except OSError:
-            return  # cannot pause it: fork with it running
-        hooks._listener.join()
-        hooks._listener = None
+    def _put_back(self) -> set[int]:
+        """Put back the handlers that are still ours, then the wake-up fd if it is still
+        ours (in this order: a signal in between is still ours, or the default's). Returns
+        the signals that were still ours."""
+        taken = {sig for sig in self._previous if self._is_ours(sig)}
+        for sig in taken:
+            previous = self._previous[sig]
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        if self._pipe is not None and self._fd_before is not None:
+            current = signal.set_wakeup_fd(self._fd_before)
+            if current not in (self._pipe[1], self._forward):
+                signal.set_wakeup_fd(current)  # someone else's since: leave it theirs
+        return taken
+
+    def _close(self, *, keep_pipe: bool = False) -> None:
+        """Close our fds; the pipe is kept if a listening thread that never ended may read it."""
+        self._close_forward()
+        if self._pipe is not None and not keep_pipe:
+            for fd in self._pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._pipe = None
 
     @staticmethod
-    def resume_after_fork() -> None:
-        """In the parent after ``fork()``: listen again; signals meanwhile are waiting."""
+    def _before_fork() -> None:
+        """Stop the listening thread, so the process forks with no thread of ours."""
         hooks = _SignalHooks.installed
-        if hooks is not None and hooks._listener is None:
-            hooks._start_listener()
+        listener = None if hooks is None else hooks._stop_listening()
+        # join() returns before the OS thread is gone, and Python 3.12 counts OS threads
+        # (in /proc on Linux) when it decides to warn: wait the few microseconds it takes.
+        task = f"/proc/self/task/{getattr(listener, 'native_id', None)}"
+        deadline = time.monotonic() + _JOIN_LIMIT
+        while listener is not None and os.path.exists(task) and time.monotonic() < deadline:
+            time.sleep(0.0001)
 
     @staticmethod
-    def forget_in_forked_child() -> None:
-        """In a ``fork()``ed child: its signals are not the parent's shutdown requests."""
+    def _after_fork_in_parent() -> None:
+        """Listen again, from the loop: started here, the thread would count as one the
+        process had when it forked (the 3.12+ warning counts threads after this hook)."""
         hooks = _SignalHooks.installed
         if hooks is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: restore() is near
+                hooks._loop.call_soon_threadsafe(hooks.resume)
+
+    @staticmethod
+    def _after_fork_in_child() -> None:
+        """In a forked child: close our fds, put the previous handlers back (no lock: the
+        thread that held it may not exist here)."""
+        hooks, _SignalHooks.installed = _SignalHooks.installed, None
+        if hooks is not None:
             with contextlib.suppress(Exception):
-                hooks._put_back_handlers()
+                hooks._put_back()
+            hooks._close()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_SignalHooks.pause_for_fork,
-        after_in_parent=_SignalHooks.resume_after_fork,
-        after_in_child=_SignalHooks.forget_in_forked_child,
+        before=_SignalHooks._before_fork,
+        after_in_parent=_SignalHooks._after_fork_in_parent,
+        after_in_child=_SignalHooks._after_fork_in_child,
     )
 
-_PAUSE = b"\0"
-"""Not a signal number: tells the listening thread to stop until after a fork."""
+_JOIN_LIMIT = 1.0
+"""Seconds to wait for the listening thread to end: it only has to wake and return."""
+
+_warned: set[str] = set()
+"""Warnings already logged in this process: each is worth one line, not one per run()."""
+
+
+def _warn_once(message: str, *args: object) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message, *args)
 
 
 def _nothing() -> None:
@@ -1031,13 +1116,19 @@ def _garbage_collector_spaced(loop: asyncio.AbstractEventLoop) -> Iterator[None]
     if not gc.isenabled() or before[0] == 0:
         yield
         return
-    gc.set_threshold(max(before[0], _GC_THRESHOLD), *before[1:])
-    restore = loop.call_later(_GC_PAUSE, gc.set_threshold, *before)
+    spaced = (max(before[0], _GC_THRESHOLD), *before[1:])
+    gc.set_threshold(*spaced)
+
+    def put_back() -> None:
+        if gc.get_threshold() == spaced:  # else the user's own setting since: keep it
+            gc.set_threshold(*before)
+
+    restore = loop.call_later(_GC_PAUSE, put_back)
     try:
         yield
     finally:
         restore.cancel()
-        gc.set_threshold(*before)
+        put_back()
 
 
 def _seconds_left(loop: asyncio.AbstractEventLoop, deadline: float) -> float | None:
@@ -1118,7 +1209,11 @@ async def _stop_executor(executor: Executor, deadline: float) -> tuple[str, ...]
         with contextlib.suppress(RuntimeError):  # run() gave up and closed the loop already
             loop.call_soon_threadsafe(_resolve, joined)
 
-    threading.Thread(target=join, name="aiorun-executor-join", daemon=True).start()
+    try:
+        threading.Thread(target=join, name="aiorun-executor-join", daemon=True).start()
+    except RuntimeError:  # no thread to be had (a process limit): nothing to wait in
+        if not getattr(executor, "_threads", ()):
+            _resolve(joined)
     left = _seconds_left(loop, deadline)
     budget = None if left is None else max(left, _GRACE)
     await asyncio.wait({joined}, timeout=budget)
