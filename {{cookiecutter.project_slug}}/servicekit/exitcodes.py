@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 
 
 class ExitCode(enum.IntEnum):
@@ -57,6 +58,14 @@ def bind_exit_code(exc: OSError) -> ExitCode:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return ExitCode.PERMISSION_DENIED
     return ExitCode.CONFIG  # e.g. a host name that does not resolve
+
+
+def os_reason(exc: OSError) -> str:
+    """The OS's own words for the error, without asyncio's or Python's decoration."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    # E.g. a resolver error, whose codes are negative, or asyncio's "Multiple exceptions".
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def exit_status(returncode: int) -> int:

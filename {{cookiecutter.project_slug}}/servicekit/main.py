@@ -17,7 +17,7 @@ from typing import cast
 
 from servicekit import logs
 from servicekit.aiorun import run
-from servicekit.config import ConfigError, load_settings
+from servicekit.config import ConfigError, load_settings, shown_value
 from servicekit.exitcodes import ExitCode, StartupError
 from servicekit.service import DRAIN_SHARE, Service, ServiceProtocol
 
@@ -103,8 +103,10 @@ def _arguments(argv: Sequence[str]) -> int:
         print(HELP.format(settings=settings_help(), statuses=exit_statuses_help()), end="")
         return ExitCode.OK
     unknown = next((arg for arg in argv if arg not in ("--help", "-h")), argv[-1])
+    option, equals, _ = unknown.partition("=")  # --name=value: the name helps, not the value
+    shown = f"{shown_value(option)} (its value not shown)" if equals else shown_value(unknown)
     print(
-        f"error: unknown argument {unknown!r}: settings are APP_* variables"
+        f"error: unknown argument {shown}: settings are APP_* variables"
         " (python -m app --help lists them)",
         file=sys.stderr,
     )
