@@ -10,6 +10,7 @@ with one line (a traceback only where the user's own code failed) and a document
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -58,6 +59,104 @@ def start_recovering(workdir: Path, journals: dict[str, bytes], **settings: str)
     env = service_env(APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="data/journal.log")
     env.update(settings)
     return Process([sys.executable, "-m", "recovering"], workdir, env)
+
+
+# --- A signal during start-up -----------------------------------------------------------------
+
+
+@posix_only
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_during_the_replay_stops_the_start_in_one_line(
+    workdir: Path, signum: signal.Signals
+) -> None:
+    """Once: SIGTERM killed it at once (143, which means "a second SIGTERM"), with no line;
+    SIGINT printed a KeyboardInterrupt traceback. Neither said what was interrupted."""
+    journal = b"first\nslow\nnever replayed\n"
+    process = start_recovering(workdir, {"journal.log": journal})
+    process.wait_for("recover\\(\\) saw slow")
+    process.send(signum)
+    assert process.wait() == ExitCode.STARTUP_INTERRUPTED, process.log
+    assert "Traceback" not in process.log
+    assert "listening on" not in process.log
+    [stopped] = [line for line in process.lines if "recover() saw" not in line]
+    assert f"{signum.name} received while replaying the journal" in stopped, process.log
+    assert (workdir / "data" / "journal.log").read_bytes() == journal  # nothing cut or added
+
+
+@posix_only
+def test_workers_stopped_during_their_replay_make_the_supervisor_say_so(workdir: Path) -> None:
+    """The supervisor forwards the signal; each worker stops its start in one line, and the
+    supervisor's status says the service never started, rather than 0 or 143."""
+    journals = {f"journal.worker-{index}.log": b"slow\n" for index in (1, 2)}
+    process = start_recovering(workdir, journals, APP_WORKERS="2")
+    process.wait_for("worker 1.*recover\\(\\) saw slow")
+    process.wait_for("worker 2.*recover\\(\\) saw slow")
+    process.send(signal.SIGTERM)
+    assert process.wait() == ExitCode.STARTUP_INTERRUPTED, process.log
+    assert process.log.count("received while replaying the journal") == 2, process.log
+    assert "Traceback" not in process.log
+    assert "listening on" not in process.log
+
+
+# --- recover() fails on one record ------------------------------------------------------------
+
+
+def test_recover_failing_names_the_record_and_keeps_the_traceback(workdir: Path) -> None:
+    """Once: exit 1 with "stopped by an unhandled error: ..." and nothing else, the same at
+    every restart, with no way to find the request."""
+    process = start_recovering(workdir, {"journal.log": b"first\nsecond\nboom\nfourth\n"})
+    assert process.wait() == ExitCode.RECOVER_FAILED, process.log
+    log = process.log
+    assert "listening on" not in log
+    assert "recover() saw fourth" not in log  # it stopped at the failing record
+    [error] = [line for line in process.lines if " ERROR " in line]
+    # Line 3 starts after "first\n" and "second\n": at byte 13.
+    assert "journal line 3 (byte offset 13)" in error, error
+    assert "data/journal.log" in error
+    assert "sed -n 3p" in error  # what to look at next
+    assert "Traceback" in log
+    assert "ValueError: recover cannot take this request" in log
+    assert log.count("Traceback") == 1
+
+
+# --- Threads the service needs ----------------------------------------------------------------
+
+ONE_THREAD = textwrap.dedent(
+    """
+    import os, resource, sys
+    # A thread's stack is as large as the stack limit the process started with (glibc), so
+    # with a 2 GiB stack limit and a 3 GiB address space the process and one thread fit,
+    # and the second thread is refused: ulimit -v made deterministic, whatever the loop.
+    stack = 2 << 30
+    resource.setrlimit(resource.RLIMIT_STACK, (stack, stack))
+    resource.setrlimit(resource.RLIMIT_AS, (stack + (1 << 30), resource.RLIM_INFINITY))
+    os.execv(sys.executable, [sys.executable, "-m", "app"])
+    """
+)
+
+
+@linux_only
+@pytest.mark.parametrize("uvloop", ["0", "1"])
+def test_too_little_memory_for_its_threads_fails_before_listening(
+    workdir: Path, uvloop: str
+) -> None:
+    """Once: under ``ulimit -v`` it logged ``listening on`` and then died on "can't start
+    new thread" (at the first fsync or at the stop), exit 1, after clients were let in."""
+    if uvloop == "1":
+        pytest.importorskip("uvloop")
+    (workdir / "one_thread.py").write_text(ONE_THREAD)
+    env = service_env(
+        APP_HOST="127.0.0.1",
+        APP_PORT="0",
+        APP_JOURNAL_PATH="data/journal.log",
+        APP_USE_UVLOOP=uvloop,
+    )
+    process = Process([sys.executable, "one_thread.py"], workdir, env)
+    status = process.wait_for(f"{LISTENING.pattern}|cannot start")
+    assert "cannot start" in status[0], process.log
+    assert process.wait() == ExitCode.NO_THREADS, process.log
+    [line] = process.lines
+    assert "can't start new thread" in line or "threads" in line, line
 
 
 # --- Malformed settings are not printed back whole --------------------------------------------
@@ -168,3 +267,44 @@ def test_the_launcher_reads_the_shutdown_timeout_as_the_service_does(workdir: Pa
     process.wait_for(LISTENING)
     assert "killed after 13.0 s" in process.log, process.log  # 8 s + the 5 s margin
     assert process.stop(signal.SIGTERM) == ExitCode.OK, process.log
+
+
+# --- A worker is ready when it says so on its heartbeat channel -------------------------------
+
+
+@linux_only
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
+def test_workers_are_ready_through_their_channel_whatever_their_log_says(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """With APP_LOG_LEVEL=WARNING no worker logs ``listening on``. The supervisor once read
+    readiness from that line: it never told systemd READY=1, and it took the first crash
+    of a worker for a failed start and stopped the whole service."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        address = str(tmp_path / "notify.sock")
+        systemd.bind(address)
+        systemd.settimeout(HANG_GUARD)
+        env = service_env(
+            APP_HOST="127.0.0.1",
+            APP_PORT="0",
+            APP_JOURNAL_PATH="data/journal.log",
+            APP_WORKERS="2",
+            APP_LOG_LEVEL="WARNING",
+            NOTIFY_SOCKET=address,
+        )
+        process = Process([sys.executable, "-m", "app"], workdir, env)
+        try:
+            ready = systemd.recv(100)
+        except TimeoutError:
+            ready = b""
+        if ready != b"READY=1":
+            process.popen.kill()
+            process.wait()
+            pytest.fail(f"no READY=1 from the supervisor:\n{process.log}")
+        children = Path(f"/proc/{process.popen.pid}/task/{process.popen.pid}/children")
+        first = int(children.read_text().split()[0])
+        os.kill(first, signal.SIGKILL)
+        process.wait_for("exited with SIGKILL, restarting")
+        assert process.popen.poll() is None, process.log
+        assert process.stop(signal.SIGTERM) == ExitCode.OK, process.log
+    assert "before the service was ready" not in process.log
