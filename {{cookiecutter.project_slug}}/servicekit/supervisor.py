@@ -61,8 +61,8 @@ killed by signal N, and 75 for a worker that outlived the shutdown budget and wa
 worker that was stopped by the forwarded signal before it had started serving counts as
 clean if the service had been announced, and as 3 (its start interrupted, as one process
 says it) if not. Crashes that were recovered by a restart are logged, not reflected in the
-status: a later clean stop is still a clean stop. If startup fails, the failing worker's status is the
-exit status (e.g. 73 for an unwritable journal).
+status: a later clean stop is still a clean stop. If startup fails, the failing worker's
+status is the exit status (e.g. 73 for an unwritable journal).
 
 Where the OS has no ``SO_REUSEPORT`` (Windows), ``APP_WORKERS`` above 1 is refused as a
 configuration error (exit 2). On Linux the kernel balances new connections across the

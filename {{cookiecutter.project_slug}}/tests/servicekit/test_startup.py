@@ -17,7 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from conftest import HANG_GUARD, LISTENING, Process, service_env
 
 from servicekit.exitcodes import ExitCode
 
+Figure = Callable[[str, str], None]
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and limits")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux limits")
 
@@ -67,7 +68,7 @@ def start_recovering(workdir: Path, journals: dict[str, bytes], **settings: str)
 @posix_only
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_during_the_replay_stops_the_start_in_one_line(
-    workdir: Path, signum: signal.Signals
+    workdir: Path, signum: signal.Signals, figure: Figure
 ) -> None:
     """Once: SIGTERM killed it at once (143, which means "a second SIGTERM"), with no line;
     SIGINT printed a KeyboardInterrupt traceback. Neither said what was interrupted."""
@@ -81,6 +82,7 @@ def test_a_signal_during_the_replay_stops_the_start_in_one_line(
     [stopped] = [line for line in process.lines if "recover() saw" not in line]
     assert f"{signum.name} received while replaying the journal" in stopped, process.log
     assert (workdir / "data" / "journal.log").read_bytes() == journal  # nothing cut or added
+    figure("startup", "SIGTERM, SIGINT or SIGHUP during the journal replay: one line, exit 3")
 
 
 @posix_only
@@ -101,7 +103,9 @@ def test_workers_stopped_during_their_replay_make_the_supervisor_say_so(workdir:
 # --- recover() fails on one record ------------------------------------------------------------
 
 
-def test_recover_failing_names_the_record_and_keeps_the_traceback(workdir: Path) -> None:
+def test_recover_failing_names_the_record_and_keeps_the_traceback(
+    workdir: Path, figure: Figure
+) -> None:
     """Once: exit 1 with "stopped by an unhandled error: ..." and nothing else, the same at
     every restart, with no way to find the request."""
     process = start_recovering(workdir, {"journal.log": b"first\nsecond\nboom\nfourth\n"})
@@ -117,6 +121,7 @@ def test_recover_failing_names_the_record_and_keeps_the_traceback(workdir: Path)
     assert "Traceback" in log
     assert "ValueError: recover cannot take this request" in log
     assert log.count("Traceback") == 1
+    figure("startup", "recover() raising: the record's line and byte offset, a traceback, exit 65")
 
 
 # --- Threads the service needs ----------------------------------------------------------------
@@ -138,7 +143,7 @@ ONE_THREAD = textwrap.dedent(
 @linux_only
 @pytest.mark.parametrize("uvloop", ["0", "1"])
 def test_too_little_memory_for_its_threads_fails_before_listening(
-    workdir: Path, uvloop: str
+    workdir: Path, uvloop: str, figure: Figure
 ) -> None:
     """Once: under ``ulimit -v`` it logged ``listening on`` and then died on "can't start
     new thread" (at the first fsync or at the stop), exit 1, after clients were let in."""
@@ -157,6 +162,7 @@ def test_too_little_memory_for_its_threads_fails_before_listening(
     assert process.wait() == ExitCode.NO_THREADS, process.log
     [line] = process.lines
     assert "can't start new thread" in line or "threads" in line, line
+    figure("startup", "no memory for its threads (ulimit -v): one line before listening, exit 71")
 
 
 # --- Malformed settings are not printed back whole --------------------------------------------
@@ -174,7 +180,7 @@ SECRET = "hunter2-correct-horse"
     ],
 )
 def test_a_bad_setting_that_could_be_a_pasted_line_is_not_echoed(
-    run_app, workdir: Path, name: str, value: str
+    run_app, workdir: Path, name: str, value: str, figure: Figure
 ) -> None:
     for source in ("environment", ".env"):  # not a setting run_app sets: .env would lose
         if source == ".env":
@@ -189,6 +195,7 @@ def test_a_bad_setting_that_could_be_a_pasted_line_is_not_echoed(
         assert line.startswith(f"error: {name}: ")
         assert f"{len(value)} characters" in line
         assert "expected" in line
+    figure("secrets", "a pasted line or a 100 kB value as a setting: its length, never the value")
 
 
 def test_a_short_bad_setting_is_still_shown(run_app) -> None:
@@ -242,7 +249,7 @@ def dribbling_server() -> Iterator[int]:
 
 
 def test_the_health_probe_gives_up_at_its_timeout_against_a_dribbling_server(
-    run_app, dribbling_server: int
+    run_app, dribbling_server: int, figure: Figure
 ) -> None:
     """Once: still running after 15 s with ``--timeout 2``, one byte a second resetting it."""
     began = time.monotonic()
@@ -252,6 +259,7 @@ def test_the_health_probe_gives_up_at_its_timeout_against_a_dribbling_server(
     assert took < 2 + 1.5, f"the probe took {took:.1f} s with --timeout 2"
     [line] = result.stderr.splitlines()
     assert "within 2" in line, line
+    figure("health-deadline", f"a byte a second: the --timeout 2 probe gave up after {took:.1f} s")
 
 
 # --- The launcher reads .env as the service does ----------------------------------------------
@@ -275,7 +283,7 @@ def test_the_launcher_reads_the_shutdown_timeout_as_the_service_does(workdir: Pa
 @linux_only
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
 def test_workers_are_ready_through_their_channel_whatever_their_log_says(
-    workdir: Path, tmp_path: Path
+    workdir: Path, tmp_path: Path, figure: Figure
 ) -> None:
     """With APP_LOG_LEVEL=WARNING no worker logs ``listening on``. The supervisor once read
     readiness from that line: it never told systemd READY=1, and it took the first crash
@@ -308,3 +316,4 @@ def test_workers_are_ready_through_their_channel_whatever_their_log_says(
         assert process.popen.poll() is None, process.log
         assert process.stop(signal.SIGTERM) == ExitCode.OK, process.log
     assert "before the service was ready" not in process.log
+    figure("workers", "at APP_LOG_LEVEL=WARNING: ready through the heartbeat pipe, READY=1 sent")
