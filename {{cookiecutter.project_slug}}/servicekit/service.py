@@ -34,6 +34,9 @@ from servicekit.server import Server
 
 logger = logging.getLogger(__name__)
 
+_REPLAYING = "replaying the journal"
+"""The start's step that says which journal line it is at, when a signal interrupts it."""
+
 DRAIN_SHARE = 0.5
 """Part of APP_SHUTDOWN_TIMEOUT given to draining connections; the runtime gets the rest."""
 
@@ -77,8 +80,10 @@ class Service:
         self._on_ready = on_ready
         self._stopping = False
         self.addresses: list[tuple[str, int]] = []
-        self.step = "starting"
-        """What ``open()`` is doing, for a start that a signal interrupts to say so."""
+        self._step = "starting"
+        """What ``open()`` is doing (see ``step``)."""
+        self._replaying = 0
+        """The journal line being replayed, while ``_step`` says the journal is."""
 
     async def open(self) -> None:
         """Open the journal, bind, replay the journal; raise StartupError if any of it fails.
@@ -95,7 +100,7 @@ class Service:
             raise
 
     async def _open(self) -> None:
-        self.step = "opening the journal"
+        self._step = "opening the journal"
         try:
             self.journal.open()
         except JournalInUse as exc:
@@ -104,7 +109,7 @@ class Service:
             raise StartupError(
                 ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"
             ) from None
-        self.step = "binding its port"
+        self._step = "binding its port"
         try:
             self.addresses = await self.server.listen(
                 self.settings.host,
@@ -118,7 +123,7 @@ class Service:
             ) from None
         if does_nothing(self.protocol.recover):
             return
-        self.step = "replaying the journal"
+        self._step = _REPLAYING
         try:
             replayed = self._replay()
         except OSError as exc:
@@ -132,12 +137,13 @@ class Service:
         the traceback: every restart would fail on the same record, so the user must see which
         one. Its line number is also ``sed -n Np`` on the file, the way to look at it.
         """
+        recover = self.protocol.recover
         line = offset = 0  # of the record being replayed: its 1-based line, its first byte
         for request in self.journal.replay():
             line += 1
-            self.step = f"replaying the journal (line {line} of {self.journal.path})"
+            self._replaying = line  # an int: a replay of millions of lines pays nothing more
             try:
-                self.protocol.recover(request)
+                recover(request)
             except Exception as exc:
                 raise StartupError(
                     ExitCode.RECOVER_FAILED,
@@ -148,6 +154,13 @@ class Service:
                 ) from exc
             offset += len(request) + 1
         return line
+
+    @property
+    def step(self) -> str:
+        """What the start is doing, for a start that a signal interrupts to say so."""
+        if self._step == _REPLAYING:
+            return f"{_REPLAYING} (line {self._replaying} of {self.journal.path})"
+        return self._step
 
     def abandon(self) -> None:
         """Close what ``open()`` opened, when the service does not start after all."""
