@@ -423,6 +423,8 @@ class _Supervisor:
                         worker.process.kill()
             await asyncio.wait(late, timeout=KILL_WAIT)
         status = next((code for code in self._statuses if code != ExitCode.OK), ExitCode.OK)
+        if status == ExitCode.OK and not self._announced:
+            status = ExitCode.STARTUP_INTERRUPTED  # stopped before any worker could say so
         logger.info(
             "%d worker(s) stopped in %.3fs: exit status %d",
             len(self._workers),
