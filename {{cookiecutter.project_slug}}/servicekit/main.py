@@ -91,6 +91,7 @@ def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
         # Start before run() takes the loop over: a port in use or an unwritable journal is
         # then one line and an exit status, with nothing running that would need a shutdown.
         loop.run_until_complete(service.open())
+        signals.before_run()
         report = run(
             serving,
             loop=loop,
@@ -154,24 +155,37 @@ class _StartSignals:
     opened and exits with STARTUP_INTERRUPTED; a second one exits at once with 128 + N, as
     during the shutdown. ``run()`` replaces these handlers while it runs and puts them back
     after it; from then on (``handed_over``) a late signal finds the work done and is ignored.
-    The signals are the runtime's own: SIGINT, SIGTERM and SIGHUP (unless ignored, as under
-    ``nohup``) on POSIX, SIGINT and SIGBREAK on Windows.
+    The signals are the runtime's own, taken by the runtime's rule: SIGINT, SIGTERM and, while
+    its handler is the default (not a user's reload handler, not ignored under ``nohup``),
+    SIGHUP on POSIX; SIGINT and SIGBREAK on Windows.
     """
 
     def __init__(self) -> None:
         self.handed_over = False
         self._interrupted = False
         self._previous: dict[int, Any] = {}
+        self._platform = _this_platform()
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set there; run() does not install any either
-        platform = _this_platform()
-        for signum in platform.signals:
+        for signum in self._platform.signals:
             previous = signal.getsignal(signum)
-            if signum in platform.kept_if_ignored and previous == signal.SIG_IGN:
+            if signum in self._platform.taken_if_default and previous != signal.SIG_DFL:
                 continue
             self._previous[signum] = signal.signal(signum, self._heard)
+
+    def before_run(self) -> None:
+        """Give back the signals ``run()`` takes only from their default handler (SIGHUP).
+
+        Seeing ours, it would leave SIGHUP to us, and a closed terminal would no longer stop
+        the service. Until ``run()`` has taken it, a microsecond later, SIGHUP has its default
+        action again; SIGINT and SIGTERM stay ours throughout.
+        """
+        for signum in self._platform.taken_if_default:
+            previous = self._previous.pop(signum, None)
+            if previous is not None:
+                signal.signal(signum, previous)
 
     def _heard(self, signum: int, frame: FrameType | None) -> None:
         if self.handed_over:
