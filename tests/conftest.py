@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -28,6 +30,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 TEMPLATE = Path(__file__).resolve().parent.parent
 Bake = Callable[..., Path]
+
+
+def _generated_conftest_listening() -> re.Pattern[str]:
+    """The generated suite's ``LISTENING``, read from its source (it has no Jinja in it).
+
+    The ``listening on HOST:PORT`` line is what every test waits for before it talks to a
+    service, in both suites; one pattern, in the generated project, which owns the line.
+    """
+    path = TEMPLATE / "{{cookiecutter.project_slug}}" / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("generated_conftest", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pattern: re.Pattern[str] = module.LISTENING
+    return pattern
+
+
+LISTENING = _generated_conftest_listening()
+"""Matches the service's ``listening on HOST:PORT`` line: group 1 the host, 2 the port."""
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TEMPLATE, Bake, copy_template, git, run
+from conftest import LISTENING, TEMPLATE, Bake, copy_template, git, run
 from cookiecutter.main import cookiecutter
 from packaging.licenses import canonicalize_license_expression
 from test_bake import VARIANTS
@@ -253,7 +253,7 @@ def test_cruft_update_across_the_split_keeps_the_users_protocol(tmp_path: Path) 
     try:
         assert service.stderr is not None
         for line in service.stderr:
-            if found := re.search(r"listening on (\S+):(\d+)", line):
+            if found := LISTENING.search(line):
                 break
         else:
             pytest.fail("the updated project did not start")

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import Bake
+from conftest import LISTENING, Bake
 
 KEY_VALUE = textwrap.dedent(
     '''
@@ -52,7 +52,6 @@ KEY_VALUE = textwrap.dedent(
             store[key] = value
     '''
 ).lstrip()
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
 GUARD = 60.0
 
 

@@ -55,12 +55,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import Bake
+from conftest import LISTENING, Bake
 
 SETUP_SCRIPT = "scripts/wine-python.sh"
 SETUP_HINT = f'run `eval "$(sudo bash {SETUP_SCRIPT})"` first'
 DEFAULT_CACHE = Path.home() / ".cache" / "aiorun-template-wine"
-LISTENING = re.compile(r"listening on (\S+):(\d+)")
 HANG_GUARD = 60.0
 """Seconds after which a wait is a failure: far above Wine's worst start-up seen (about 3 s)."""
 SHUTDOWN_PHASES = (

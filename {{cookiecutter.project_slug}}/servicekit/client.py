@@ -20,7 +20,8 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-from servicekit.config import client_port
+from servicekit.config import client_port, port_argument
+from servicekit.exitcodes import os_reason
 
 REFUSALS = (b"error: too many connections\n", b"error: shutting down\n")
 """Lines the server sends instead of a reply, after which it ends the connection (see
@@ -47,7 +48,7 @@ async def exchange(
     except TimeoutError:
         raise ClientError(f"no answer from {where} within {seconds:g}s") from None
     except OSError as exc:
-        raise ClientError(f"nothing is listening on {where} ({_reason(exc)})") from None
+        raise ClientError(f"nothing is listening on {where} ({os_reason(exc)})") from None
     try:
         for number, request in enumerate(requests, 1):
             writer.write(request)
@@ -68,7 +69,7 @@ async def exchange(
     except ValueError:  # a line longer than the reader's limit
         raise ClientError(f"{where} sent a reply over {LONGEST_REPLY} bytes") from None
     except OSError as exc:
-        raise ClientError(f"connection to {where} lost ({_reason(exc)})") from None
+        raise ClientError(f"connection to {where} lost ({os_reason(exc)})") from None
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -79,16 +80,6 @@ def print_reply(reply: bytes) -> None:
     """Print at once, so an interactive session sees each reply before typing on."""
     sys.stdout.buffer.write(reply)
     sys.stdout.flush()
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
-    return int(text)
 
 
 def _message(text: str) -> bytes:
@@ -109,7 +100,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "messages", nargs="*", type=_message, metavar="MESSAGE", help="default: stdin's lines"
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=_port, default=client_port())
+    parser.add_argument("--port", type=port_argument, default=client_port())
     parser.add_argument("--count", type=int, default=1, help="send the messages this many times")
     parser.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to connect, and for each reply"

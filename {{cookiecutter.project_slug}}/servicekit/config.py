@@ -277,7 +277,8 @@ def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
         keys = [m[1] for m in map(_ASSIGNMENT.match, statement.splitlines()) if m]
         if not keys:
             raise ConfigError(f"{path} line {line}: not KEY=VALUE")
-        message = f"{path} line {line}: {keys[0]} is not KEY=VALUE (check its quotes)"
+        name = keys[0] if showable(keys[0]) else shown_value(keys[0])
+        message = f"{path} line {line}: {name} is not KEY=VALUE (check its quotes)"
         if keys[0] in KNOWN_VARIABLES:
             raise ConfigError(message)
         if hidden := [key for key in keys[1:] if key in KNOWN_VARIABLES]:
@@ -285,6 +286,32 @@ def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
         warnings.append(message + "; ignored")
     values = dotenv_values(stream=io.StringIO("".join(kept)))
     return {key: value for key, value in values.items() if value is not None}, warnings
+
+
+SHOWN_LENGTH = 40
+"""Longest bad value an error message repeats; a longer one is described by its length."""
+
+
+def shown_value(raw: str) -> str:
+    """A bad value as an error message may repeat it: quoted if ``showable``, else only its
+    length."""
+    return repr(raw) if showable(raw) else f"a value of {len(raw)} characters, not shown"
+
+
+def showable(raw: str) -> bool:
+    """True for a value short enough to repeat that could not be a pasted line.
+
+    A value with whitespace or ``=`` in it may be two lines of a ``.env`` file run together
+    (``debug DB_PASSWORD=...``), and a long one could be anything: echoing either would put
+    a secret, or a hundred kilobytes, into the log.
+    """
+    pasted = any(character.isspace() or character == "=" for character in raw)
+    return len(raw) <= SHOWN_LENGTH and raw.isprintable() and not pasted
+
+
+def _assigned(raw: str) -> str:
+    """What follows a setting's name in its error: ``='abc'``, or ``: <its length>``."""
+    return f"={raw!r}" if showable(raw) else f": {shown_value(raw)}"
 
 
 def load_settings(
@@ -306,7 +333,7 @@ def load_settings(
         try:
             values[field] = parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+            raise ConfigError(f"{name}{_assigned(raw)}: {exc}") from None
     if values.get("use_uvloop") and not _uvloop_available():
         raise ConfigError("APP_USE_UVLOOP is on but uvloop is not installed: pip install uvloop")
     warnings += [
@@ -334,6 +361,19 @@ def client_host() -> str:
     """
     host = _client_setting("APP_HOST") or Settings.host
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host.strip(), host.strip())
+
+
+def port_argument(text: str) -> int:
+    """A port for a local tool to connect to (``--port``, ``APP_PORT``): 1 to 65535.
+
+    An argparse type, so its error is printed as is. ``int()`` alone would take 70000, which
+    the socket layer quietly wraps around to 4464, or " 80", which no setting means.
+    """
+    import argparse  # only the tools that take arguments pay for it
+
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{shown_value(text)} is not a port (1-65535)")
+    return int(text)
 
 
 def _client_setting(name: str) -> str | None:
@@ -378,4 +418,5 @@ def _unknown_variable_warning(name: str) -> str:
 
     close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return f"unknown setting {name} ignored{hint}"
+    shown = name if showable(name) else shown_value(name)
+    return f"unknown setting {shown} ignored{hint}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 
 
 class ExitCode(enum.IntEnum):
@@ -26,7 +27,28 @@ class ExitCode(enum.IntEnum):
     OK = 0, "stopped and shut down cleanly: every request answered, journal flushed"
     ERROR = 1, "an unhandled error stopped it, after a full graceful shutdown"
     CONFIG = 2, "bad configuration (a setting, a .env line, an argument); nothing started"
+    STARTUP_INTERRUPTED = (
+        3,
+        (
+            "a stop signal came during the start, e.g. while the journal was replayed; nothing"
+            " was served, the journal is unchanged"
+        ),
+    )
+    RECOVER_FAILED = (
+        65,
+        (
+            "recover() raised on a journaled request: the log names its line and byte offset"
+            " and shows the traceback (EX_DATAERR)"
+        ),
+    )
     ADDRESS_IN_USE = 69, "the port or the journal is in use by another process (EX_UNAVAILABLE)"
+    NO_THREADS = (
+        71,
+        (
+            "the system refused a thread the service needs (a memory limit such as ulimit -v,"
+            " or a process limit); nothing was served (EX_OSERR)"
+        ),
+    )
     JOURNAL_UNWRITABLE = 73, "the journal cannot be created, or a write failed (EX_CANTCREAT)"
     SHUTDOWN_TIMEOUT = (
         75,
@@ -43,7 +65,12 @@ SIGNAL_BASE = 128
 
 
 class StartupError(Exception):
-    """The service cannot start; ``exit_code`` says why, the message says what to fix."""
+    """The service cannot start; ``exit_code`` says why, the message says what to fix.
+
+    Raise it ``from None`` when the message says it all (a port in use), and ``from`` the
+    error when that error is a bug to find (the user's ``recover`` raised): its traceback is
+    then logged under the message.
+    """
 
     def __init__(self, exit_code: ExitCode, message: str) -> None:
         super().__init__(message)
@@ -57,6 +84,14 @@ def bind_exit_code(exc: OSError) -> ExitCode:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return ExitCode.PERMISSION_DENIED
     return ExitCode.CONFIG  # e.g. a host name that does not resolve
+
+
+def os_reason(exc: OSError) -> str:
+    """The OS's own words for the error, without asyncio's or Python's decoration."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    # E.g. a resolver error, whose codes are negative, or asyncio's "Multiple exceptions".
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def exit_status(returncode: int) -> int:

@@ -26,26 +26,38 @@ import argparse
 import math
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from servicekit.config import client_host, client_port
+from servicekit.config import client_host, client_port, port_argument, shown_value
 from servicekit.server import TOO_MANY
 
 FULL = "at its connection limit"
 
 
 def probe(host: str, port: int, timeout: float) -> str | None:
-    """Return None if the service answered the ping, ``FULL`` if it is full, else why not."""
+    """Return None if the service answered the ping, ``FULL`` if it is full, else why not.
+
+    ``timeout`` bounds the whole probe, not each step: a server that sends one byte a
+    second would otherwise keep a per-read timeout from ever expiring.
+    """
+    deadline = time.monotonic() + timeout
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(b"\n")
             reply = b""
             while not reply.endswith(b"\n") and len(reply) < 256:
-                chunk = sock.recv(256)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(256 - len(reply))
                 if not chunk:
                     break
                 reply += chunk
+    except TimeoutError:
+        return f"{host}:{port} did not answer within {timeout:g} s"
     except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA cannot encode
         return f"{host}:{port} does not answer: {getattr(exc, 'strerror', None) or exc}"
     if reply == b"\n":
@@ -64,24 +76,13 @@ class _Parser(argparse.ArgumentParser):
         raise _Refused(message)  # one line from main(), not argparse's usage and status 2
 
 
-def _port(text: str) -> int:
-    """A port to connect to. Python would take 70000 and quietly probe 70000 - 65536."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
-    return port
-
-
 def _timeout(text: str) -> float:
     try:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{shown_value(text)} is not a positive number of seconds")
     return seconds
 
 
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--live", action="store_true", help="liveness: a full service passes")
     parser.add_argument("--host", default=None, help="default: from APP_HOST")
-    parser.add_argument("--port", type=_port, default=None, help="default: APP_PORT")
+    parser.add_argument("--port", type=port_argument, default=None, help="default: APP_PORT")
     parser.add_argument("--timeout", type=_timeout, default=3.0)
     try:
         args = parser.parse_args(argv)
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = args.port
     if port is None:
         try:
-            port = _port(client_port())
+            port = port_argument(client_port())
         except argparse.ArgumentTypeError as exc:
             print(f"error: APP_PORT={exc}", file=sys.stderr)
             return 1

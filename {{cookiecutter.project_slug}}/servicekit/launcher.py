@@ -22,9 +22,10 @@ another console cannot send console events to this one.
 Exit statuses: the service's own (``servicekit/exitcodes.py``); 137 when the launcher had to kill
 the service; 1 for the launcher's own refusals (already running, nothing to stop).
 
-Stdlib only (it imports nothing from the project but the exit statuses and the runtime's
-signal names, both stdlib only), so it runs on any interpreter that can run the service, the
-embeddable Windows Python included. A walk-through that uses it is
+Stdlib only (it imports nothing from the project but the exit statuses, the runtime's
+signal names and the settings, all stdlib only; python-dotenv is imported only to read a
+``.env`` file, exactly as the service reads it), so it runs on any interpreter that can run
+the service, the embeddable Windows Python included. A walk-through that uses it is
 ``scripts/launcher_demo.py``. Everything that differs between Windows and POSIX is in
 :class:`Platform`, which tests build for either side on any machine.
 """
@@ -32,12 +33,9 @@ embeddable Windows Python included. A walk-through that uses it is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -50,12 +48,11 @@ from types import FrameType
 from typing import Any, Protocol
 
 from servicekit.aiorun import _signal_name
+from servicekit.config import ConfigError, Settings, load_settings
 from servicekit.exitcodes import exit_status
 
 logger = logging.getLogger("servicekit.launcher")
 
-DEFAULT_SHUTDOWN_TIMEOUT = 8.0
-"""The service's own default for APP_SHUTDOWN_TIMEOUT (servicekit/config.py)."""
 GRACE_MARGIN = 5.0
 """Seconds on top of the service's shutdown budget: interpreter exit, a slow disk, a busy box."""
 POLL_SECONDS = 0.05
@@ -213,24 +210,18 @@ def _windows_pid_alive(pid: int) -> bool:
 
 
 def shutdown_timeout(environ: Mapping[str, str], env_file: Path = Path(".env")) -> float:
-    """APP_SHUTDOWN_TIMEOUT as the service will read it (environment first, then ``.env``).
+    """APP_SHUTDOWN_TIMEOUT as the service will read it: its own settings code, environment
+    first, then ``.env``.
 
-    A malformed value falls back to the default: the service itself will refuse it, with the
-    message, and exit 2 long before any grace period matters.
+    If a setting is malformed, or python-dotenv (which reads ``.env``) is missing, this is
+    the default: the service itself will refuse to start, with the message, and exit long
+    before any grace period matters.
     """
-    raw = environ.get("APP_SHUTDOWN_TIMEOUT")
-    if raw is None:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            for line in env_file.read_text(encoding="utf-8").splitlines():
-                match = re.match(r"\s*(?:export\s+)?APP_SHUTDOWN_TIMEOUT\s*=\s*(.*)$", line)
-                if match:
-                    # A comment starts at "#" after a space or a tab, as python-dotenv reads it.
-                    raw = re.split(r"\s#", match[1])[0].strip().strip("'\"")
     try:
-        value = float(raw) if raw is not None else DEFAULT_SHUTDOWN_TIMEOUT
-    except ValueError:
-        return DEFAULT_SHUTDOWN_TIMEOUT
-    return value if math.isfinite(value) and value > 0 else DEFAULT_SHUTDOWN_TIMEOUT
+        settings, _ = load_settings(environ, env_file)
+    except (ConfigError, ImportError):
+        return Settings.shutdown_timeout
+    return settings.shutdown_timeout
 
 
 @dataclass(frozen=True)
@@ -490,7 +481,7 @@ def request_stop(
     if owner is None:
         return StopResult(None, 0.0, f"nothing to stop: the launcher in {files.pid} is gone")
     grace = info.get("grace")
-    limit = (grace if isinstance(grace, (int, float)) else DEFAULT_SHUTDOWN_TIMEOUT) + extra_wait
+    limit = (grace if isinstance(grace, (int, float)) else Settings.shutdown_timeout) + extra_wait
     files.exit.unlink(missing_ok=True)
     started = clock()
     files.write(files.stop, {"requested_by": os.getpid()})

@@ -11,14 +11,18 @@ import asyncio
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import cast
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+from typing import Any, cast
 
 from servicekit import logs
-from servicekit.aiorun import run
-from servicekit.config import ConfigError, load_settings
-from servicekit.exitcodes import ExitCode, StartupError
+from servicekit.aiorun import _signal_name, _this_platform, run
+from servicekit.config import ConfigError, load_settings, shown_value
+from servicekit.exitcodes import SIGNAL_BASE, ExitCode, StartupError
 from servicekit.service import DRAIN_SHARE, Service, ServiceProtocol
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,22 @@ def main(protocol: ServiceProtocol, argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv:
         return _arguments(argv)
+    signals = _StartSignals()
+    signals.install()
+    try:
+        return _start_and_run(protocol, signals)
+    except _Interrupted as stop:
+        logger.warning(
+            "%s received while %s: stopped before serving anything",
+            _signal_name(stop.signum),
+            stop.doing,
+        )
+        return ExitCode.STARTUP_INTERRUPTED
+    finally:
+        signals.restore()
+
+
+def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
     try:
         settings, warnings = load_settings()
     except ConfigError as exc:
@@ -57,30 +77,44 @@ def main(protocol: ServiceProtocol, argv: Sequence[str] | None = None) -> int:
         return supervisor.main(settings)
 
     loop = _new_loop(settings.use_uvloop)
+    executor = ThreadPoolExecutor(thread_name_prefix="aiorun")
+    loop.set_default_executor(executor)  # the one run() gets: no second pool for the start
+    on_ready = None
     if settings.worker_index:
         from servicekit import supervisor
 
-        supervisor.beat_to_supervisor(loop, settings.heartbeat_timeout / 4)
-    service = Service(settings, protocol)
+        on_ready = supervisor.beat_to_supervisor(loop, settings.heartbeat_timeout / 4)
+    service = Service(settings, protocol, on_ready=on_ready)
+    serving = _serve(service, signals)
     try:
+        _start_threads(executor)
         # Start before run() takes the loop over: a port in use or an unwritable journal is
         # then one line and an exit status, with nothing running that would need a shutdown.
         loop.run_until_complete(service.open())
+        signals.before_run()
         report = run(
-            service.serve(),
+            serving,
             loop=loop,
+            executor=executor,
             shutdown_callback=service.stop,
             stop_on_unhandled_errors=settings.stop_on_error,
             timeout_task_shutdown=settings.shutdown_timeout * (1 - DRAIN_SHARE),
             force_exit_on_second_signal=True,
         )
     except StartupError as exc:
-        logger.error("%s", exc)
+        logger.error("%s", exc, exc_info=exc.__cause__)
         return exc.exit_code
+    except _Interrupted as stop:
+        stop.doing = service.step
+        service.abandon()
+        _cancel_everything(loop)
+        raise
     except Exception as exc:  # the runtime has logged it with its traceback
         logger.error("stopped by an unhandled error: %s", exc)
         return ExitCode.ERROR
     finally:
+        serving.close()  # a no-op once run() has run it; else no "never awaited" warning
+        executor.shutdown(wait=False)  # run() did, unless the start failed before it
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     if report.busy_threads:
@@ -94,6 +128,123 @@ def main(protocol: ServiceProtocol, argv: Sequence[str] | None = None) -> int:
     return ExitCode.OK
 
 
+async def _serve(service: Service, signals: _StartSignals) -> None:
+    """The coroutine run() runs: from its first step run() hears the signals, not we."""
+    signals.handed_over = True
+    await service.serve()
+
+
+class _Interrupted(BaseException):
+    """A stop signal arrived during the start; raised by the signal handler, wherever the
+    main thread was (a BaseException, like KeyboardInterrupt, so ``recover``'s own
+    ``except Exception`` cannot swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.doing = "starting"
+        """What the start was doing, for the line that says it stopped."""
+
+
+class _StartSignals:
+    """The stop signals from the start of ``main()`` until ``run()`` hears them itself.
+
+    Without these, SIGTERM during a long journal replay killed the process at once (status
+    143, which means a second SIGTERM) and Ctrl-C printed a KeyboardInterrupt traceback. The
+    first stop signal now raises ``_Interrupted`` where the start is, which closes what it
+    opened and exits with STARTUP_INTERRUPTED; a second one exits at once with 128 + N, as
+    during the shutdown. ``run()`` replaces these handlers while it runs and puts them back
+    after it; from then on (``handed_over``) a late signal finds the work done and is ignored.
+    The signals are the runtime's own, taken by the runtime's rule: SIGINT, SIGTERM and, while
+    its handler is the default (not a user's reload handler, not ignored under ``nohup``),
+    SIGHUP on POSIX; SIGINT and SIGBREAK on Windows.
+    """
+
+    def __init__(self) -> None:
+        self.handed_over = False
+        self._interrupted = False
+        self._previous: dict[int, Any] = {}
+        self._platform = _this_platform()
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set there; run() does not install any either
+        for signum in self._platform.signals:
+            previous = signal.getsignal(signum)
+            if signum in self._platform.taken_if_default and previous != signal.SIG_DFL:
+                continue
+            self._previous[signum] = signal.signal(signum, self._heard)
+
+    def before_run(self) -> None:
+        """Give back the signals ``run()`` takes only from their default handler (SIGHUP).
+
+        Seeing ours, it would leave SIGHUP to us, and a closed terminal would no longer stop
+        the service. Until ``run()`` has taken it, a microsecond later, SIGHUP has its default
+        action again; SIGINT and SIGTERM stay ours throughout.
+        """
+        for signum in self._platform.taken_if_default:
+            previous = self._previous.pop(signum, None)
+            if previous is not None:
+                signal.signal(signum, previous)
+
+    def _heard(self, signum: int, frame: FrameType | None) -> None:
+        if self.handed_over:
+            return
+        if self._interrupted:
+            os._exit(SIGNAL_BASE + signum)
+        self._interrupted = True
+        raise _Interrupted(signum)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+
+RUNTIME_THREADS = 2
+"""Threads the runtime starts besides its executor's: the one that hears the signals, for
+the whole run, and the one that waits for the executor at the stop."""
+
+
+def _start_threads(executor: ThreadPoolExecutor) -> None:
+    """Start the executor's first thread, and check that the runtime's can start beside it.
+
+    The journal's fsync runs in the executor, so that thread starts now and stays. The
+    runtime's start later, so one spare thread for each is started and let go. Each thread
+    reserves a stack, so under a memory limit (``ulimit -v``) or a process limit the start
+    fails here, in one line, instead of after ``listening on`` at the first fsync or the
+    stop. (That bounds what the service needs at start; memory the clients use later is
+    another matter.)
+    """
+    release = threading.Event()
+    spares: list[threading.Thread] = []
+    try:
+        executor.submit(release.wait)
+        for _ in range(RUNTIME_THREADS):
+            spare = threading.Thread(target=release.wait, name="thread-check", daemon=True)
+            spare.start()
+            spares.append(spare)
+    except RuntimeError as exc:
+        raise StartupError(
+            ExitCode.NO_THREADS,
+            f"cannot start: {exc}: the service needs {RUNTIME_THREADS + 1} threads beside the"
+            " main one; raise the memory limit (ulimit -v) or the process limit (ulimit -u)",
+        ) from None
+    finally:
+        release.set()
+        for spare in spares:
+            spare.join()
+
+
+def _cancel_everything(loop: asyncio.AbstractEventLoop) -> None:
+    """After an interrupted start: end the tasks the start left, so none is reported."""
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
 def _arguments(argv: Sequence[str]) -> int:
     """``--help``: print the settings and exit statuses. Anything else: one line, status 2."""
     if list(argv) in (["--help"], ["-h"]):
@@ -103,8 +254,10 @@ def _arguments(argv: Sequence[str]) -> int:
         print(HELP.format(settings=settings_help(), statuses=exit_statuses_help()), end="")
         return ExitCode.OK
     unknown = next((arg for arg in argv if arg not in ("--help", "-h")), argv[-1])
+    option, equals, _ = unknown.partition("=")  # --name=value: the name helps, not the value
+    shown = f"{shown_value(option)} (its value not shown)" if equals else shown_value(unknown)
     print(
-        f"error: unknown argument {unknown!r}: settings are APP_* variables"
+        f"error: unknown argument {shown}: settings are APP_* variables"
         " (python -m app --help lists them)",
         file=sys.stderr,
     )

@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from servicekit import notify
 from servicekit.config import Settings
-from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code
+from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
 from servicekit.journal import Journal, JournalInUse
 from servicekit.server import Server
 
 logger = logging.getLogger(__name__)
+
+_REPLAYING = "replaying the journal"
+"""The start's step that says which journal line it is at, when a signal interrupts it."""
 
 DRAIN_SHARE = 0.5
 """Part of APP_SHUTDOWN_TIMEOUT given to draining connections; the runtime gets the rest."""
@@ -54,7 +56,13 @@ class ServiceProtocol(Protocol):
 class Service:
     """Wires the user's protocol, the journal, the server and systemd notification together."""
 
-    def __init__(self, settings: Settings, protocol: ServiceProtocol) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        protocol: ServiceProtocol,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.protocol = protocol
         self.exit_code = ExitCode.OK
@@ -69,16 +77,30 @@ class Service:
             line_timeout=settings.line_timeout,
             handle=protocol.handle,
         )
+        self._on_ready = on_ready
         self._stopping = False
         self.addresses: list[tuple[str, int]] = []
+        self._step = "starting"
+        """What ``open()`` is doing (see ``step``)."""
+        self._replaying = 0
+        """The journal line being replayed, while ``_step`` says the journal is."""
 
     async def open(self) -> None:
         """Open the journal, bind, replay the journal; raise StartupError if any of it fails.
 
         Nothing is accepted yet: that starts in ``serve()``, after ``recover`` has seen every
         journaled request. Binding comes before the replay, so a port in use is reported at
-        once, however long the journal.
+        once, however long the journal. Whatever stops it midway (a StartupError, a signal
+        during a long replay) leaves nothing open.
         """
+        try:
+            await self._open()
+        except BaseException:
+            self.abandon()
+            raise
+
+    async def _open(self) -> None:
+        self._step = "opening the journal"
         try:
             self.journal.open()
         except JournalInUse as exc:
@@ -87,6 +109,7 @@ class Service:
             raise StartupError(
                 ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"
             ) from None
+        self._step = "binding its port"
         try:
             self.addresses = await self.server.listen(
                 self.settings.host,
@@ -94,36 +117,72 @@ class Service:
                 reuse_port=self.settings.reuse_port or self.settings.worker_index > 0,
             )
         except OSError as exc:
-            self.journal.abandon()
             where = f"{self.settings.host}:{self.settings.port}"
             raise StartupError(
-                bind_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
+                bind_exit_code(exc), f"cannot listen on {where}: {os_reason(exc)}"
             ) from None
         if does_nothing(self.protocol.recover):
             return
+        self._step = _REPLAYING
         try:
-            replayed = 0
-            for request in self.journal.replay():
-                self.protocol.recover(request)
-                replayed += 1
+            replayed = self._replay()
         except OSError as exc:
-            self.server.close()
-            self.journal.abandon()
             raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
         logger.info("recovered %d request(s) from %s", replayed, self.journal.path)
+
+    def _replay(self) -> int:
+        """Hand every journaled request to ``recover``; return how many there were.
+
+        A ``recover`` that raises stops the start with the record's line and byte offset and
+        the traceback: every restart would fail on the same record, so the user must see which
+        one. Its line number is also ``sed -n Np`` on the file, the way to look at it.
+        """
+        recover = self.protocol.recover
+        line = offset = 0  # of the record being replayed: its 1-based line, its first byte
+        for request in self.journal.replay():
+            line += 1
+            self._replaying = line  # an int: a replay of millions of lines pays nothing more
+            try:
+                recover(request)
+            except Exception as exc:
+                raise StartupError(
+                    ExitCode.RECOVER_FAILED,
+                    f"cannot start: recover() raised on journal line {line} (byte offset"
+                    f" {offset}) of {self.journal.path}, a {len(request)}-byte request; every"
+                    " start replays it: make recover() accept it, or take that line out of the"
+                    f" journal (keep a copy); sed -n {line}p {self.journal.path} shows it",
+                ) from exc
+            offset += len(request) + 1
+        return line
+
+    @property
+    def step(self) -> str:
+        """What the start is doing, for a start that a signal interrupts to say so."""
+        if self._step == _REPLAYING:
+            return f"{_REPLAYING} (line {self._replaying} of {self.journal.path})"
+        return self._step
+
+    def abandon(self) -> None:
+        """Close what ``open()`` opened, when the service does not start after all."""
+        self.server.close()
+        self.journal.abandon()
 
     async def serve(self) -> None:
         """Start the background work and say the service is ready; then return.
 
         ``run()`` runs this once its signal handlers and error handling are in place, so
-        whoever acts on the ``listening on`` line (a supervisor, a test, a readiness probe)
-        may stop the service at once and get the graceful shutdown. Start your own
-        background tasks here too, for the same reason.
+        whoever acts on the readiness (a supervisor, a test, a readiness probe) may stop the
+        service at once and get the graceful shutdown. Start your own background tasks here
+        too, for the same reason. A supervised worker tells its supervisor (``on_ready``),
+        which announces the whole service once; anyone else logs ``listening on``.
         """
         self.journal.start()
         self.server.start()
-        for address in self.addresses:
-            logger.info("listening on %s:%d", *address)
+        if self._on_ready is not None:
+            self._on_ready()
+        else:
+            for address in self.addresses:
+                logger.info("listening on %s:%d", *address)
         notify.send("READY=1")
         notify.start_watchdog()
 
@@ -175,10 +234,3 @@ def _empty(request: bytes) -> None:
 
 def _empty_with_docstring(request: bytes) -> None:
     """An empty body."""
-
-
-def _reason(exc: OSError) -> str:
-    """The OS's own words for the error, without asyncio's or Python's decoration."""
-    if exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc)  # e.g. a resolver error, whose codes are negative

@@ -25,10 +25,11 @@ What the supervisor does, and why:
   several processes interleave safely only for small single ``write()`` calls on local disks,
   and a batch is neither.
 - **One log.** Each worker's stderr is relayed line by line, prefixed with ``[worker i]``.
-  A worker's own ``listening on`` line is replaced by ``worker i ready (pid P)``, so the only
-  ``listening on HOST:PORT`` line is the supervisor's, logged once every worker is ready:
-  tests and people wait for one line, as with one process. Under systemd (``NOTIFY_SOCKET``)
-  the supervisor, not the workers, reports READY=1 and STOPPING=1.
+  A worker tells the supervisor it is ready through its heartbeat pipe (below), not its log,
+  and logs no ``listening on`` line of its own: the supervisor logs ``worker i ready (pid
+  P)``, and the only ``listening on HOST:PORT`` line is its own, logged once every worker is
+  ready: tests and people wait for one line, as with one process. Under systemd
+  (``NOTIFY_SOCKET``) the supervisor, not the workers, reports READY=1 and STOPPING=1.
 - **Signals.** SIGTERM and SIGINT are forwarded to every worker (SIGHUP, what a closed
   terminal sends, is a graceful stop too and reaches them as SIGTERM, unless ``nohup``
   ignored it); each drains and flushes its journal within ``APP_SHUTDOWN_TIMEOUT``. The
@@ -42,9 +43,10 @@ What the supervisor does, and why:
   takes an exclusive lock on ``<journal>.lock``, so that two supervisors never write the same
   journals; either conflict is exit 69.
 - **Heartbeats.** Each worker writes a byte to a pipe from its event loop every quarter of
-  ``APP_HEARTBEAT_TIMEOUT``. A ready worker that misses its heartbeat for that long (stopped
-  with SIGSTOP, or a wedged loop) still holds its accept queue, so it is killed and replaced
-  like a crashed one. The same pipe tells a worker that the supervisor is gone (a write fails
+  ``APP_HEARTBEAT_TIMEOUT``, and once another byte when it accepts connections: that is its
+  readiness. A ready worker that misses its heartbeat for that long (stopped with SIGSTOP,
+  or a wedged loop) still holds its accept queue, so it is killed and replaced like a
+  crashed one. The same pipe tells a worker that the supervisor is gone (a write fails
   with EPIPE), and on Linux ``PR_SET_PDEATHSIG`` tells it at once: it then drains and exits
   as on SIGTERM rather than serve on as an orphan nobody will stop.
 - **Restarts.** A worker that exits while nobody asked it to (a crash, an OOM kill, a stray
@@ -57,9 +59,10 @@ Exit status of the supervisor: 0 when every worker of the last generation exited
 the first non-zero status among them in the order they exited, with 128 + N for a worker
 killed by signal N, and 75 for a worker that outlived the shutdown budget and was killed. A
 worker that was stopped by the forwarded signal before it had started serving counts as
-clean. Crashes that were recovered by a restart are logged, not reflected in the status: a
-later clean stop is still a clean stop. If startup fails, the failing worker's status is the
-exit status (e.g. 73 for an unwritable journal).
+clean if the service had been announced, and as 3 (its start interrupted, as one process
+says it) if not. Crashes that were recovered by a restart are logged, not reflected in the
+status: a later clean stop is still a clean stop. If startup fails, the failing worker's
+status is the exit status (e.g. 73 for an unwritable journal).
 
 Where the OS has no ``SO_REUSEPORT`` (Windows), ``APP_WORKERS`` above 1 is refused as a
 configuration error (exit 2). On Linux the kernel balances new connections across the
@@ -74,12 +77,11 @@ import errno
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +107,6 @@ STABLE_AFTER = 10.0
 """A worker that ran this many seconds before it exited is restarted after BACKOFF_FIRST again."""
 HEARTBEAT_FD_VARIABLE = "SUPERVISOR_HEARTBEAT_FD"
 """The file descriptor a worker writes its heartbeats to (not an APP_ setting: set by us)."""
-_READY = re.compile(r"listening on (\S+):(\d+)\s*$")
 _LINE_LIMIT = 1 << 20
 """Longest worker log line relayed whole; a longer one is dropped rather than buffered."""
 
@@ -282,34 +283,75 @@ def _lock_journals(journal: Path) -> int | None:
     return fd
 
 
-def beat_to_supervisor(loop: asyncio.AbstractEventLoop, interval: float) -> None:
+def beat_to_supervisor(
+    loop: asyncio.AbstractEventLoop, interval: float
+) -> Callable[[], None] | None:
     """In a worker: send heartbeats from ``loop``, and stop when the supervisor is gone.
 
-    Called by ``python -m app`` in a worker before the loop runs. The beat is a loop
-    callback, so it stops when the loop is stopped or blocked, which is what the supervisor
-    wants to know. Losing the supervisor raises SIGTERM in this process: the runtime's
-    graceful shutdown, exactly as if the supervisor had forwarded a stop.
+    Called by ``python -m app`` in a worker before the loop runs. Returns the function that
+    tells the supervisor the worker is ready, or None when there is no supervisor to tell
+    (started by hand with APP_WORKER_INDEX). The beat is a loop callback, so it stops when
+    the loop is stopped or blocked, which is what the supervisor wants to know. Losing the
+    supervisor raises SIGTERM in this process: the runtime's graceful shutdown, exactly as
+    if the supervisor had forwarded a stop.
     """
     raw = os.environ.pop(HEARTBEAT_FD_VARIABLE, None)
     if raw is None or sys.platform == "win32":
-        return  # started by hand with APP_WORKER_INDEX: nobody to beat to
-    fd = int(raw)
-    os.set_blocking(fd, False)
+        return None
+    channel = _Channel(int(raw))
     _terminate_with_parent()
 
     def beat() -> None:
-        try:
-            os.write(fd, b".")
-        except BlockingIOError:
-            pass  # the supervisor has not read the last ones yet; it knows we are alive
-        except OSError:  # EPIPE: nobody holds the other end any more
-            os.close(fd)
-            logger.warning("the supervisor is gone: stopping")
-            signal.raise_signal(signal.SIGTERM)
-            return
-        loop.call_later(interval, beat)
+        if channel.send(READY if channel.ready_unsaid else BEAT):
+            loop.call_later(interval, beat)
+
+    def ready() -> None:
+        channel.ready_unsaid = True
+        channel.send(READY)
 
     loop.call_soon(beat)
+    return ready
+
+
+BEAT = b"."
+"""What a worker writes to its channel each heartbeat."""
+READY = b"R"
+"""What a worker writes once, when it accepts connections: its readiness, which the
+supervisor once read from the worker's ``listening on`` log line. A log line is for people:
+it is missing at APP_LOG_LEVEL=WARNING, and recover() may print one that looks like it."""
+
+
+class _Channel:
+    """A worker's end of the pipe to its supervisor: heartbeats, and readiness once.
+
+    Invariant: ``ready_unsaid`` is True from the moment the worker is ready until a READY
+    byte has been written; a pipe the supervisor has not emptied yet delays it to a later
+    beat, never loses it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+        self.ready_unsaid = False
+        if sys.platform != "win32":  # no workers there; main() refused them
+            os.set_blocking(fd, False)
+
+    def send(self, byte: bytes) -> bool:
+        """Write one byte; False once the supervisor is gone (then SIGTERM is raised)."""
+        if self._fd is None:
+            return False
+        try:
+            os.write(self._fd, byte)
+        except BlockingIOError:
+            return True  # not read yet: the supervisor knows we are alive; READY waits
+        except OSError:  # EPIPE: nobody holds the other end any more
+            os.close(self._fd)
+            self._fd = None
+            logger.warning("the supervisor is gone: stopping")
+            signal.raise_signal(signal.SIGTERM)
+            return False
+        if byte == READY:
+            self.ready_unsaid = False
+        return True
 
 
 def _terminate_with_parent() -> None:
@@ -381,6 +423,8 @@ class _Supervisor:
                         worker.process.kill()
             await asyncio.wait(late, timeout=KILL_WAIT)
         status = next((code for code in self._statuses if code != ExitCode.OK), ExitCode.OK)
+        if status == ExitCode.OK and not self._announced:
+            status = ExitCode.STARTUP_INTERRUPTED  # stopped before any worker could say so
         logger.info(
             "%d worker(s) stopped in %.3fs: exit status %d",
             len(self._workers),
@@ -501,7 +545,8 @@ class _Supervisor:
         return returncode
 
     def _hear_beats(self, worker: _Worker, fd: int) -> None:
-        """Note each heartbeat on ``fd``; stop listening when the worker closes it."""
+        """Note each heartbeat on ``fd``, and the worker's readiness; stop listening when
+        the worker closes it."""
         if sys.platform == "win32":
             raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
         loop = asyncio.get_running_loop()
@@ -515,6 +560,8 @@ class _Supervisor:
                 data = b""
             if data:
                 worker.last_beat = time.monotonic()
+                if READY in data and not worker.ready:
+                    self._mark_ready(worker)
                 return
             loop.remove_reader(fd)
             os.close(fd)
@@ -536,7 +583,7 @@ class _Supervisor:
         return env
 
     async def _relay(self, worker: _Worker, stream: asyncio.StreamReader) -> None:
-        """Copy the worker's log lines to our stderr, tagged; notice when it is ready."""
+        """Copy the worker's log lines to our stderr, tagged."""
         while True:
             try:
                 raw = await stream.readline()
@@ -545,12 +592,8 @@ class _Supervisor:
             if not raw:
                 return
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            record = _json_record(line) if self._settings.log_format == "json" else None
-            message = record.get("message") if record is not None else line
-            if not worker.ready and isinstance(message, str) and _READY.search(message):
-                self._mark_ready(worker)
-                continue
             if self._settings.log_format == "json":
+                record = _json_record(line)
                 # Still one object per line: the worker's own, or its stray output wrapped.
                 if record is None:
                     record = {"time": iso_time(time.time()), "level": "WARNING"}
@@ -579,11 +622,19 @@ class _Supervisor:
             notify.send("READY=1")
 
     def _final_status(self, worker: _Worker, returncode: int) -> int:
-        """The status a worker contributes to the supervisor's exit status at the stop."""
+        """The status a worker contributes to the supervisor's exit status at the stop.
+
+        A worker that our signal stopped before it was ready (it says so with its own
+        STARTUP_INTERRUPTED, or it had no handlers yet and died of the signal) served no
+        one: if the service was never announced, the service's start was interrupted, as a
+        single process would say; if it was, that worker was only a replacement, and the
+        stop is clean.
+        """
         if worker.killed:
             return ExitCode.SHUTDOWN_TIMEOUT
-        if returncode < 0 and not worker.ready and -returncode in self._signals:
-            return ExitCode.OK  # stopped by our signal before it had handlers or clients
+        by_our_signal = returncode < 0 and -returncode in self._signals
+        if not worker.ready and (by_our_signal or returncode == ExitCode.STARTUP_INTERRUPTED):
+            return ExitCode.OK if self._announced else ExitCode.STARTUP_INTERRUPTED
         return exit_status(returncode)
 
 

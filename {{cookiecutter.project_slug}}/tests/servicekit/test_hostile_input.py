@@ -205,12 +205,13 @@ def test_a_journal_path_that_names_a_folder_is_a_bad_setting(
 
 
 @pytest.mark.parametrize(
-    ("args", "named"), [(("--help", "--port=9000"), "--port=9000"), (("-h", "--help"), "--help")]
+    ("args", "named"),
+    [(("--help", "--port=9000"), "'--port' (its value not shown)"), (("-h", "--help"), "'--help'")],
 )
 def test_an_extra_argument_after_help_is_the_one_named(
     run_app, args: tuple[str, ...], named: str
 ) -> None:
     result = run_app(*args)
     assert result.returncode == ExitCode.CONFIG
-    assert result.stderr.startswith(f"error: unknown argument {named!r}: "), result.stderr
+    assert result.stderr.startswith(f"error: unknown argument {named}: "), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr

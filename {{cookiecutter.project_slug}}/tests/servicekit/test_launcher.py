@@ -30,6 +30,7 @@ import pytest
 from conftest import HANG_GUARD, LISTENING, Process, service_env
 
 from servicekit import exitcodes, launcher
+from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode
 from servicekit.launcher import (
     CREATE_NEW_PROCESS_GROUP,
@@ -434,7 +435,7 @@ def test_stop_clears_a_stale_pid_file_without_waiting(tmp_path: Path) -> None:
 
 def test_grace_follows_the_service_shutdown_timeout(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    assert shutdown_timeout({}, env_file) == launcher.DEFAULT_SHUTDOWN_TIMEOUT
+    assert shutdown_timeout({}, env_file) == Settings.shutdown_timeout
     env_file.write_text("APP_PORT=1\nAPP_SHUTDOWN_TIMEOUT='3.5'  # short\n")
     assert shutdown_timeout({}, env_file) == 3.5
     assert shutdown_timeout({"APP_SHUTDOWN_TIMEOUT": "20"}, env_file) == 20.0
@@ -472,7 +473,7 @@ def test_return_codes_in_words() -> None:
     assert exitcodes.describe(-9) == "SIGKILL"
     assert exitcodes.describe(73) == "status 73 (JOURNAL_UNWRITABLE)"
     assert exitcodes.describe(137) == "status 137 (SIGKILL)"
-    assert exitcodes.describe(3) == "status 3"
+    assert exitcodes.describe(4) == "status 4"
 
 
 # --- Real Windows only ------------------------------------------------------------------------
