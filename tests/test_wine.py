@@ -577,7 +577,7 @@ def test_wrappers_are_crlf_and_powershell_parses(bake: Bake) -> None:
         assert f"'_common.ps1') {commands[name]} @args\r\nexit $status".encode() in ps1
         bat = (folder / f"{name}.bat").read_bytes()
         assert f"{commands[name]} %*".encode() in bat
-        assert b'if not exist "app\\runtime\\launcher.py"' in bat
+        assert b'if not exist "servicekit\\launcher.py"' in bat
         assert b"exit /b %STATUS%" in bat
     assert (folder.parent / "launcher_demo.py").is_file()
 
