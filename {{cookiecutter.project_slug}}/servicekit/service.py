@@ -25,13 +25,16 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code
 from servicekit.journal import Journal, JournalInUse
 from servicekit.server import Server
+
+if TYPE_CHECKING:
+    from servicekit.metrics import Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,15 @@ class Service:
         )
         self._stopping = False
         self.addresses: list[tuple[str, int]] = []
+        self.metrics: Endpoint | None = None
+        """The HTTP metrics and probes endpoint, if APP_METRICS_PORT (or the supervisor) asks."""
+        # The shutdown as the metrics show it, on the monotonic clock.
+        self.drain_began: float | None = None
+        self.drain_seconds: float | None = None
+        self.drained = 0
+        """Connections open when the drain began."""
+        self.drain_aborted = 0
+        self.flush_seconds: float | None = None
 
     async def open(self) -> None:
         """Open the journal, bind, replay the journal; raise StartupError if any of it fails.
@@ -99,6 +111,7 @@ class Service:
             raise StartupError(
                 bind_exit_code(exc), f"cannot listen on {where}: {_reason(exc)}"
             ) from None
+        await self._open_metrics()
         if does_nothing(self.protocol.recover):
             return
         try:
@@ -107,10 +120,31 @@ class Service:
                 self.protocol.recover(request)
                 replayed += 1
         except OSError as exc:
+            self._close_metrics()
             self.server.close()
             self.journal.abandon()
             raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
         logger.info("recovered %d request(s) from %s", replayed, self.journal.path)
+
+    async def _open_metrics(self) -> None:
+        """Bind the metrics port, if it is on: a taken port fails the start like APP_PORT."""
+        if not (self.settings.metrics_port or os.environ.get("SUPERVISOR_METRICS_SOCKET")):
+            return  # prometheus_client is not even imported
+        from servicekit import metrics
+
+        try:
+            self.metrics = await metrics.open_for(self)
+        except OSError as exc:
+            self.server.close()
+            self.journal.abandon()
+            where = f"{self.settings.host}:{self.settings.metrics_port}"
+            raise StartupError(
+                bind_exit_code(exc), f"cannot listen on {where} for metrics: {_reason(exc)}"
+            ) from None
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def serve(self) -> None:
         """Start the background work and say the service is ready; then return.
@@ -122,6 +156,10 @@ class Service:
         """
         self.journal.start()
         self.server.start()
+        if self.metrics is not None:
+            await self.metrics.start()
+            for address in self.metrics.addresses:
+                logger.info("metrics and probes on http://%s:%d/metrics", *address)
         for address in self.addresses:
             logger.info("listening on %s:%d", *address)
         notify.send("READY=1")
@@ -133,13 +171,20 @@ class Service:
         notify.send("STOPPING=1")
         notify.status("draining connections")
         budget = self.settings.shutdown_timeout * DRAIN_SHARE
-        deadline = time.monotonic() + budget
-        if await self.server.drain(grace=budget):
+        self.drain_began = began = time.monotonic()
+        deadline = began + budget
+        self.drained = len(self.server.connections)
+        self.drain_aborted = await self.server.drain(grace=budget)
+        if self.drain_aborted:
             self._set_exit_code(ExitCode.SHUTDOWN_TIMEOUT)
+        flush_began = time.monotonic()
+        self.drain_seconds = flush_began - began
         notify.status("flushing the journal")
         # A flush that takes longer stays protected; the runtime waits for it in its own half
         # of the budget and names it if even that is not enough.
         await self.journal.close(grace=max(deadline - time.monotonic(), 0.0))
+        self.flush_seconds = time.monotonic() - flush_began
+        self._close_metrics()  # served through the drain and the flush, for a last scrape
 
     def _journal_failed(self, error: OSError) -> None:
         self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {error}")
