@@ -37,7 +37,7 @@ WAIT_LIMIT = 30.0
 """Seconds for Prometheus to start, or to have scraped what a test waits for."""
 SCRAPE_INTERVAL = "250ms"
 SHUTTING_DOWN = b"error: shutting down\n"
-DASHBOARD = Path("deploy", "grafana", "servicekit-dashboard.json")
+DASHBOARD = Path("docs", "servicekit-dashboard.json")
 
 
 def free_port() -> int:
