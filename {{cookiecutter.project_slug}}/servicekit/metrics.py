@@ -148,7 +148,11 @@ class Endpoint:
         if method not in (b"GET", b"HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET or HEAD only\n"
         if target == b"/metrics":
-            return "200 OK", CONTENT_TYPE, await self._render()
+            try:
+                return "200 OK", CONTENT_TYPE, await self._render()
+            except Exception:  # a collector's bug (the user's too) must not stop the service
+                logger.exception("metrics: the scrape failed")
+                return "500 Internal Server Error", "text/plain", b"the scrape failed\n"
         if target == b"/livez":
             return "200 OK", "text/plain", b"alive\n"
         if target == b"/readyz":

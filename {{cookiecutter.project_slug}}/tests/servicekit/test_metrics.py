@@ -217,6 +217,44 @@ def test_failed_requests_are_counted_by_outcome(workdir: Path) -> None:
             service.popen.kill()
 
 
+BROKEN_COLLECTOR = textwrap.dedent(
+    """
+    import sys
+    from prometheus_client import REGISTRY
+    from app import protocol
+    from servicekit import main as entry
+
+    class Broken:
+        def describe(self):
+            return []
+
+        def collect(self):
+            raise RuntimeError("a collector's bug")
+
+    REGISTRY.register(Broken())  # as the user's own code may, in the default registry
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+@posix_only
+def test_a_broken_collector_fails_the_scrape_not_the_service(workdir: Path) -> None:
+    (workdir / "broken.py").write_text(BROKEN_COLLECTOR)
+    port = free_port()
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="journal.log", APP_METRICS_PORT=str(port))
+    service = Service(workdir, env, args=["broken.py"])
+    try:
+        assert get(port, "/metrics") == (500, "the scrape failed\n")
+        with connect(service) as sock:
+            assert is_reply(ask(sock, b"still serving\n"))
+        assert get(port, "/livez") == (200, "alive\n")
+        assert service.stop() == ExitCode.OK, service.log
+        assert "RuntimeError: a collector's bug" in service.log
+    finally:
+        if service.popen.poll() is None:
+            service.popen.kill()
+
+
 def test_readiness_fails_at_the_connection_limit_and_liveness_does_not(
     start_service: StartService,
 ) -> None:
