@@ -477,8 +477,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._after_batch(too_long)
             return
         requests = parts if all(parts) else [line for line in parts if line]
+        if requests is not parts:  # health pings are rare: not counted on the common path
+            server.pings += len(parts) - len(requests)
         server.requests += len(requests)
-        server.pings += len(parts) - len(requests)
         if server.handling is not None:
             self.began = _clock()
         written = server.journal.append(requests) if requests else None
