@@ -1,4 +1,6 @@
-"""Draw the generated project's dashboard from a real run: bench/.venv/bin/python scripts/metrics_picture.py
+"""Draw the generated project's dashboard from a real run (needs matplotlib and prometheus).
+
+    bench/.venv/bin/python scripts/metrics_picture.py
 
 Bakes the template, runs the service with two workers and metrics on, scrapes it with Debian's
 Prometheus (``apt-get install prometheus``) every second, and puts it through a small story:
