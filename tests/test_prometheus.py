@@ -1,7 +1,7 @@
 """A real Prometheus scrapes a generated service, and what it stored is what the clients did.
 
 Debian's Prometheus server is started on loopback with a scrape configuration of ours (every
-250 ms) and a temporary storage folder; the generated service runs with ``APP_METRICS_PORT``.
+100 ms) and a temporary storage folder; the generated service runs with ``APP_METRICS_PORT``.
 Clients put load on it; then Prometheus's own HTTP API must report exactly the requests, the
 journaled lines and the closed connections the clients made. A SIGTERM with connections open
 must show in the drain metrics while the drain runs, and with ``APP_WORKERS=2`` the sum over
@@ -35,7 +35,8 @@ import pytest
 
 WAIT_LIMIT = 30.0
 """Seconds for Prometheus to start, or to have scraped what a test waits for."""
-SCRAPE_INTERVAL = "250ms"
+SCRAPE_INTERVAL = "100ms"
+"""Often: the drain below lasts at most 2 s (server.LINGER_SECONDS for an ending connection)."""
 SHUTTING_DOWN = b"error: shutting down\n"
 DASHBOARD = Path("docs", "servicekit-dashboard.json")
 
@@ -278,7 +279,8 @@ def test_prometheus_sees_what_the_clients_did_and_the_drain(start, project: Path
     holder.sendall(b"refused\n")
     assert holder.recv(100) == SHUTTING_DOWN
     # The holder keeps sending after the refusal, so the drain goes on (its input is read
-    # and thrown away until it goes quiet) while Prometheus scrapes it.
+    # and thrown away until it goes quiet, for at most LINGER_SECONDS, 2 s) while Prometheus
+    # scrapes it, every 100 ms.
     talking = threading.Event()
     talking.set()
 

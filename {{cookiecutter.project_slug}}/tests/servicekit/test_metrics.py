@@ -310,7 +310,8 @@ def test_drain_shows_in_the_metrics_and_readiness_while_it_runs(
         sock.close()
     assert ask(holder, b"more\n") == SHUTTING_DOWN
     # The holder keeps talking after the refusal, so its connection, and the drain, go on
-    # until it stops (the server reads and throws input away until the client goes quiet).
+    # until it stops (the server reads and throws input away until the client goes quiet, for
+    # at most server.LINGER_SECONDS, 2 s: the observations below take a fraction of that).
     stop_talking = False
 
     async def keep_talking() -> None:
