@@ -218,9 +218,9 @@ def draw(plt: Any, panels: list[dict[str, Any]], base: str, began: float, ended:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     figure.suptitle(
-        "servicekit dashboard, drawn from a real Prometheus: 2 workers; 10 then 40 clients,"
-        " each reconnecting every 200 requests; worker 1 killed at ~35 s; SIGTERM at ~55 s"
-        " (stat panels: the run's highest value)",
+        "servicekit dashboard drawn from a real Prometheus: 2 workers; 10, then 40 clients"
+        " reconnecting every 200 requests;\nworker 1 killed at ~35 s; SIGTERM at ~55 s."
+        " Stat panels: the run's highest value.",
         fontsize=11,
     )
     figure.tight_layout()
