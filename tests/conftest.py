@@ -22,6 +22,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="fail, instead of skipping, when no Docker engine answers (CI)",
     )
     parser.addoption(
+        "--require-prometheus",
+        action="store_true",
+        help="fail, instead of skipping, when the prometheus server is not installed (CI)",
+    )
+    parser.addoption(
         "--require-wine",
         action="store_true",
         help="fail, instead of skipping, when Wine or the Windows Python is missing (CI)",

@@ -226,14 +226,21 @@ def test_pods_are_wired_to_the_service_the_budget_and_the_volume(
     assert config["APP_HOST"] == "0.0.0.0"
     assert config["APP_JOURNAL_PATH"] == "/data/journal.log"
     port = int(config["APP_PORT"])
-    assert container["ports"] == [{"name": "echo", "containerPort": port, "protocol": "TCP"}]
+    metrics = int(config["APP_METRICS_PORT"])
+    assert container["ports"] == [
+        {"name": "echo", "containerPort": port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
+    ]
     assert service["spec"]["ports"][0]["targetPort"] == "echo"
 
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"][:3] == ["python", "-m", "servicekit.health"]
-    # A pod at its connection limit is taken out of the Service, not restarted.
-    assert "--live" not in container["readinessProbe"]["exec"]["command"]
-    assert "--live" in container["livenessProbe"]["exec"]["command"]
+    # HTTP probes on the metrics port: readiness fails at the connection limit (a full pod is
+    # taken out of the Service), liveness does not (it is not restarted).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": metrics}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": metrics}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(metrics)
+    assert annotations["prometheus.io/path"] == "/metrics"
     liveness = container["livenessProbe"]
     _, _, grace = budget(rendered)
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= grace, (

@@ -388,7 +388,7 @@ def test_privileged_port_warns_and_container_listens_unprivileged(tmp_path: Path
     assert port["port"] == 80
     deployment = yaml.safe_load((kube / "deployment.yaml").read_text())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    (container_port,) = container["ports"]
+    container_port, _metrics = container["ports"]
     assert container_port["containerPort"] == 8080
     assert port["targetPort"] in (8080, container_port["name"])
     compose = yaml.safe_load((project / "compose.yaml").read_text())

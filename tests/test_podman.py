@@ -4,14 +4,19 @@
 (the offline schema checks are in test_deploy.py), and that output is played by podman: the
 ConfigMap feeds the environment, the Deployment's pod template becomes a pod with the
 generated image, its security context, volumes and probes. Proven: the pod starts as uid
-10001 on a read-only root filesystem; the liveness probe (podman's health check) and the
-readiness probe command pass; traffic is echoed; a graceful stop of the pod ends the service
-with exit status 0 and every echoed line in the journal on the pod's ``data`` volume.
+10001 on a read-only root filesystem; podman turned the liveness probe into its health check
+on ``/livez``; both ``httpGet`` probes pass when made as the kubelet makes them, from outside
+the container; traffic is echoed; a graceful stop of the pod ends the service with exit
+status 0 and every echoed line in the journal on the pod's ``data`` volume.
+
+Podman runs an ``httpGet`` liveness probe as ``curl`` inside the container, which the slim
+Python image does not have; the kubelet makes the request itself, so the image needs no HTTP
+client, and this test makes the requests as the kubelet would.
 
 What the test changes in the rendered output, and why (nothing else):
 
-* ``APP_HOST``/``APP_PORT`` in the ConfigMap: 127.0.0.1 and a free port, because the pod
-  uses the host's network here (these machines allow no bridge);
+* ``APP_HOST``/``APP_PORT``/``APP_METRICS_PORT`` in the ConfigMap, and the probes' port: 127.0.0.1
+  and free ports, because the pod uses the host's network here (these machines allow no bridge);
 * ``replicas: 1``: two pods on one host network would fight over the port;
 * the container's ``ports:`` are dropped: podman turns them into port mappings, which a
   host-network pod cannot have;
@@ -27,6 +32,7 @@ to build the image; skips without them, fails under --require-docker.
 
 from __future__ import annotations
 
+import http.client
 import re
 import shutil
 import socket
@@ -93,21 +99,32 @@ def image(
     _podman("rmi", "--force", name, f"localhost/{tag}", check=False)
 
 
-def _for_this_machine(resources: list[dict[str, Any]], port: int, suffix: str) -> str:
+def _for_this_machine(resources: list[dict[str, Any]], port: int, metrics: int, suffix: str) -> str:
     """The rendered manifests with the changes listed in the module docstring, as YAML."""
     kinds = by_kind(resources)
     config = next(r for r in resources if r["kind"] == "ConfigMap")
-    config["data"].update(APP_HOST="127.0.0.1", APP_PORT=str(port))
+    config["data"].update(APP_HOST="127.0.0.1", APP_PORT=str(port), APP_METRICS_PORT=str(metrics))
     deployment = kinds["Deployment"]
     deployment["spec"]["replicas"] = 1
     pod = deployment["spec"]["template"]["spec"]
     container = app_container(deployment)
     container.pop("ports")
+    for probe in ("readinessProbe", "livenessProbe"):
+        container[probe]["httpGet"]["port"] = metrics
     for volume in pod["volumes"]:
         volume["name"] += suffix
     for mount in container["volumeMounts"]:
         mount["name"] += suffix
     return yaml.safe_dump_all(resources)
+
+
+def _http_status(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def _wait_until(what: str, check: Callable[[], bool], log: Callable[[], str]) -> None:
@@ -124,10 +141,10 @@ def test_kube_play_runs_the_deployment(
     resources = render(project / KUBERNETES)
     deployment = by_kind(resources)["Deployment"]
     assert app_container(deployment)["image"] == image
-    port = free_port()
+    port, metrics = free_port(), free_port()
     suffix = f"-{uuid.uuid4().hex[:8]}"
     manifest = tmp_path / "kube.yaml"
-    manifest.write_text(_for_this_machine(resources, port, suffix))
+    manifest.write_text(_for_this_machine(resources, port, metrics, suffix))
 
     played = _podman("kube", "play", "--network", "host", str(manifest))
     pod_id = re.search(r"Pod:\s*\n([0-9a-f]{64})", played)
@@ -157,12 +174,13 @@ def test_kube_play_runs_the_deployment(
         ).split(maxsplit=4)
         user, read_only, stop_timeout, memory, health = inspected
         assert user.split(":")[0] == "10001" and read_only == "true", inspected
-        assert "servicekit.health" in health, health
+        assert f":{metrics}/livez" in health, health  # podman's form of the liveness probe
 
-        # The probes: liveness as podman's own health check, readiness as the kubelet runs it.
-        _podman("healthcheck", "run", container)
-        readiness = app_container(deployment)["readinessProbe"]["exec"]["command"]
-        _podman("exec", container, *readiness)
+        # The probes as the kubelet makes them: a GET from outside, any 2xx or 3xx passes.
+        for probe in ("livenessProbe", "readinessProbe"):
+            path = app_container(deployment)[probe]["httpGet"]["path"]
+            status = _http_status(metrics, path)
+            assert 200 <= status < 400, f"{probe} {path}: {status}\n{log()}"
 
         lines = [f"podman-{i}" for i in range(5)]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

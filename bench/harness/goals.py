@@ -42,6 +42,9 @@ STARTUP = 1.10
 """Startup to `listening on` over a bare uvloop server to `ready` (.pyc present), at most."""
 SEAM = 0.05
 """One more seam's extra server CPU per request, at most."""
+METRICS_ON = "service (uvloop, metrics on)"
+METRICS_GOAL = 0.95
+"""Metrics on may cost at most a few percent of the rate (issue "See inside a running service")."""
 
 Row = tuple[str, str, str, str]
 """(measure, result, goal, verdict)"""
@@ -473,6 +476,40 @@ def wal_summary(results: dict[str, Any]) -> Row | None:
     )
 
 
+def metrics_cost(results: dict[str, Any]) -> Row | None:
+    """The rate with APP_METRICS_PORT on over the same service with it off, both modes.
+
+    Also per second of server CPU, which other jobs on a shared machine disturb less; the
+    verdict takes the lower of the two in each mode.
+    """
+    parts, ratios = [], []
+    for mode in ("pingpong", "pipeline"):
+        on, off = tp(results, METRICS_ON, mode), tp(results, SERVICE_UVLOOP, mode)
+        if not (on and off):
+            continue
+        cpu_on = tp(results, METRICS_ON, mode, "per_cpu_second")
+        cpu_off = tp(results, SERVICE_UVLOOP, mode, "per_cpu_second")
+        rate, per_cpu = ratio(on, off), ratio(cpu_on, cpu_off)
+        ratios.append(min(rate, per_cpu))
+        parts.append(
+            f"{mode} **{rate:.2f}** ({median(on):,.0f} vs {median(off):,.0f} lines/s), "
+            f"per CPU-second {per_cpu:.2f}"
+        )
+    if not parts:
+        return None
+    ok = min(ratios) >= METRICS_GOAL
+    return (
+        "Metrics cost: service on uvloop with APP_METRICS_PORT on / off",
+        "; ".join(parts),
+        f"≥ {METRICS_GOAL:.2f}",
+        verdict(
+            ok,
+            "each batch is timed twice with time.perf_counter() and put in a histogram.",
+            "time one batch in N (a sampled histogram), or only batches that suspended.",
+        ),
+    )
+
+
 def shutdown(results: dict[str, Any], key: str, label: str, goal: float | None) -> Row | None:
     conns, tasks = results.get("headline_cell", (1000, 10000))
     samples = results.get(key, [])
@@ -534,6 +571,7 @@ def all_rows(results: dict[str, Any]) -> list[Row]:
         *startup(results),
         bystander(results),
         wal_summary(results),
+        metrics_cost(results),
         shutdown(
             results, "shutdown", f"Python {results.get('meta', {}).get('python', '3.11')}", 0.30
         ),

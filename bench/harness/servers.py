@@ -80,7 +80,18 @@ def _label(settings: dict[str, str]) -> str:
         label += f", workers={settings['APP_WORKERS']}"
     if "APP_JOURNAL_FSYNC" in settings:
         label += f", fsync={settings['APP_JOURNAL_FSYNC']}"
+    if settings.get("APP_METRICS_PORT", "0") not in ("", "0"):
+        label += ", metrics on"
     return label
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a second port a server opens (metrics)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def generated_service(project: Path, journal: Path, **settings: str) -> ServerSpec:

@@ -192,6 +192,17 @@ def specs(
             servers.generated_service(project, scratch / "j-default.log", APP_USE_UVLOOP="0"),
             modes=("pingpong",),
         ),
+        # The same service with APP_METRICS_PORT on: its counters are kept either way; on,
+        # each batch is also timed, and a scrape would read them (none during the window).
+        dataclasses.replace(
+            servers.generated_service(
+                project,
+                scratch / "j-metrics.log",
+                APP_USE_UVLOOP="1",
+                APP_METRICS_PORT=str(servers.free_port()),
+            ),
+            modes=both,
+        ),
     ]
     if baseline is not None:
         out += [

@@ -136,6 +136,11 @@ class Settings:
         what="Bind with SO_REUSEPORT as a single process too, so copies started by someone else"
         " (Swarm replicas on the host network) share the port; see deploy/swarm/README.md",
     )
+    metrics_port: int = _setting(
+        0,
+        what="HTTP port on APP_HOST for Prometheus (/metrics) and probes (/livez, /readyz);"
+        " 0: off, no second port and prometheus_client never imported",
+    )
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -231,6 +236,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "heartbeat_timeout": _parse_seconds,
     "log_format": _parse_log_format,
     "reuse_port": _parse_bool,
+    "metrics_port": _parse_int(0, 65535),
 }
 KNOWN_VARIABLES = tuple(PREFIX + name.upper() for name in _PARSERS)
 

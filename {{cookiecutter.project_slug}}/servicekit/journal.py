@@ -51,6 +51,7 @@ from pathlib import Path
 
 from servicekit.aiorun import shutdown_waits_for
 from servicekit.config import FsyncPolicy
+from servicekit.tally import LINES, SECONDS, Histogram
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,11 @@ class Journal:
         self._last_sync = 0.0
         self._error: OSError | None = None
         self._writer: asyncio.Future[None] | None = None
+        # Counted for servicekit.metrics, which reads them when scraped (servicekit/tally.py).
+        self.bytes_written = 0
+        self.batch_lines = Histogram(LINES)
+        self.write_seconds = Histogram(SECONDS)
+        self.fsync_seconds = Histogram(SECONDS)
 
     def open(self) -> None:
         """Open the file for appending, creating it privately; fence a torn last line.
@@ -256,11 +262,15 @@ class Journal:
     def _write(self, batch: bytes, lines: int) -> None:
         """One write for the whole batch; a failed one is cut back to the last whole line."""
         assert self._fd is not None, "open() the journal before start()"
+        began = time.perf_counter()
         try:
             _write_all(self._fd, batch)
         except OSError:
             self._cut_back()
             raise
+        self.write_seconds.observe(time.perf_counter() - began)
+        self.batch_lines.observe(lines)
+        self.bytes_written += len(batch)
         self._size += len(batch)
         self.lines_written += lines
         self._unsynced = True
@@ -277,7 +287,9 @@ class Journal:
     def _sync(self) -> None:
         assert self._fd is not None, "open() the journal before start()"
         if self._syncable:
+            began = time.perf_counter()
             os.fsync(self._fd)
+            self.fsync_seconds.observe(time.perf_counter() - began)
         self._unsynced = False
         self._last_sync = time.monotonic()
 

@@ -63,11 +63,13 @@ import logging
 import os
 import socket
 import sys
+import time
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, cast
 
 from servicekit.journal import Journal
+from servicekit.tally import Histogram
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +165,15 @@ class Server:
         self._all_closed: asyncio.Future[None] | None = None
         self._accept_failures = 0
         self._accept_logged_at: float | None = None
+        # Counted for servicekit.metrics, which reads them when scraped (servicekit/tally.py).
+        self.accepted = 0
+        """Connections served (counted against max_connections), refused ones not included."""
+        self.requests = 0
+        self.pings = 0
+        self.ended = dict.fromkeys(END_REASONS, 0)
+        """Closed connections by why they ended (``_end_reason``), refused ones included."""
+        self.handling: Histogram | None = None
+        """Seconds from a batch's read to its replies' write; timed only while metrics are on."""
 
     def new_driver(self) -> None:
         """A fresh driver: the current one left with a request that suspended, or died."""
@@ -326,6 +337,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     __slots__ = (
         "armed_at",
+        "began",
         "buffer",
         "busy",
         "closed",
@@ -337,6 +349,7 @@ class _Connection(asyncio.BufferedProtocol):
         "line_deadline",
         "paused",
         "pending",
+        "reason",
         "refused",
         "scheduled",
         "server",
@@ -371,6 +384,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.watchdog: asyncio.TimerHandle | None = None
         self.armed_at = 0.0
         self.task: asyncio.Task[None] | None = None
+        self.reason = "reset"
+        """Why it ended, for the metrics: set by ``_end``; "reset" if it was lost before."""
+        self.began = 0.0
+        """When the batch in progress was read (``_clock``), if metrics time batches."""
 
     # --- the transport's callbacks ------------------------------------------------------
 
@@ -387,6 +404,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._refuse(TOO_MANY)
         else:
             server.serving += 1
+            server.accepted += 1
             self.deadline = self._now() + server.idle_timeout
             self._arm(self.deadline)
 
@@ -431,6 +449,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.task.cancel()  # nobody is left to read its reply
         if not self.refused:
             self.server.serving -= 1
+        self.server.ended[self.reason] += 1
         self.server.forget(self)
 
     # --- batches ------------------------------------------------------------------------
@@ -458,6 +477,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._after_batch(too_long)
             return
         requests = parts if all(parts) else [line for line in parts if line]
+        if requests is not parts:  # health pings are rare: not counted on the common path
+            server.pings += len(parts) - len(requests)
+        server.requests += len(requests)
+        if server.handling is not None:
+            self.began = _clock()
         written = server.journal.append(requests) if requests else None
         replies: list[bytes] = []
         drive, answer = server.drive, server.answer
@@ -536,6 +560,8 @@ class _Connection(asyncio.BufferedProtocol):
         if self.closed:
             return
         self.transport.write(data)
+        if self.server.handling is not None:
+            self.server.handling.observe(_clock() - self.began)
         self._after_batch(too_long)
 
     def _after_batch(self, too_long: bool) -> None:
@@ -636,6 +662,7 @@ class _Connection(asyncio.BufferedProtocol):
             last_line = SHUTTING_DOWN
         if last_line is not None:
             self.transport.write(last_line)
+        self.reason = _end_reason(self, last_line)
         self.ending = True
         self.pending = b""
         now = self._now()
@@ -680,12 +707,45 @@ def _checked(reply: object) -> bytes:
     if type(reply) is bytes and NEWLINE not in reply:
         return reply
     logger.error("handle() must return bytes without a newline, not %.60r", reply)
+    Replies.invalid += 1
     return FAILED
 
 
 def _failed(error: Exception) -> bytes:
     logger.error("handle() failed; the client gets %r", FAILED.decode(), exc_info=error)
+    Replies.failed += 1
     return FAILED
+
+
+class Replies:
+    """Requests whose reply was FAILED, counted for servicekit.metrics (for the process).
+
+    Class attributes, not the server's: the driver that meets them belongs to no connection.
+    """
+
+    failed = 0
+    """``handle`` raised."""
+    invalid = 0
+    """``handle`` returned something other than one line of bytes."""
+
+
+END_REASONS = (
+    "client", "idle", "line_timeout", "too_long", "drain", "journal", "full", "draining", "reset"
+)  # fmt: skip
+"""Why a connection ended: the metrics' ``reason`` label, a fixed set (see ``_end_reason``)."""
+_clock = time.perf_counter
+"""Times batches: the loop's own clock has 1 ms steps under uvloop."""
+
+
+def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
+    """Why ``connection`` ends, from ``_end``'s last line and its state; one of END_REASONS."""
+    if connection.refused:
+        return "full" if last_line == TOO_MANY else "draining"
+    if last_line is None:
+        return "client" if connection.eof else "idle"
+    if last_line == SHUTTING_DOWN:  # the drain, or a journal that could not write the batch
+        return "drain" if connection.server.drain_deadline is not None else "journal"
+    return "too_long" if last_line.startswith(b"error: line longer") else "line_timeout"
 
 
 _ANSWERED = object()

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
 from servicekit.journal import Journal, JournalInUse
 from servicekit.server import Server
+
+if TYPE_CHECKING:
+    from servicekit.metrics import Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,15 @@ class Service:
         """What ``open()`` is doing (see ``step``)."""
         self._replaying = 0
         """The journal line being replayed, while ``_step`` says the journal is."""
+        self.metrics: Endpoint | None = None
+        """The HTTP metrics and probes endpoint, if APP_METRICS_PORT (or the supervisor) asks."""
+        # The shutdown as the metrics show it, on the monotonic clock.
+        self.drain_began: float | None = None
+        self.drain_seconds: float | None = None
+        self.drained = 0
+        """Connections open when the drain began."""
+        self.drain_aborted = 0
+        self.flush_seconds: float | None = None
 
     async def open(self) -> None:
         """Open the journal, bind, replay the journal; raise StartupError if any of it fails.
@@ -121,6 +134,7 @@ class Service:
             raise StartupError(
                 bind_exit_code(exc), f"cannot listen on {where}: {os_reason(exc)}"
             ) from None
+        await self._open_metrics()
         if does_nothing(self.protocol.recover):
             return
         self._step = _REPLAYING
@@ -164,8 +178,24 @@ class Service:
 
     def abandon(self) -> None:
         """Close what ``open()`` opened, when the service does not start after all."""
+        if self.metrics is not None:
+            self.metrics.close()
         self.server.close()
         self.journal.abandon()
+
+    async def _open_metrics(self) -> None:
+        """Bind the metrics port, if it is on: a taken port fails the start like APP_PORT."""
+        if not (self.settings.metrics_port or os.environ.get("SUPERVISOR_METRICS_SOCKET")):
+            return  # prometheus_client is not even imported
+        from servicekit import metrics
+
+        try:
+            self.metrics = await metrics.open_for(self)
+        except OSError as exc:
+            where = f"{self.settings.host}:{self.settings.metrics_port}"
+            raise StartupError(
+                bind_exit_code(exc), f"cannot listen on {where} for metrics: {os_reason(exc)}"
+            ) from None
 
     async def serve(self) -> None:
         """Start the background work and say the service is ready; then return.
@@ -178,6 +208,10 @@ class Service:
         """
         self.journal.start()
         self.server.start()
+        if self.metrics is not None:
+            await self.metrics.start()
+            for address in self.metrics.addresses:
+                logger.info("metrics and probes on http://%s:%d/metrics", *address)
         if self._on_ready is not None:
             self._on_ready()
         else:
@@ -192,13 +226,21 @@ class Service:
         notify.send("STOPPING=1")
         notify.status("draining connections")
         budget = self.settings.shutdown_timeout * DRAIN_SHARE
-        deadline = time.monotonic() + budget
-        if await self.server.drain(grace=budget):
+        self.drain_began = began = time.monotonic()
+        deadline = began + budget
+        self.drained = len(self.server.connections)
+        self.drain_aborted = await self.server.drain(grace=budget)
+        if self.drain_aborted:
             self._set_exit_code(ExitCode.SHUTDOWN_TIMEOUT)
+        flush_began = time.monotonic()
+        self.drain_seconds = flush_began - began
         notify.status("flushing the journal")
         # A flush that takes longer stays protected; the runtime waits for it in its own half
         # of the budget and names it if even that is not enough.
         await self.journal.close(grace=max(deadline - time.monotonic(), 0.0))
+        self.flush_seconds = time.monotonic() - flush_began
+        if self.metrics is not None:  # served through the drain and the flush, for a last scrape
+            self.metrics.close()
 
     def _journal_failed(self, error: OSError) -> None:
         self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {error}")

@@ -77,6 +77,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -84,12 +85,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
 from servicekit.logs import iso_time
+
+if TYPE_CHECKING:
+    from servicekit.metrics import Aggregate, Endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -378,6 +382,7 @@ class _Worker:
     """Killed by the supervisor because it outlived the shutdown budget."""
     last_beat: float = 0.0
     """When its last heartbeat (or its readiness) was seen, on the monotonic clock."""
+    restarts: int = 0
 
 
 class _Supervisor:
@@ -392,6 +397,37 @@ class _Supervisor:
         self._announced = False
         self._statuses: list[int] = []
         """Final status of each worker of the last generation, in the order they exited."""
+        self._metrics: Aggregate | None = None
+        """With APP_METRICS_PORT: serves the workers' metrics, each from its Unix socket."""
+
+    async def _serve_metrics(self) -> Endpoint:
+        """Serve the workers' aggregate on APP_METRICS_PORT; OSError if it is taken."""
+        import tempfile
+
+        from servicekit import metrics
+
+        folder = tempfile.mkdtemp(prefix="servicekit-metrics-")  # 0700: ours alone
+        self._metrics = aggregate = metrics.Aggregate(folder, len(self._workers))
+        aggregate.running = lambda: [
+            (
+                worker.index,
+                worker.process.pid
+                if worker.process is not None and worker.process.returncode is None
+                else None,
+                worker.restarts,
+            )
+            for worker in self._workers
+        ]
+        endpoint = metrics.Endpoint(aggregate.render, aggregate.readiness)
+        try:
+            await endpoint.bind_tcp(self._settings.host, self._settings.metrics_port)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        await endpoint.start()
+        for address in endpoint.addresses:
+            logger.info("metrics and probes on http://%s:%d/metrics", *address)
+        return endpoint
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -401,6 +437,14 @@ class _Supervisor:
             if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
                 continue  # nohup asked for it, as the single process honours (see aiorun)
             loop.add_signal_handler(signum, self._forward, signum)
+        endpoint = None
+        if self._settings.metrics_port:
+            try:
+                endpoint = await self._serve_metrics()
+            except OSError as exc:
+                where = f"{self._settings.host}:{self._settings.metrics_port}"
+                logger.error("cannot listen on %s for metrics: %s", where, exc.strerror or exc)
+                return bind_exit_code(exc)
         notify.start_watchdog()  # systemd watches the supervisor; it watches the workers
         tasks = [asyncio.create_task(self._keep_running(worker)) for worker in self._workers]
         watchdog = asyncio.create_task(self._watch_heartbeats())
@@ -422,6 +466,9 @@ class _Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         worker.process.kill()
             await asyncio.wait(late, timeout=KILL_WAIT)
+        if endpoint is not None and self._metrics is not None:
+            endpoint.close()
+            shutil.rmtree(self._metrics.folder, ignore_errors=True)
         status = next((code for code in self._statuses if code != ExitCode.OK), ExitCode.OK)
         if status == ExitCode.OK and not self._announced:
             status = ExitCode.STARTUP_INTERRUPTED  # stopped before any worker could say so
@@ -470,6 +517,8 @@ class _Supervisor:
             notify.send("STOPPING=1")
         self._signals.append(signum)
         self._stopping.set()
+        if self._metrics is not None:
+            self._metrics.stopping = True
         for worker in self._workers:
             if worker.process is not None and worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -494,6 +543,7 @@ class _Supervisor:
             ran = time.monotonic() - worker.started_at
             worker.failures = 1 if ran >= STABLE_AFTER else worker.failures + 1
             delay = restart_delay(worker.failures)
+            worker.restarts += 1
             logger.warning(
                 "worker %d exited with %s, restarting in %.1f s",
                 worker.index,
@@ -580,6 +630,10 @@ class _Supervisor:
             }
         )
         env.pop("NOTIFY_SOCKET", None)  # readiness is announced once, by the supervisor
+        env.pop("SUPERVISOR_METRICS_SOCKET", None)
+        if self._metrics is not None:  # the supervisor has the port; workers a private socket
+            env["APP_METRICS_PORT"] = "0"
+            env["SUPERVISOR_METRICS_SOCKET"] = self._metrics.socket(worker.index)
         return env
 
     async def _relay(self, worker: _Worker, stream: asyncio.StreamReader) -> None:
