@@ -102,6 +102,10 @@ WORKER_INDEX_VARIABLE = "APP_WORKER_INDEX"
 STOP_MARGIN = 2.0
 """Seconds the supervisor waits beyond APP_SHUTDOWN_TIMEOUT for workers to end: process exit
 and interpreter teardown come after the service's own budget."""
+FORWARD_GAP = 0.15
+"""Least seconds between two signals forwarded to the workers. The runtime takes the same
+signal again within 100 ms for the same request; a supervisor that heard the first one late
+(a loaded machine) must not forward a real second one inside that window, or it is lost."""
 KILL_WAIT = 5.0
 """Seconds to wait for killed workers to be reaped; SIGKILL cannot be ignored, so this only
 guards against a wedged kernel or a lost child."""
@@ -394,6 +398,8 @@ class _Supervisor:
         ]
         self._stopping = asyncio.Event()
         self._signals: list[int] = []
+        self._first_forward = 0.0
+        """Loop time at which the first stop signal went to the workers."""
         self._announced = False
         self._statuses: list[int] = []
         """Final status of each worker of the last generation, in the order they exited."""
@@ -512,13 +518,22 @@ class _Supervisor:
                         process.kill()
 
     def _stop(self, signum: int, why: str) -> None:
+        loop = asyncio.get_running_loop()
         if not self._signals:
             logger.info("stopping %d worker(s): %s", len(self._workers), why)
             notify.send("STOPPING=1")
+            self._first_forward = loop.time()
         self._signals.append(signum)
         self._stopping.set()
         if self._metrics is not None:
             self._metrics.stopping = True
+        early = self._first_forward + FORWARD_GAP - loop.time()
+        if len(self._signals) > 1 and early > 0:
+            loop.call_later(early, self._send_to_workers, signum)
+        else:
+            self._send_to_workers(signum)
+
+    def _send_to_workers(self, signum: int) -> None:
         for worker in self._workers:
             if worker.process is not None and worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
