@@ -36,6 +36,7 @@ from conftest import (
     connect,
     is_reply,
     journal_of,
+    journal_requests,
     service_env,
     talk_through_sigterm,
 )
@@ -313,7 +314,7 @@ def test_any_bytes_are_a_request_journaled_before_its_reply(
     reply = reply_to(shared_service, payload + b"\n")
     assert reply.endswith(b"\n")
     assert reply.count(b"\n") == 1
-    journal = b"\n" + shared_service.journal.read_bytes()
+    journal = b"\n" + journal_requests(shared_service.journal)
     assert journal.endswith(b"\n" + payload + b"\n"), "replied before it was journaled"
 
 

@@ -1,0 +1,200 @@
+"""The journal checks what it reads back: checksums, NUL blocks, huge lines, old files, and a
+file rotated or removed while the service runs.
+
+Each test starts the real service in a subprocess with a protocol that has state (its
+``recover`` records what it sees and prints it when the service is ready), hands it a journal
+built byte by byte from the format's description, and reads what ``recover`` got.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import (
+    JOURNAL_HEADER,
+    Service,
+    ask,
+    connect,
+    is_reply,
+    journal_record,
+    journal_requests,
+    service_env,
+)
+
+from servicekit.exitcodes import ExitCode
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
+
+RECORDING = textwrap.dedent(
+    """
+    import resource, sys
+    from app import protocol
+    from servicekit import main as entry
+
+    recovered = []
+
+    def recover(request):
+        recovered.append(request)
+
+    def report():
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print("recovered:", repr(recovered[-50:]), len(recovered), file=sys.stderr, flush=True)
+        print("peak rss kib:", peak, file=sys.stderr, flush=True)
+
+    protocol.recover = recover
+    entry.Service.serve = (lambda serve: lambda self: (report(), serve(self))[1])(
+        entry.Service.serve
+    )
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+def recording_service(workdir: Path, **settings: str) -> Service:
+    (workdir / "recording.py").write_text(RECORDING)
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", **settings)
+    return Service(workdir, env, args=["recording.py"])
+
+
+def recovered(service: Service) -> list[bytes]:
+    match = service.wait_for(r"recovered: (\[.*\]) (\d+)$")
+    return list(ast.literal_eval(match[1]))
+
+
+def peak_rss_kib(service: Service) -> int:
+    return int(service.wait_for(r"peak rss kib: (\d+)")[1])
+
+
+def write_journal(workdir: Path, content: bytes) -> Path:
+    (workdir / "data").mkdir(mode=0o700, exist_ok=True)
+    path = workdir / "data" / "journal.log"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
+def records(*requests: bytes) -> bytes:
+    return b"".join(map(journal_record, requests))
+
+
+def skipped_offsets(log: str) -> list[int]:
+    return [int(offset) for offset in re.findall(r"skipped \d+ byte\(s\) at byte offset (\d+)", log)]
+
+
+@posix_only
+def test_garbage_and_nul_blocks_are_skipped_with_their_offsets(workdir: Path) -> None:
+    """What a crash or a stray writer leaves: a garbage line, a 4 KiB NUL block on its own,
+    a NUL block glued onto the next real record, a record half overwritten by NULs."""
+    garbage = b"this line was never written by the service\n"
+    nul_line = b"\0" * 4096 + b"\n"
+    half = b"\0" * 100 + journal_record(b"d, whose start a crash overwrote with NUL bytes")[30:]
+    parts = [
+        JOURNAL_HEADER + journal_record(b"a"),
+        garbage,
+        b"\0" * 4096 + journal_record(b"b"),  # glued: b is good, the NULs are cut off
+        journal_record(b"c"),
+        nul_line,
+        half,
+        journal_record(b"e"),
+    ]
+    write_journal(workdir, b"".join(parts))
+    offsets = [sum(map(len, parts[:n])) for n in range(len(parts))]
+    service = recording_service(workdir)
+    assert recovered(service) == [b"a", b"b", b"c", b"e"], service.log
+    assert skipped_offsets(service.log) == [offsets[1], offsets[4], offsets[5]], service.log
+    assert "skipped 3 line(s)" in service.log
+    assert "cut 4096 NUL byte(s)" in service.log
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"f\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    again = recording_service(workdir)
+    assert recovered(again) == [b"a", b"b", b"c", b"e", b"f"], again.log
+    assert again.stop() == ExitCode.OK
+
+
+@posix_only
+def test_a_150_mb_line_mid_journal_is_skipped_without_reading_it_whole(workdir: Path) -> None:
+    """The line limit is 64 KiB; a huge line is streamed past, so memory stays bounded."""
+    write_journal(workdir, JOURNAL_HEADER + records(b"a", b"b"))
+    small = recording_service(workdir)
+    assert recovered(small) == [b"a", b"b"]
+    baseline = peak_rss_kib(small)
+    assert small.stop() == ExitCode.OK
+    huge = 150 * 1024 * 1024
+    with (workdir / "data" / "journal.log").open("wb") as file:
+        file.write(JOURNAL_HEADER + journal_record(b"a"))
+        chunk = b"x" * (1 << 20)
+        for _ in range(huge // len(chunk)):
+            file.write(chunk)
+        file.write(b"\n" + journal_record(b"b"))
+    service = recording_service(workdir)
+    assert recovered(service) == [b"a", b"b"], service.log[-2000:]
+    assert skipped_offsets(service.log) == [len(JOURNAL_HEADER + journal_record(b"a"))]
+    growth = peak_rss_kib(service) - baseline
+    assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB reading past a 150 MB line"
+    assert service.stop() == ExitCode.OK
+
+
+@posix_only
+def test_a_good_record_longer_than_the_limit_refuses_the_start(workdir: Path) -> None:
+    """Journaled under a larger APP_MAX_LINE_BYTES: dropping it would lose an answered request."""
+    write_journal(workdir, JOURNAL_HEADER + records(b"a", b"y" * 500, b"b"))
+    (workdir / "recording.py").write_text(RECORDING)
+    env = service_env(
+        APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", APP_MAX_LINE_BYTES="100"
+    )
+    result = subprocess.run(
+        [sys.executable, "recording.py"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == ExitCode.JOURNAL_UNWRITABLE, result.stderr
+    assert "Traceback" not in result.stderr
+    offset = len(JOURNAL_HEADER + journal_record(b"a"))
+    assert f"record at byte offset {offset} (line 3) is 510 bytes" in result.stderr
+    assert "set APP_MAX_LINE_BYTES to 501 or more" in result.stderr
+
+
+@posix_only
+def test_a_journal_from_before_checksums_is_replayed_then_continued(workdir: Path) -> None:
+    """A project updated with cruft has a journal of bare lines: replay it, then go on."""
+    path = write_journal(workdir, b"one\n\0\0\0two\n" + b"\0" * 512 + b"\n")
+    service = recording_service(workdir)
+    assert recovered(service) == [b"one", b"two"], service.log
+    assert "has no checksums (written by an older version)" in service.log
+    assert "(2 from before checksums)" in service.log
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"three\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    old = b"one\n\0\0\0two\n" + b"\0" * 512 + b"\n"
+    assert path.read_bytes() == old + JOURNAL_HEADER + journal_record(b"three")
+    again = recording_service(workdir)
+    assert recovered(again) == [b"one", b"two", b"three"], again.log
+    assert "no checksums" not in again.log, "the header is written once"
+    assert again.stop() == ExitCode.OK
+    assert path.read_bytes() == old + JOURNAL_HEADER + journal_record(b"three")
+
+
+@posix_only
+def test_each_record_is_readable_with_its_checksum(workdir: Path) -> None:
+    service = recording_service(workdir)
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"SET k v\n"))
+    assert service.stop() == ExitCode.OK
+    assert service.journal.read_bytes() == JOURNAL_HEADER + b"SET k v %08x\n" % zlib.crc32(b"SET k v")
+    assert service.journal.read_bytes().startswith(JOURNAL_HEADER)
+    assert journal_requests(service.journal) == b"SET k v\n"
