@@ -576,7 +576,7 @@ class Journal:
             self._size = len(HEADER)
 
     def _rotation_due(self) -> bool:
-        return not self.stateful and 0 < self.max_bytes <= self._size
+        return not self.stateful and self._syncable and 0 < self.max_bytes <= self._size
 
     def _rotate(self) -> None:
         """A protocol without state: keep the last KEPT_FILES files, start a new journal.
@@ -735,7 +735,14 @@ def open_private(path: Path, flags: int) -> int:
     Created 0600. An existing file must be owned by this process's user and writable by
     nobody else (POSIX; a device such as ``/dev/null`` may be root's). Raises OSError.
     """
-    fd = os.open(path, flags | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(path, flags | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a link
+            raise OSError(
+                errno.ELOOP, "is a symbolic link; refusing to follow it", str(path)
+            ) from None
+        raise
     if sys.platform == "win32":
         return fd
     try:

@@ -9,10 +9,7 @@ built byte by byte from the format's description, and reads what ``recover`` got
 from __future__ import annotations
 
 import ast
-import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -88,7 +85,9 @@ def records(*requests: bytes) -> bytes:
 
 
 def skipped_offsets(log: str) -> list[int]:
-    return [int(offset) for offset in re.findall(r"skipped \d+ byte\(s\) at byte offset (\d+)", log)]
+    return [
+        int(offset) for offset in re.findall(r"skipped \d+ byte\(s\) at byte offset (\d+)", log)
+    ]
 
 
 @posix_only
@@ -150,9 +149,7 @@ def test_a_good_record_longer_than_the_limit_refuses_the_start(workdir: Path) ->
     """Journaled under a larger APP_MAX_LINE_BYTES: dropping it would lose an answered request."""
     write_journal(workdir, JOURNAL_HEADER + records(b"a", b"y" * 500, b"b"))
     (workdir / "recording.py").write_text(RECORDING)
-    env = service_env(
-        APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", APP_MAX_LINE_BYTES="100"
-    )
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", APP_MAX_LINE_BYTES="100")
     result = subprocess.run(
         [sys.executable, "recording.py"],
         cwd=workdir,
@@ -195,6 +192,8 @@ def test_each_record_is_readable_with_its_checksum(workdir: Path) -> None:
     with connect(service) as sock:
         assert is_reply(ask(sock, b"SET k v\n"))
     assert service.stop() == ExitCode.OK
-    assert service.journal.read_bytes() == JOURNAL_HEADER + b"SET k v %08x\n" % zlib.crc32(b"SET k v")
+    assert service.journal.read_bytes() == JOURNAL_HEADER + b"SET k v %08x\n" % zlib.crc32(
+        b"SET k v"
+    )
     assert service.journal.read_bytes().startswith(JOURNAL_HEADER)
     assert journal_requests(service.journal) == b"SET k v\n"
