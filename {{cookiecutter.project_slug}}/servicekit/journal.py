@@ -515,13 +515,15 @@ class Journal:
 
         A protocol without state goes on in a new file; one with state stops (see above).
         """
+        assert self._fd is not None
         try:
             info = os.lstat(self.path)
         except FileNotFoundError:
-            what = "removed"
+            removed = os.fstat(self._fd).st_nlink == 0
+            what = "removed" if removed else "moved away"
         else:
             if (info.st_dev, info.st_ino) != self._identity:
-                what = "moved away or replaced"
+                what = "replaced by another file"
             elif info.st_size < self._size:
                 what = f"truncated (from {self._size} to {info.st_size} bytes)"
             else:
@@ -532,7 +534,13 @@ class Journal:
                 self.path,
                 what,
             )
-            self._reopen()
+            if what.startswith("truncated"):
+                self._size = info.st_size  # the same file: go on at its new end
+                if self._size == 0:
+                    _write_all(self._fd, HEADER)
+                    self._size = len(HEADER)
+            else:
+                self._reopen()
             return
         saved = ""
         if what == "removed":

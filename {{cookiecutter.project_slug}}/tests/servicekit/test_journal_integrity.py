@@ -9,7 +9,9 @@ built byte by byte from the format's description, and reads what ``recover`` got
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,7 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import (
     JOURNAL_HEADER,
+    SHUTTING_DOWN,
     Service,
+    StartService,
     ask,
     connect,
     is_reply,
@@ -197,3 +201,54 @@ def test_each_record_is_readable_with_its_checksum(workdir: Path) -> None:
     )
     assert service.journal.read_bytes().startswith(JOURNAL_HEADER)
     assert journal_requests(service.journal) == b"SET k v\n"
+
+
+@posix_only
+def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
+    start_service: StartService, workdir: Path
+) -> None:
+    """``mv``, ``rm`` and copytruncate while the echo runs: nothing acknowledged after them is
+    written to a file nobody will find; each is said once in the log."""
+    service = start_service()
+    journal = service.journal
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"one\n"))
+        journal.rename(journal.with_name("journal.log.1"))
+        assert is_reply(ask(sock, b"two\n"))
+        assert journal_requests(journal) == b"two\n"
+        journal.unlink()
+        assert is_reply(ask(sock, b"three\n"))
+        assert journal_requests(journal) == b"three\n"
+        shutil.copy(journal, journal.with_name("journal.log.copy"))  # logrotate's copytruncate
+        os.truncate(journal, 0)
+        assert is_reply(ask(sock, b"four\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    assert journal_requests(journal.with_name("journal.log.1")) == b"one\n"
+    assert journal_requests(journal) == b"four\n"
+    for what in ("moved away", "removed", "truncated"):
+        assert service.log.count(f"was {what}") == 1, service.log
+    assert service.log.count("going on in a new file") == 3
+
+
+@posix_only
+@pytest.mark.parametrize("how", ["mv", "rm"])
+def test_a_journal_rotated_under_a_protocol_with_state_stops_the_service(
+    workdir: Path, how: str
+) -> None:
+    """Its state is rebuilt from that file: the request that finds it gone is not answered,
+    the service stops with 73, and a removed file's content is saved beside it."""
+    service = recording_service(workdir)
+    journal = service.journal
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"SET a 1\n"))
+        if how == "mv":
+            journal.rename(journal.with_name("journal.log.1"))
+        else:
+            journal.unlink()
+        assert ask(sock, b"SET a 2\n") == SHUTTING_DOWN
+    assert service.wait() == ExitCode.JOURNAL_UNWRITABLE, service.log
+    assert "the state is rebuilt from this file, so the service stops" in service.log
+    kept = journal.with_name("journal.log.1" if how == "mv" else "journal.log.removed")
+    assert journal_requests(kept) == b"SET a 1\n"
+    if how == "rm":
+        assert "what it held is saved in data/journal.log.removed" in service.log
