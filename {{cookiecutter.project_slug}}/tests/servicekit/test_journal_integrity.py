@@ -12,6 +12,7 @@ import ast
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -203,28 +204,50 @@ def test_each_record_is_readable_with_its_checksum(workdir: Path) -> None:
     assert journal_requests(service.journal) == b"SET k v\n"
 
 
+def ask_until_logged(service: Service, sock: socket.socket, tag: bytes, pattern: str) -> bytes:
+    """Ping-pong numbered requests until the log matches; return the answered ones.
+
+    The journal looks at its path at most every PATH_CHECK_INTERVAL, before a write: these
+    requests are the writes that make it look.
+    """
+    answered = b""
+    for n in range(100_000):
+        request = b"%s %d\n" % (tag, n)
+        assert is_reply(ask(sock, request)), service.log
+        answered += request
+        if re.search(pattern, service.log):
+            return answered
+    pytest.fail(f"never logged {pattern!r}:\n{service.log}")
+
+
 @posix_only
 def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
     start_service: StartService, workdir: Path
 ) -> None:
-    """``mv``, ``rm`` and copytruncate while the echo runs: nothing acknowledged after them is
-    written to a file nobody will find; each is said once in the log."""
+    """``mv``, ``rm`` and copytruncate while the echo runs are each noticed, said once in the
+    log, and what follows goes to a new file at the path, never to one nobody will find."""
     service = start_service()
     journal = service.journal
+    moved = journal.with_name("journal.log.1")
     with connect(service) as sock:
         assert is_reply(ask(sock, b"one\n"))
-        journal.rename(journal.with_name("journal.log.1"))
+        journal.rename(moved)
+        between = ask_until_logged(service, sock, b"mv", r"was moved away")
         assert is_reply(ask(sock, b"two\n"))
-        assert journal_requests(journal) == b"two\n"
+        # Each answered request is in the moved file or the new one, in order.
+        assert journal_requests(moved) + journal_requests(journal) == b"one\n" + between + b"two\n"
         journal.unlink()
+        between = ask_until_logged(service, sock, b"rm", r"was removed")
         assert is_reply(ask(sock, b"three\n"))
-        assert journal_requests(journal) == b"three\n"
+        assert (between + b"three\n").endswith(journal_requests(journal))
         shutil.copy(journal, journal.with_name("journal.log.copy"))  # logrotate's copytruncate
         os.truncate(journal, 0)
+        between = ask_until_logged(service, sock, b"cp", r"was truncated")
         assert is_reply(ask(sock, b"four\n"))
     assert service.stop() == ExitCode.OK, service.log
-    assert journal_requests(journal.with_name("journal.log.1")) == b"one\n"
-    assert journal_requests(journal) == b"four\n"
+    # Written after the truncation at the file's new start, so without the header line.
+    tail = b"".join(journal_record(line) for line in (between + b"four\n").splitlines())
+    assert tail.endswith(journal.read_bytes())
     for what in ("moved away", "removed", "truncated"):
         assert service.log.count(f"was {what}") == 1, service.log
     assert service.log.count("going on in a new file") == 3
@@ -235,20 +258,29 @@ def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
 def test_a_journal_rotated_under_a_protocol_with_state_stops_the_service(
     workdir: Path, how: str
 ) -> None:
-    """Its state is rebuilt from that file: the request that finds it gone is not answered,
-    the service stops with 73, and a removed file's content is saved beside it."""
+    """Its state is rebuilt from that file: once the journal notices, it answers no more, the
+    service stops with 73, and every request answered is in the moved file, or in the removed
+    file's content saved beside it."""
     service = recording_service(workdir)
     journal = service.journal
+    answered = b""
     with connect(service) as sock:
-        assert is_reply(ask(sock, b"SET a 1\n"))
+        assert is_reply(ask(sock, b"SET a 0\n"))
+        answered += b"SET a 0\n"
         if how == "mv":
             journal.rename(journal.with_name("journal.log.1"))
         else:
             journal.unlink()
-        assert ask(sock, b"SET a 2\n") == SHUTTING_DOWN
+        for n in range(1, 100_000):
+            request = b"SET a %d\n" % n
+            reply = ask(sock, request)
+            if reply == SHUTTING_DOWN:
+                break
+            assert is_reply(reply), reply
+            answered += request
     assert service.wait() == ExitCode.JOURNAL_UNWRITABLE, service.log
     assert "the state is rebuilt from this file, so the service stops" in service.log
     kept = journal.with_name("journal.log.1" if how == "mv" else "journal.log.removed")
-    assert journal_requests(kept) == b"SET a 1\n"
+    assert journal_requests(kept) == answered
     if how == "rm":
         assert "what it held is saved in data/journal.log.removed" in service.log
