@@ -1,0 +1,278 @@
+"""A journal that stays bounded: compaction through the protocol's ``snapshot()``, rotation for
+a protocol without state, and ``kill -9`` at every step of a compaction.
+
+The stateful protocol here is a small key-value store written the way a user would write one
+in ``app/protocol.py``: ``handle`` and ``recover`` apply ``SET k v``; ``snapshot`` returns one
+``SET`` per key, the requests that rebuild today's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import (
+    HANG_GUARD,
+    JOURNAL_HEADER,
+    Process,
+    Service,
+    StartService,
+    ask,
+    connect,
+    is_reply,
+    journal_record,
+    journal_requests,
+    service_env,
+)
+
+from servicekit.exitcodes import ExitCode
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
+
+KEY_VALUE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from app import protocol
+    from servicekit import journal, main as entry
+
+    store = {}
+
+    def apply(request):
+        parts = request.split(b" ", 2)
+        if parts[0] == b"SET" and len(parts) == 3:
+            store[parts[1]] = parts[2]
+
+    async def handle(request):
+        parts = request.split(b" ", 2)
+        if parts[0] == b"GET" and len(parts) == 2:
+            return store.get(parts[1], b"(none)")
+        apply(request)
+        return b"OK"
+
+    def recover(request):
+        apply(request)
+
+    def snapshot():
+        return [b"SET %s %s" % item for item in store.items()]
+
+    protocol.handle, protocol.recover, protocol.snapshot = handle, recover, snapshot
+
+    # KILL_AT=n: SIGKILL this process at the n-th os call made inside a compaction.
+    kill_at = int(os.environ.get("KILL_AT", "0"))
+    calls = [0]
+    compacting = [False]
+
+    class KillingOs:
+        def __getattr__(self, name):
+            real = getattr(os, name)
+            if not callable(real):
+                return real
+
+            def call(*args, **kwargs):
+                if compacting[0]:
+                    calls[0] += 1
+                    if calls[0] == kill_at:
+                        print(f"killed at step {kill_at}: os.{name}", file=sys.stderr, flush=True)
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+
+            return call
+
+    if kill_at:
+        compact = journal.Journal._compact
+
+        def watched(self, records):
+            compacting[0] = True
+            try:
+                return compact(self, records)
+            finally:
+                compacting[0] = False
+
+        journal.Journal._compact = watched
+        journal.os = KillingOs()
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+def key_value(workdir: Path, **settings: str) -> Service:
+    (workdir / "kv.py").write_text(KEY_VALUE)
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", **settings)
+    return Service(workdir, env, args=["kv.py"])
+
+
+def read_store(service: Service, keys: list[bytes]) -> dict[bytes, bytes]:
+    with connect(service) as sock:
+        return {key: ask(sock, b"GET " + key + b"\n")[:-1] for key in keys}
+
+
+@posix_only
+def test_kill_9_at_every_step_of_a_compaction_recovers_the_same_state(workdir: Path) -> None:
+    """A compaction is cut by SIGKILL before each os call it makes, in turn; whichever file is
+    left at the path must recover exactly the state the journal held before."""
+    rng = random.Random(21)
+    keys = [b"k%d" % n for n in range(20)]
+    requests = [b"SET %s %d" % (rng.choice(keys), n) for n in range(300)]
+    expected: dict[bytes, bytes] = {}
+    for request in requests:
+        _, key, value = request.split(b" ")
+        expected[key] = value
+    content = JOURNAL_HEADER + b"".join(map(journal_record, requests))
+    steps = 0
+    for kill_at in range(1, 100):
+        (workdir / "data").mkdir(mode=0o700, exist_ok=True)
+        (workdir / "data" / "journal.log").write_bytes(content)
+        (workdir / "data" / "journal.log").chmod(0o600)
+        (workdir / "kv.py").write_text(KEY_VALUE)
+        env = service_env(
+            APP_PORT="0",
+            APP_JOURNAL_PATH="data/journal.log",
+            APP_JOURNAL_MAX_BYTES="1000",
+            KILL_AT=str(kill_at),
+        )
+        cut = Process([sys.executable, "kv.py"], workdir, env)
+        line = cut.wait_for(r"killed at step|listening on")
+        if "listening on" in line[0]:
+            assert cut.stop() == ExitCode.OK, cut.log
+            assert "compacted data/journal.log" in cut.log
+            break
+        assert cut.wait() == -signal.SIGKILL
+        steps += 1
+        after = key_value(workdir)
+        assert read_store(after, sorted(expected)) == expected, (kill_at, after.log)
+        assert "skipped" not in after.log, after.log
+        assert after.stop() == ExitCode.OK, after.log
+    assert steps >= 8, f"only {steps} kill points: the compaction made fewer os calls than thought"
+
+
+def pipeline_sets(
+    service: Service,
+    round_: int,
+    kill_after: int,
+    acknowledged: dict[bytes, int],
+    sent: dict[bytes, int],
+) -> None:
+    """8 clients pipeline ``SET`` on keys of their own with rising values; SIGKILL after
+    ``kill_after`` replies in all. Records the last value answered and sent per key."""
+
+    async def client(number: int, killed: asyncio.Event, count: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(service.host, service.port)
+        in_flight: list[tuple[bytes, int]] = []
+        try:
+            for n in range(1_000_000):
+                key = b"c%d-k%d" % (number, n % 5)
+                value = round_ * 1_000_000 + n
+                writer.write(b"SET %s %d %s\n" % (key, value, b"x" * 100))
+                sent[key] = value
+                in_flight.append((key, value))
+                if len(in_flight) < 8:
+                    continue
+                reply = await reader.readuntil(b"\n")
+                assert reply == b"OK\n", reply
+                key, value = in_flight.pop(0)
+                acknowledged[key] = value
+                count[0] += 1
+                if count[0] >= kill_after and not killed.is_set():
+                    killed.set()
+                    service.send(signal.SIGKILL)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        killed = asyncio.Event()
+        count = [0]
+        await asyncio.wait_for(
+            asyncio.gather(*(client(n, killed, count) for n in range(8))), HANG_GUARD * 3
+        )
+
+    asyncio.run(scenario())
+    assert service.wait() == -signal.SIGKILL
+
+
+@posix_only
+def test_kill_9_under_load_with_compactions_loses_nothing_acknowledged(workdir: Path) -> None:
+    """Compactions every few KiB while 8 clients pipeline writes; SIGKILL at random moments.
+    After each restart every key holds the last value answered for it, or one sent later."""
+    rng = random.Random(4)
+    acknowledged: dict[bytes, int] = {}
+    sent: dict[bytes, int] = {}
+    compactions = 0
+    for round_ in range(1, 6):
+        service = key_value(workdir, APP_JOURNAL_MAX_BYTES="8192")
+        compactions += service.log.count("compacted")
+        if acknowledged:
+            store = read_store(service, sorted(acknowledged))
+            for key, value in acknowledged.items():
+                assert value <= int(store[key].split(b" ")[0]) <= sent[key], (key, store[key])
+        pipeline_sets(service, round_, rng.randrange(2_000, 8_000), acknowledged, sent)
+        compactions += service.log.count("compacted")
+    last = key_value(workdir, APP_JOURNAL_MAX_BYTES="8192")
+    store = read_store(last, sorted(acknowledged))
+    for key, value in acknowledged.items():
+        assert value <= int(store[key].split(b" ")[0]) <= sent[key], (key, store[key])
+    assert last.stop() == ExitCode.OK, last.log
+    assert compactions >= 10, f"only {compactions} compactions: the test did not test them"
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.glob("journal.log*"))
+
+
+@posix_only
+def test_disk_use_stays_bounded_for_the_echo(start_service: StartService, workdir: Path) -> None:
+    """A protocol without state: past APP_JOURNAL_MAX_BYTES the journal is rotated, and only
+    two old files are kept, however much is sent."""
+    limit = 64 * 1024
+    service = start_service(APP_JOURNAL_MAX_BYTES=str(limit))
+    folder = service.journal.parent
+    most = 0
+    line = b"e" * 200 + b"\n"
+    with connect(service) as sock:
+        stream = sock.makefile("rb")
+        for _ in range(200):  # 200 x 64 lines: 2.6 MB, 40 times the bound
+            sock.sendall(line * 64)
+            for _ in range(64):
+                assert stream.readline() == line
+            most = max(most, folder_bytes(folder))
+    assert service.stop() == ExitCode.OK, service.log
+    names = sorted(path.name for path in folder.glob("journal.log*"))
+    assert names == ["journal.log", "journal.log.1", "journal.log.2"], names
+    batch = 64 * (len(line) + 9)
+    assert most <= 3 * (limit + batch), f"{most} bytes on disk, bound {3 * (limit + batch)}"
+    assert journal_requests(folder / "journal.log.1").count(b"\n") > 0
+
+
+@posix_only
+def test_disk_use_stays_bounded_for_a_key_value_store(workdir: Path) -> None:
+    """A protocol with snapshot(): the journal is compacted past its bound, and a restart
+    still answers every key."""
+    limit = 64 * 1024
+    service = key_value(workdir, APP_JOURNAL_MAX_BYTES=str(limit))
+    folder = service.journal.parent
+    most = 0
+    expected: dict[bytes, bytes] = {}
+    with connect(service) as sock:
+        stream = sock.makefile("rb")
+        for batch in range(200):  # 2.6 MB of SETs on 50 keys
+            lines = [b"SET k%d %d-%s" % (n % 50, batch, b"v" * 180) for n in range(64)]
+            sock.sendall(b"\n".join(lines) + b"\n")
+            for request in lines:
+                assert stream.readline() == b"OK\n"
+                _, key, value = request.split(b" ", 2)
+                expected[key] = value
+            most = max(most, folder_bytes(folder))
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.log.count("compacted") >= 10, service.log
+    state = 50 * 220
+    bound = max(limit, 2 * state) + 64 * 220 + state  # the journal, a batch, a compaction file
+    assert most <= bound, f"{most} bytes on disk, bound {bound}"
+    again = key_value(workdir, APP_JOURNAL_MAX_BYTES=str(limit))
+    assert read_store(again, sorted(expected)) == expected
+    assert again.stop() == ExitCode.OK
