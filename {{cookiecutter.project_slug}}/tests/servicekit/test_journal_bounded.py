@@ -24,7 +24,6 @@ from conftest import (
     StartService,
     ask,
     connect,
-    is_reply,
     journal_record,
     journal_requests,
     service_env,

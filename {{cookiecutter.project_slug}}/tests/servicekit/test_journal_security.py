@@ -21,13 +21,16 @@ from conftest import (
     HANG_GUARD,
     JOURNAL_HEADER,
     Process,
+    Service,
     StartService,
     ask,
     connect,
     is_reply,
     journal_record,
+    journal_requests,
     service_env,
 )
+from test_journal_bounded import KEY_VALUE
 
 from servicekit import supervisor
 from servicekit.exitcodes import ExitCode
@@ -196,3 +199,30 @@ def test_another_user_cannot_squat_the_port_claim(workdir: Path) -> None:
     finally:
         squatter.kill()
         squatter.wait()
+
+
+@as_root
+def test_a_symlink_planted_at_the_compaction_file_is_not_followed(workdir: Path) -> None:
+    """The compaction writes ``<journal>.compact``: a link there is removed, never written
+    through, and the new file is created exclusively (O_EXCL, O_NOFOLLOW)."""
+    folder = data_folder(workdir, 0o1777)
+    journal = folder / "journal.log"
+    journal.write_bytes(JOURNAL_HEADER + journal_record(b"SET k v") + journal_record(b"SET k w"))
+    journal.chmod(0o600)
+    target = workdir / "precious"
+    target.write_bytes(b"precious\n")
+    (folder / "journal.log.compact").symlink_to(target)
+    (workdir / "kv.py").write_text(KEY_VALUE)
+    env = service_env(
+        APP_HOST="127.0.0.1",
+        APP_PORT="0",
+        APP_JOURNAL_PATH="data/journal.log",
+        APP_JOURNAL_MAX_BYTES="1000",
+    )
+    service = Service(workdir, env, args=["kv.py"])
+    assert "compacted data/journal.log" in service.log, service.log
+    with connect(service) as sock:
+        assert ask(sock, b"GET k\n") == b"w\n"
+    assert service.stop() == ExitCode.OK, service.log
+    assert target.read_bytes() == b"precious\n"
+    assert journal_requests(journal) == b"SET k w\nGET k\n"  # compacted, then the GET
