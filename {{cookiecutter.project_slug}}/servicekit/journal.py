@@ -83,6 +83,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -664,18 +665,8 @@ class Journal:
         self._adopt(fd)
         self._size = self._compacted_size = len(HEADER) + len(records)
         self._unsynced = False
-        self._fsync_folder()
+        _fsync_folder(self.path.parent)
         logger.info("journal: compacted %s from %d to %d bytes", self.path, before, self._size)
-
-    def _fsync_folder(self) -> None:
-        """Make a rename in the journal's folder durable (POSIX; Windows has no such fsync)."""
-        if sys.platform == "win32":
-            return
-        fd = os.open(self.path.parent, os.O_RDONLY | _O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _write(self, batch: bytes, lines: int) -> None:
         """One write for the whole batch; a failed one is cut back to the last whole line."""
@@ -743,6 +734,130 @@ class Journal:
                 os.close(self._fd)
             self._fd = None
         self._on_failure(error)
+
+
+def worker_journal(path: Path, index: int) -> Path:
+    """Worker ``index``'s journal: ``data/journal.log`` -> ``data/journal.worker-1.log``."""
+    return path.with_name(f"{path.stem}.worker-{index}{path.suffix}")
+
+
+MERGE_SUFFIX = ".merge"
+_MERGED = re.compile(r"(?P<orphan>.+)\.merged-into-(?P<target>.+)-(?P<inode>\d+)")
+"""An orphan renamed aside while its merge is made durable: which target, and the inode of
+the merged file that took the target's name (so a restart knows whether that happened)."""
+
+
+def adopt_orphans(path: Path, workers: int, max_line_bytes: int) -> None:
+    """Merge the journals of workers that no longer exist into those of the ones that do.
+
+    Called before anything writes: by the supervisor for ``workers`` > 1, by the single
+    process (``workers`` = 1, whose journal is ``path`` itself). An orphan is a worker's
+    file whose index is above ``workers``, every worker file when there are none, and
+    ``path`` itself when there are workers; orphan ``j`` goes to worker ``(j - 1) % workers
+    + 1``, ``path`` to worker 1. Its records are appended to its target's, so nothing
+    acknowledged is left in a file no process reads, and the log says what moved where.
+
+    Each merge is crash-safe and happens once: the merged file is written and fsynced under
+    ``<target>.merge``; the orphan is renamed to ``<orphan>.merged-into-<target>-<inode of
+    the merged file>``; the merged file is renamed over the target; the folder is fsynced;
+    the renamed orphan is removed. A restart that finds a renamed orphan removes it if the
+    target is that merged file, and otherwise puts it back and merges it again.
+    """
+    folder = path.parent
+    if not folder.is_dir():
+        return
+    names = {entry.name for entry in os.scandir(folder)}
+    for name in names:
+        if (found := _MERGED.fullmatch(name)) is None:
+            continue
+        target = folder / found["target"]
+        try:
+            done = os.stat(target).st_ino == int(found["inode"])
+        except FileNotFoundError:
+            done = False
+        if done:
+            os.unlink(folder / name)
+        else:
+            os.replace(folder / name, folder / found["orphan"])
+    worker = re.compile(re.escape(path.stem) + r"\.worker-(\d+)" + re.escape(path.suffix))
+    orphans: list[tuple[Path, Path]] = []
+    for name in sorted(entry.name for entry in os.scandir(folder)):
+        if (found := worker.fullmatch(name)) is None:
+            continue
+        index = int(found[1])
+        if workers == 1:
+            orphans.append((folder / name, path))
+        elif index > workers:
+            orphans.append((folder / name, worker_journal(path, (index - 1) % workers + 1)))
+    if workers > 1 and path.exists() and path.stat().st_size:
+        orphans.insert(0, (path, worker_journal(path, 1)))
+    for orphan, target in orphans:
+        _merge(orphan, target, max_line_bytes)
+
+
+def _merge(orphan: Path, target: Path, max_line_bytes: int) -> None:
+    """Append ``orphan``'s records to ``target``'s; see ``adopt_orphans`` for the steps."""
+    locked: list[int] = []
+    try:
+        for name, flags in ((orphan, os.O_RDWR), (target, os.O_RDWR | os.O_CREAT)):
+            fd = open_private(name, flags)
+            locked.append(fd)
+            if not _lock(fd):
+                raise JournalInUse(f"{name} is in use by another process")
+        temporary = target.with_name(target.name + MERGE_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        merged = open_private(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        counts = []
+        try:
+            _write_all(merged, HEADER)
+            for name, fd in ((target, locked[1]), (orphan, locked[0])):
+                reader = Journal(name, on_failure=lambda _: None, max_line_bytes=max_line_bytes)
+                reader._fd = fd  # read through the locked descriptor
+                pending: list[bytes] = []
+                count = 0
+                for request in reader.replay():
+                    pending.append(request)
+                    count += 1
+                    if len(pending) >= 1024:
+                        _write_all(merged, encode(pending))
+                        pending = []
+                if pending:
+                    _write_all(merged, encode(pending))
+                reader._fd = None
+                counts.append(count)
+            os.fsync(merged)
+            inode = os.fstat(merged).st_ino
+        finally:
+            os.close(merged)
+        aside = orphan.with_name(f"{orphan.name}.merged-into-{target.name}-{inode}")
+        os.replace(orphan, aside)
+        os.replace(temporary, target)
+        _fsync_folder(target.parent)
+        os.unlink(aside)
+        _fsync_folder(target.parent)
+    finally:
+        for fd in locked:
+            os.close(fd)
+    logger.warning(
+        "journal: merged %d record(s) of %s, the journal of a worker that no longer exists,"
+        " into %s (which held %d)",
+        counts[1],
+        orphan,
+        target,
+        counts[0],
+    )
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; Windows has no such fsync)."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_private(path: Path, flags: int) -> int:

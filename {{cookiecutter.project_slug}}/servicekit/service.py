@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
-from servicekit.journal import Journal, JournalInUse
+from servicekit.journal import Journal, JournalInUse, adopt_orphans
 from servicekit.server import Server
 
 if TYPE_CHECKING:
@@ -122,6 +122,8 @@ class Service:
     async def _open(self) -> None:
         self._step = "opening the journal"
         try:
+            if self.settings.worker_index == 0:  # workers: their supervisor did it
+                adopt_orphans(self.journal.path, 1, self.settings.max_line_bytes)
             self.journal.open()
         except JournalInUse as exc:
             raise StartupError(ExitCode.ADDRESS_IN_USE, f"cannot start: {exc}") from None

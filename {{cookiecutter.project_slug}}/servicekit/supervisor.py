@@ -19,7 +19,10 @@ What the supervisor does, and why:
   supervises), the concrete ``APP_PORT`` and the worker's own ``APP_JOURNAL_PATH``.
 - **Journals: one file per worker.** ``APP_JOURNAL_PATH=data/journal.log`` becomes
   ``data/journal.worker-1.log`` ... ``data/journal.worker-N.log``; a restarted worker appends
-  to the file of the worker it replaces. The service's journal is the union of those files:
+  to the file of the worker it replaces. Files of workers that no longer exist (after a
+  change of ``APP_WORKERS``, or the single process's ``journal.log``) are merged into the
+  files of the workers that do before any starts (``journal.adopt_orphans``), and the log
+  names each merge. The service's journal is the union of those files:
   lines keep their order within a file; across files there is no order, as there is none
   between connections. Separate files, rather than one shared file, because appends from
   several processes interleave safely only for small single ``write()`` calls on local disks,
@@ -90,7 +93,13 @@ from typing import TYPE_CHECKING, Any
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
-from servicekit.journal import check_folder, open_private
+from servicekit.journal import (
+    JournalInUse,
+    adopt_orphans,
+    check_folder,
+    open_private,
+    worker_journal,
+)
 from servicekit.logs import iso_time
 
 if TYPE_CHECKING:
@@ -118,11 +127,6 @@ HEARTBEAT_FD_VARIABLE = "SUPERVISOR_HEARTBEAT_FD"
 """The file descriptor a worker writes its heartbeats to (not an APP_ setting: set by us)."""
 _LINE_LIMIT = 1 << 20
 """Longest worker log line relayed whole; a longer one is dropped rather than buffered."""
-
-
-def worker_journal(path: Path, index: int) -> Path:
-    """Worker ``index``'s journal: ``data/journal.log`` -> ``data/journal.worker-1.log``."""
-    return path.with_name(f"{path.stem}.worker-{index}{path.suffix}")
 
 
 def restart_delay(failures: int) -> float:
@@ -166,6 +170,14 @@ def main(settings: Settings) -> int:
         logger.error("%s", exc)
         return exc.exit_code
     try:
+        try:
+            adopt_orphans(settings.journal_path, workers, settings.max_line_bytes)
+        except JournalInUse as exc:
+            logger.error("cannot start: %s", exc)
+            return ExitCode.ADDRESS_IN_USE
+        except OSError as exc:
+            logger.error("cannot write journal: %s", exc)
+            return ExitCode.JOURNAL_UNWRITABLE
         return asyncio.run(_Supervisor(settings, workers, reserved).run())
     finally:
         for sock in reserved.sockets:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -100,9 +101,11 @@ KEY_VALUE = textwrap.dedent(
 
 
 def key_value(workdir: Path, **settings: str) -> Service:
-    (workdir / "kv.py").write_text(KEY_VALUE)
+    """The key-value service, run as ``python -m kv`` so that workers run it too."""
+    (workdir / "kv").mkdir(exist_ok=True)
+    (workdir / "kv" / "__main__.py").write_text(KEY_VALUE)
     env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", **settings)
-    return Service(workdir, env, args=["kv.py"])
+    return Service(workdir, env, args=["-m", "kv"])
 
 
 def read_store(service: Service, keys: list[bytes]) -> dict[bytes, bytes]:
@@ -275,3 +278,36 @@ def test_disk_use_stays_bounded_for_a_key_value_store(workdir: Path) -> None:
     again = key_value(workdir, APP_JOURNAL_MAX_BYTES=str(limit))
     assert read_store(again, sorted(expected)) == expected
     assert again.stop() == ExitCode.OK
+
+
+@posix_only
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
+def test_changing_app_workers_keeps_every_acknowledged_request(workdir: Path) -> None:
+    """1 -> 2 -> 3 -> 2 -> 1 workers: the files of workers that no longer exist are merged
+    into the others' (the log says so), so the last run, one process, sees every SET."""
+    acknowledged: dict[bytes, bytes] = {}
+    for run, workers in enumerate((1, 2, 3, 2, 1)):
+        service = key_value(workdir, APP_WORKERS=str(workers))
+        for n in range(30):
+            with connect(service) as sock:  # new connections: spread over the workers
+                key = b"run%d-%d" % (run, n)
+                assert ask(sock, b"SET %s %d\n" % (key, run)) == b"OK\n"
+                acknowledged[key] = b"%d" % run
+        assert service.stop() == ExitCode.OK, service.log
+        folder = workdir / "data"
+        names = sorted(path.name for path in folder.glob("journal*.log"))
+        expected = (
+            ["journal.log"]
+            if workers == 1
+            else [f"journal.worker-{i}.log" for i in range(1, workers + 1)]
+        )
+        assert names == expected, (names, service.log)
+        if run == 1:
+            assert "merged 30 record(s) of data/journal.log" in service.log, service.log
+        if run == 3:
+            assert "of data/journal.worker-3.log, the journal of a worker that no longer" in (
+                service.log
+            )
+    last = key_value(workdir)
+    assert read_store(last, sorted(acknowledged)) == acknowledged
+    assert last.stop() == ExitCode.OK, last.log
