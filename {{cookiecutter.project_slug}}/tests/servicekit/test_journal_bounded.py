@@ -62,8 +62,10 @@ KEY_VALUE = textwrap.dedent(
 
     protocol.handle, protocol.recover, protocol.snapshot = handle, recover, snapshot
 
-    # KILL_AT=n: SIGKILL this process at the n-th os call made inside a compaction.
+    # KILL_AT=n: SIGKILL this process at the n-th os call made inside a compaction (or
+    # inside the journal function KILL_IN names).
     kill_at = int(os.environ.get("KILL_AT", "0"))
+    kill_in = os.environ.get("KILL_IN", "_compact")
     calls = [0]
     compacting = [False]
 
@@ -83,17 +85,19 @@ KEY_VALUE = textwrap.dedent(
 
             return call
 
-    if kill_at:
-        compact = journal.Journal._compact
-
-        def watched(self, records):
+    def watch(function):
+        def watched(*args):
             compacting[0] = True
             try:
-                return compact(self, records)
+                return function(*args)
             finally:
                 compacting[0] = False
 
-        journal.Journal._compact = watched
+        return watched
+
+    if kill_at:
+        owner = journal.Journal if kill_in == "_compact" else journal
+        setattr(owner, kill_in, watch(getattr(owner, kill_in)))
         journal.os = KillingOs()
     sys.exit(entry.main(protocol))
     """
@@ -311,3 +315,47 @@ def test_changing_app_workers_keeps_every_acknowledged_request(workdir: Path) ->
     last = key_value(workdir)
     assert read_store(last, sorted(acknowledged)) == acknowledged
     assert last.stop() == ExitCode.OK, last.log
+
+
+@posix_only
+def test_kill_9_at_every_step_of_a_merge_keeps_every_request_once(workdir: Path) -> None:
+    """Two workers' journals merged into the single process's: SIGKILL before each os call
+    of the merges in turn; the next start must see every request exactly once."""
+    folder = workdir / "data"
+    folder.mkdir(mode=0o700)
+    files = {
+        "journal.log": [b"SET a 1", b"SET b 1"],
+        "journal.worker-1.log": [b"SET a 2", b"SET c 1"],
+        "journal.worker-2.log": [b"SET b 2", b"SET d 1", b"SET d 2"],
+    }
+    expected = {b"a": b"2", b"b": b"2", b"c": b"1", b"d": b"2"}
+    (workdir / "kv").mkdir()
+    (workdir / "kv" / "__main__.py").write_text(KEY_VALUE)
+    steps = 0
+    for kill_at in range(1, 200):
+        for path in folder.iterdir():
+            path.unlink()
+        for name, requests in files.items():
+            (folder / name).write_bytes(JOURNAL_HEADER + b"".join(map(journal_record, requests)))
+            (folder / name).chmod(0o600)
+        env = service_env(
+            APP_PORT="0",
+            APP_JOURNAL_PATH="data/journal.log",
+            KILL_AT=str(kill_at),
+            KILL_IN="_merge",
+        )
+        cut = Process([sys.executable, "-m", "kv"], workdir, env)
+        line = cut.wait_for(r"killed at step|listening on")
+        if "listening on" in line[0]:
+            assert cut.stop() == ExitCode.OK, cut.log
+            break
+        assert cut.wait() == -signal.SIGKILL
+        steps += 1
+        after = key_value(workdir, APP_JOURNAL_MAX_BYTES="0")  # no compaction: records stay
+        assert read_store(after, sorted(expected)) == expected, (kill_at, after.log)
+        assert after.stop() == ExitCode.OK, after.log
+        journaled = journal_requests(folder / "journal.log").splitlines()
+        replayed = [line for line in journaled if line.startswith(b"SET")]  # not our GETs
+        assert sorted(replayed) == sorted(r for rs in files.values() for r in rs), kill_at
+        assert sorted(path.name for path in folder.iterdir()) == ["journal.log"], kill_at
+    assert steps >= 20, f"only {steps} kill points in two merges"
