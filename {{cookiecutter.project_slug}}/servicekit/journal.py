@@ -287,7 +287,7 @@ class Journal:
         end = size
         while end > 0:
             start = max(end - _READ_CHUNK, 0)
-            newline = os.pread(fd, end - start, start).rfind(b"\n")
+            newline = _read_at(fd, end - start, start).rfind(b"\n")
             if newline >= 0:
                 end = start + newline + 1
                 break
@@ -298,7 +298,7 @@ class Journal:
         keep = open_private(quarantine, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             for offset in range(end, size, _READ_CHUNK):  # a chunk at a time: it may be huge
-                _write_all(keep, os.pread(fd, min(_READ_CHUNK, size - offset), offset))
+                _write_all(keep, _read_at(fd, min(_READ_CHUNK, size - offset), offset))
             os.fsync(keep)
         finally:
             os.close(keep)
@@ -312,7 +312,7 @@ class Journal:
     def _ends_checksummed(self, fd: int) -> bool:
         """True if the file's last line is HEADER or a good record: it needs no new HEADER."""
         start = max(self._size - (self.max_line_bytes + CHECKSUM_BYTES + 1), 0)
-        tail = os.pread(fd, self._size - start, start)
+        tail = _read_at(fd, self._size - start, start)
         last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :]
         return last == HEADER or _verified(last[:-1].lstrip(b"\0")) is not None
 
@@ -571,7 +571,7 @@ class Journal:
         fd = open_private(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             for offset in range(0, self._size, _READ_CHUNK):
-                _write_all(fd, os.pread(self._fd, min(_READ_CHUNK, self._size - offset), offset))
+                _write_all(fd, _read_at(self._fd, min(_READ_CHUNK, self._size - offset), offset))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -942,6 +942,20 @@ def _lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file).
+
+    With lseek and read, which Windows has too (it has no pread). Moving the offset does not
+    disturb appends: O_APPEND writes always go to the end.
+    """
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while size > 0 and (chunk := os.read(fd, size)):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -190,6 +190,8 @@ def main(settings: Settings) -> int:
 
 def port_claim_name(port: int) -> str:
     """The abstract socket name a supervisor of this user holds for ``port`` (Linux)."""
+    if sys.platform == "win32":
+        raise NotImplementedError("no abstract sockets on Windows")
     return f"\0servicekit-supervisor-port-{port}-uid-{os.geteuid()}"
 
 
@@ -208,7 +210,7 @@ def _claim_port(port: int) -> socket.socket | None:
     by another user is a squatter, said in the log and ignored (the listen check and the
     journal lock still stand), never a reason to refuse a free port.
     """
-    if port == 0 or not sys.platform.startswith("linux"):
+    if port == 0 or sys.platform == "win32" or not sys.platform.startswith("linux"):
         return None
     name = port_claim_name(port)
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -235,6 +237,8 @@ def _claim_port(port: int) -> socket.socket | None:
 
 def _claim_owner(name: str) -> tuple[int, int] | None:
     """(pid, uid) of the process listening on the abstract socket ``name``, if one does."""
+    if sys.platform != "linux":
+        return None
     import struct
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:

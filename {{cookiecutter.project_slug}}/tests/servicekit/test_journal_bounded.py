@@ -118,7 +118,9 @@ def read_store(service: Service, keys: list[bytes]) -> dict[bytes, bytes]:
 
 
 @posix_only
-def test_kill_9_at_every_step_of_a_compaction_recovers_the_same_state(workdir: Path) -> None:
+def test_kill_9_at_every_step_of_a_compaction_recovers_the_same_state(
+    workdir: Path, figure
+) -> None:
     """A compaction is cut by SIGKILL before each os call it makes, in turn; whichever file is
     left at the path must recover exactly the state the journal held before."""
     rng = random.Random(21)
@@ -154,6 +156,10 @@ def test_kill_9_at_every_step_of_a_compaction_recovers_the_same_state(workdir: P
         assert "skipped" not in after.log, after.log
         assert after.stop() == ExitCode.OK, after.log
     assert steps >= 8, f"only {steps} kill points: the compaction made fewer os calls than thought"
+    figure(
+        "compaction-kill-9",
+        f"kill -9 before each of the {steps} os calls of a compaction: the same state recovered",
+    )
 
 
 def pipeline_sets(
@@ -203,7 +209,9 @@ def pipeline_sets(
 
 
 @posix_only
-def test_kill_9_under_load_with_compactions_loses_nothing_acknowledged(workdir: Path) -> None:
+def test_kill_9_under_load_with_compactions_loses_nothing_acknowledged(
+    workdir: Path, figure
+) -> None:
     """Compactions every few KiB while 8 clients pipeline writes; SIGKILL at random moments.
     After each restart every key holds the last value answered for it, or one sent later."""
     rng = random.Random(4)
@@ -225,6 +233,11 @@ def test_kill_9_under_load_with_compactions_loses_nothing_acknowledged(workdir: 
         assert value <= int(store[key].split(b" ")[0]) <= sent[key], (key, store[key])
     assert last.stop() == ExitCode.OK, last.log
     assert compactions >= 10, f"only {compactions} compactions: the test did not test them"
+    figure(
+        "compaction-under-load",
+        f"kill -9 under load, 5 rounds with {compactions} compactions: every acknowledged"
+        " write recovered",
+    )
 
 
 def folder_bytes(folder: Path) -> int:
@@ -232,7 +245,9 @@ def folder_bytes(folder: Path) -> int:
 
 
 @posix_only
-def test_disk_use_stays_bounded_for_the_echo(start_service: StartService, workdir: Path) -> None:
+def test_disk_use_stays_bounded_for_the_echo(
+    start_service: StartService, workdir: Path, figure
+) -> None:
     """A protocol without state: past APP_JOURNAL_MAX_BYTES the journal is rotated, and only
     two old files are kept, however much is sent."""
     limit = 64 * 1024
@@ -253,10 +268,14 @@ def test_disk_use_stays_bounded_for_the_echo(start_service: StartService, workdi
     batch = 64 * (len(line) + 9)
     assert most <= 3 * (limit + batch), f"{most} bytes on disk, bound {3 * (limit + batch)}"
     assert journal_requests(folder / "journal.log.1").count(b"\n") > 0
+    figure(
+        "journal-bounded",
+        f"echo, 2.6 MB through a 64 KiB bound: at most {most:,} bytes on disk (3 files)",
+    )
 
 
 @posix_only
-def test_disk_use_stays_bounded_for_a_key_value_store(workdir: Path) -> None:
+def test_disk_use_stays_bounded_for_a_key_value_store(workdir: Path, figure) -> None:
     """A protocol with snapshot(): the journal is compacted past its bound, and a restart
     still answers every key."""
     limit = 64 * 1024
@@ -282,11 +301,16 @@ def test_disk_use_stays_bounded_for_a_key_value_store(workdir: Path) -> None:
     again = key_value(workdir, APP_JOURNAL_MAX_BYTES=str(limit))
     assert read_store(again, sorted(expected)) == expected
     assert again.stop() == ExitCode.OK
+    figure(
+        "journal-bounded",
+        f"key-value store, 2.6 MB of SETs through a 64 KiB bound: at most {most:,} bytes on"
+        " disk, every key answered after a restart",
+    )
 
 
 @posix_only
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
-def test_changing_app_workers_keeps_every_acknowledged_request(workdir: Path) -> None:
+def test_changing_app_workers_keeps_every_acknowledged_request(workdir: Path, figure) -> None:
     """1 -> 2 -> 3 -> 2 -> 1 workers: the files of workers that no longer exist are merged
     into the others' (the log says so), so the last run, one process, sees every SET."""
     acknowledged: dict[bytes, bytes] = {}
@@ -315,6 +339,11 @@ def test_changing_app_workers_keeps_every_acknowledged_request(workdir: Path) ->
     last = key_value(workdir)
     assert read_store(last, sorted(acknowledged)) == acknowledged
     assert last.stop() == ExitCode.OK, last.log
+    figure(
+        "workers-change",
+        f"APP_WORKERS 1, 2, 3, 2, 1: all {len(acknowledged)} acknowledged SETs seen by the last"
+        " run (orphaned worker journals merged, each merge logged)",
+    )
 
 
 @posix_only

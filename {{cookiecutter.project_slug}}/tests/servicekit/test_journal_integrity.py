@@ -96,7 +96,7 @@ def skipped_offsets(log: str) -> list[int]:
 
 
 @posix_only
-def test_garbage_and_nul_blocks_are_skipped_with_their_offsets(workdir: Path) -> None:
+def test_garbage_and_nul_blocks_are_skipped_with_their_offsets(workdir: Path, figure) -> None:
     """What a crash or a stray writer leaves: a garbage line, a 4 KiB NUL block on its own,
     a NUL block glued onto the next real record, a record half overwritten by NULs."""
     garbage = b"this line was never written by the service\n"
@@ -124,10 +124,18 @@ def test_garbage_and_nul_blocks_are_skipped_with_their_offsets(workdir: Path) ->
     again = recording_service(workdir)
     assert recovered(again) == [b"a", b"b", b"c", b"e", b"f"], again.log
     assert again.stop() == ExitCode.OK
+    figure(
+        "journal-checksums",
+        "CRC-32 per record: a garbage line, a 4 KiB NUL block and a record half overwritten"
+        " by NULs skipped, each logged with its byte offset; 4,096 NULs glued to a good"
+        " record cut off and the record replayed",
+    )
 
 
 @posix_only
-def test_a_150_mb_line_mid_journal_is_skipped_without_reading_it_whole(workdir: Path) -> None:
+def test_a_150_mb_line_mid_journal_is_skipped_without_reading_it_whole(
+    workdir: Path, figure
+) -> None:
     """The line limit is 64 KiB; a huge line is streamed past, so memory stays bounded."""
     write_journal(workdir, JOURNAL_HEADER + records(b"a", b"b"))
     small = recording_service(workdir)
@@ -147,6 +155,10 @@ def test_a_150_mb_line_mid_journal_is_skipped_without_reading_it_whole(workdir: 
     growth = peak_rss_kib(service) - baseline
     assert growth < 16 * 1024, f"peak RSS grew by {growth} KiB reading past a 150 MB line"
     assert service.stop() == ExitCode.OK
+    figure(
+        "journal-huge-line",
+        f"a 150 MB line mid-journal skipped at replay: peak RSS +{growth / 1024:.1f} MiB",
+    )
 
 
 @posix_only

@@ -165,7 +165,7 @@ SQUATTER = textwrap.dedent(
 
 @as_root
 @linux_only
-def test_another_user_cannot_squat_the_port_claim(workdir: Path) -> None:
+def test_another_user_cannot_squat_the_port_claim(workdir: Path, figure) -> None:
     """uid 1000 binds the supervisor's claim names first: a free port must still be served."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -199,6 +199,11 @@ def test_another_user_cannot_squat_the_port_claim(workdir: Path) -> None:
     finally:
         squatter.kill()
         squatter.wait()
+    figure(
+        "shared-folder",
+        "another user's journal, lock symlink, world-writable folder refused (exit 73);"
+        " port claim squatted by uid 1000 ignored, the free port served",
+    )
 
 
 @as_root
