@@ -607,9 +607,17 @@ class Journal:
         for n in range(KEPT_FILES, 1, -1):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(self._sibling(f".{n - 1}"), self._sibling(f".{n}"))
+        self._close_before_rename()
         os.replace(self.path, self._sibling(".1"))
         self._reopen()
         logger.info("journal: rotated %s past %d bytes", self.path, self.max_bytes)
+
+    def _close_before_rename(self) -> None:
+        """Windows cannot rename over, or away, a file that is open: close it first. POSIX
+        keeps it open, and so locked, until the new file has taken the path."""
+        if sys.platform == "win32" and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _compaction_due(self) -> bool:
         return (
@@ -657,11 +665,13 @@ class Journal:
             _write_all(fd, HEADER + records)
             os.fsync(fd)
             before = self._size
+            self._close_before_rename()
             os.replace(temporary, self.path)
         except OSError:
             os.close(fd)
             raise
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
         self._adopt(fd)
         self._size = self._compacted_size = len(HEADER) + len(records)
         self._unsynced = False
