@@ -75,7 +75,7 @@ class Service:
             fsync=settings.journal_fsync,
             on_failure=self._journal_failed,
             max_line_bytes=settings.max_line_bytes,
-            stateful=not does_nothing(protocol.recover),
+            stateful=not does_nothing(getattr(protocol, "recover", _empty)),
             max_bytes=settings.journal_max_bytes,
             snapshot=getattr(protocol, "snapshot", None),
             quiet=self._every_request_handled,
