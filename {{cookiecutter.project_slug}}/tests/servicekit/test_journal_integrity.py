@@ -234,7 +234,7 @@ def ask_until_logged(service: Service, sock: socket.socket, tag: bytes, pattern:
 
 @posix_only
 def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
-    start_service: StartService, workdir: Path
+    start_service: StartService, workdir: Path, figure
 ) -> None:
     """``mv``, ``rm`` and copytruncate while the echo runs are each noticed, said once in the
     log, and what follows goes to a new file at the path, never to one nobody will find."""
@@ -263,6 +263,12 @@ def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
     for what in ("moved away", "removed", "truncated"):
         assert service.log.count(f"was {what}") == 1, service.log
     assert service.log.count("going on in a new file") == 3
+    figure(
+        "journal-rotated",
+        "journal mv'd, rm'd, copytruncated while serving: each noticed within 50 ms and logged;"
+        " the echo goes on in a new file, a protocol with state stops (73) answering nothing"
+        " more, a removed file saved",
+    )
 
 
 @posix_only
