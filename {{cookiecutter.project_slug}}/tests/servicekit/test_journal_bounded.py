@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,22 @@ def key_value(workdir: Path, **settings: str) -> Service:
     (workdir / "kv").mkdir(exist_ok=True)
     (workdir / "kv" / "__main__.py").write_text(KEY_VALUE)
     env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", **settings)
-    return Service(workdir, env, args=["-m", "kv"])
+    STARTED.append(service := Service(workdir, env, args=["-m", "kv"]))
+    return service
+
+
+STARTED: list[Process] = []
+"""Processes a test started directly; the fixture below kills any left after a failure."""
+
+
+@pytest.fixture(autouse=True)
+def kill_leftovers() -> Iterator[None]:
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait()
 
 
 def read_store(service: Service, keys: list[bytes]) -> dict[bytes, bytes]:
@@ -143,7 +159,7 @@ def test_kill_9_at_every_step_of_a_compaction_recovers_the_same_state(
             APP_JOURNAL_MAX_BYTES="1000",
             KILL_AT=str(kill_at),
         )
-        cut = Process([sys.executable, "kv.py"], workdir, env)
+        STARTED.append(cut := Process([sys.executable, "kv.py"], workdir, env))
         line = cut.wait_for(r"killed at step|listening on")
         if "listening on" in line[0]:
             assert cut.stop() == ExitCode.OK, cut.log
@@ -373,7 +389,7 @@ def test_kill_9_at_every_step_of_a_merge_keeps_every_request_once(workdir: Path)
             KILL_AT=str(kill_at),
             KILL_IN="_merge",
         )
-        cut = Process([sys.executable, "-m", "kv"], workdir, env)
+        STARTED.append(cut := Process([sys.executable, "-m", "kv"], workdir, env))
         line = cut.wait_for(r"killed at step|listening on")
         if "listening on" in line[0]:
             assert cut.stop() == ExitCode.OK, cut.log

@@ -17,12 +17,14 @@ import subprocess
 import sys
 import textwrap
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import (
     JOURNAL_HEADER,
     SHUTTING_DOWN,
+    Process,
     Service,
     StartService,
     ask,
@@ -62,10 +64,25 @@ RECORDING = textwrap.dedent(
 )
 
 
+STARTED: list[Process] = []
+"""Processes a test started directly; the fixture below kills any left after a failure."""
+
+
+@pytest.fixture(autouse=True)
+def kill_leftovers() -> Iterator[None]:
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait()
+
+
 def recording_service(workdir: Path, **settings: str) -> Service:
     (workdir / "recording.py").write_text(RECORDING)
     env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", **settings)
-    return Service(workdir, env, args=["recording.py"])
+    STARTED.append(service := Service(workdir, env, args=["recording.py"]))
+    return service
 
 
 def recovered(service: Service) -> list[bytes]:
