@@ -203,6 +203,8 @@ class Journal:
         self._syncable = True
         self._size = 0
         """Bytes in the file after the last complete write: where a failed write is cut back."""
+        self._needs_header = False
+        """HEADER goes before the next write: a new file, or one from before checksums."""
         self._compacted_size = 0
         """Size right after the last compaction: the next one waits for twice as much."""
         self._queued: list[bytes] = []
@@ -254,8 +256,7 @@ class Journal:
                     self.path,
                     self._size,
                 )
-            _write_all(fd, HEADER)
-            self._size += len(HEADER)
+            self._needs_header = True  # with the first write: a start that fails changes nothing
         if not self.stateful or self.snapshot is not None or not self.max_bytes:
             return
         logger.warning(
@@ -681,6 +682,7 @@ class Journal:
             os.close(self._fd)
         self._adopt(fd)
         self._size = self._compacted_size = len(HEADER) + len(records)
+        self._needs_header = False
         self._unsynced = False
         _fsync_folder(self.path.parent)
         logger.info("journal: compacted %s from %d to %d bytes", self.path, before, self._size)
@@ -688,6 +690,8 @@ class Journal:
     def _write(self, batch: bytes, lines: int) -> None:
         """One write for the whole batch; a failed one is cut back to the last whole line."""
         assert self._fd is not None, "open() the journal before start()"
+        if self._needs_header:
+            batch = HEADER + batch
         began = time.perf_counter()
         try:
             _write_all(self._fd, batch)
@@ -697,6 +701,7 @@ class Journal:
         self.write_seconds.observe(time.perf_counter() - began)
         self.batch_lines.observe(lines)
         self.bytes_written += len(batch)
+        self._needs_header = False
         self._size += len(batch)
         self.lines_written += lines
         self._unsynced = True
