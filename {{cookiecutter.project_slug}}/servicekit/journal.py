@@ -569,12 +569,20 @@ class Journal:
         )
 
     def _save_removed(self) -> Path:
-        """Copy the open, removed file to ``<journal>.removed``; return that path."""
+        """Copy the open, removed file to ``<journal>.removed``; return that path.
+
+        A copy saved by an earlier incident is kept: this one then gets ``.removed.1``, ...
+        """
         assert self._fd is not None
-        saved = self._sibling(REMOVED_SUFFIX)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(saved)
-        fd = open_private(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        for n in range(1000):
+            saved = self._sibling(REMOVED_SUFFIX + (f".{n}" if n else ""))
+            try:
+                fd = open_private(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, "1000 saved copies already", str(saved))
         try:
             for offset in range(0, self._size, _READ_CHUNK):
                 _write_all(fd, _read_at(self._fd, min(_READ_CHUNK, self._size - offset), offset))
