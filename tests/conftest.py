@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,22 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Bake:
         return baked[key]
 
     return bake
+
+
+def journal_lines(content: bytes) -> list[str]:
+    """The requests in a generated service's journal file, as text lines.
+
+    The file starts with a header line (``# servicekit journal 2: ...``) and each record ends
+    with a space and the CRC-32 of the request in 8 hex digits; both are dropped here.
+    """
+    lines = content.decode().split("\n")
+    assert lines.pop() == "", "a journal ends on a whole line"
+    if lines and lines[0].startswith("# servicekit journal 2:"):
+        lines = lines[1:]
+    for line in lines:
+        request = line[:-9]
+        assert line[-9:] == f" {zlib.crc32(request.encode()):08x}", f"bad record {line!r}"
+    return [line[:-9] for line in lines]
 
 
 def run(*args: str | Path, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import journal_lines
 from dockerlib import bases, free_port, report, unavailable
 from test_deploy import compose_command, seconds
 
@@ -124,7 +125,7 @@ def test_compose_up_and_stop(
         logs = run("logs", "--no-color")
         grace = seconds(container.attrs["Config"].get("StopTimeout") or 10)
         volume = docker_client.volumes.get(f"{name}_journal")
-        journal = Path(volume.attrs["Mountpoint"], "journal.log").read_text().splitlines()
+        journal = journal_lines(Path(volume.attrs["Mountpoint"], "journal.log").read_bytes())
         version = run("version", "--short").strip()
     finally:
         with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):

@@ -224,7 +224,7 @@ def test_pods_are_wired_to_the_service_the_budget_and_the_volume(
     container = app_container(deployment)
     config = kinds["ConfigMap"]["data"]
     assert config["APP_HOST"] == "0.0.0.0"
-    assert config["APP_JOURNAL_PATH"] == "/data/journal.log"
+    assert config["APP_JOURNAL_PATH"] == "/data/journal/journal.log"
     port = int(config["APP_PORT"])
     metrics = int(config["APP_METRICS_PORT"])
     assert container["ports"] == [

@@ -44,6 +44,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import journal_lines
 from dockerlib import base_image, build_app_image
 from dockerlib import bases as _bases
 from dockerlib import build as _build
@@ -286,7 +287,7 @@ def test_docker_stop_is_graceful(
     assert draining and int(draining.group(1)) >= CONNECTIONS, logs
     assert "Traceback" not in logs, logs
 
-    journal = _read_file(container, "/data/journal.log").decode().splitlines()
+    journal = journal_lines(_read_file(container, "/data/journal.log"))
     assert sorted(journal) == sorted(echoed)
 
 

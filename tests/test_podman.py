@@ -45,6 +45,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import journal_lines
 from dockerlib import build_app_image, free_port, report, unavailable
 from test_deploy import KUBERNETES, app_container, by_kind, render
 
@@ -195,7 +196,7 @@ def test_kube_play_runs_the_deployment(
         status = _podman("inspect", container, "--format", "{{.State.ExitCode}}").strip()
         logs = log()
         volume = _podman("volume", "inspect", f"data{suffix}", "--format", "{{.Mountpoint}}")
-        journal = Path(volume.strip(), "journal.log").read_text().splitlines()
+        journal = journal_lines(Path(volume.strip(), "journal", "journal.log").read_bytes())
     finally:
         _podman("kube", "down", str(manifest), check=False)
         _podman("pod", "rm", "--force", pod, check=False)

@@ -255,7 +255,11 @@ def test_prometheus_sees_what_the_clients_did_and_the_drain(start, project: Path
     ok = 'sum(servicekit_requests_total{outcome="ok"})'
     prometheus.wait_for_value(ok, lines, log)
     prometheus.wait_for_value("sum(servicekit_journal_lines_total)", lines, log)
-    prometheus.wait_for_value("sum(servicekit_journal_bytes_total)", size, log)
+    # On disk: the journal's header line, then each request with a space and its checksum.
+    header = len(
+        b"# servicekit journal 2: each line is a request, a space, its CRC-32 in 8 hex digits\n"
+    )
+    prometheus.wait_for_value("sum(servicekit_journal_bytes_total)", header + size + 9 * lines, log)
     prometheus.wait_for_value("sum(servicekit_connections_accepted_total)", 20, log)
     prometheus.wait_for_value('servicekit_connections_closed_total{reason="client"}', 20, log)
     assert prometheus.value("servicekit_connections_open") == 0

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import journal_lines
 from dockerlib import build, build_app_image, free_port, report, unavailable
 
 docker = pytest.importorskip(
@@ -435,7 +436,7 @@ def _rolling_update(
         exits = stack.exits(since)
         folder = stack.journal_dir()
         journals = {
-            path.name: path.read_text().splitlines() for path in folder.glob("journal-*.log")
+            path.name: journal_lines(path.read_bytes()) for path in folder.glob("journal-*.log")
         }
     finally:
         stack.remove()

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import journal_lines
 from dockerlib import build, free_port, report, unavailable, wait_for
 
 docker = pytest.importorskip(
@@ -288,7 +289,7 @@ def test_start_traffic_stop_and_watchdog(request: pytest.FixtureRequest, machine
     assert machine.exits()[-1] == "success exited 0", log
     assert "shutdown: complete" in log and "Traceback" not in log, log
     _, journal = machine.run("cat", f"/var/lib/{SLUG}/journal.log")
-    assert sorted(journal.splitlines()) == sorted(lines)
+    assert sorted(journal_lines(journal.encode())) == sorted(lines)
 
     # Watchdog: wedge the loop; systemd kills it and starts it again.
     code, _ = _start(machine, port)

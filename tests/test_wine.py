@@ -55,7 +55,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import LISTENING, Bake
+from conftest import LISTENING, Bake, journal_lines
 
 SETUP_SCRIPT = "scripts/wine-python.sh"
 SETUP_HINT = f'run `eval "$(sudo bash {SETUP_SCRIPT})"` first'
@@ -146,6 +146,11 @@ def _required(config: pytest.Config) -> bool:
     return bool(config.getoption("--require-wine", default=False)) or (
         os.environ.get("REQUIRE_WINE") == "1"
     )
+
+
+def journal_bytes(path: Path) -> bytes:
+    """The journal's requests, each with its newline, as the client sent them."""
+    return "".join(line + "\n" for line in journal_lines(path.read_bytes())).encode()
 
 
 @dataclass(frozen=True)
@@ -389,7 +394,7 @@ def test_ctrl_c_typed_in_a_console_stops_the_service_gracefully(
     service.type_ctrl_c()
 
     assert_graceful(service, "SIGINT")
-    assert (tmp_path / "journal.log").read_bytes() == b"".join(lines)
+    assert journal_bytes(tmp_path / "journal.log") == b"".join(lines)
 
 
 def test_sigbreak_stops_the_service_gracefully(
@@ -412,7 +417,7 @@ def test_sigbreak_stops_the_service_gracefully(
     service.popen.stdin.flush()
 
     assert_graceful(service, "SIGBREAK")
-    assert (tmp_path / "journal.log").read_bytes() == b"break me\n"
+    assert journal_bytes(tmp_path / "journal.log") == b"break me\n"
 
 
 def test_service_wrapper_ctrl_c_stops_the_service_gracefully(
@@ -435,7 +440,7 @@ def test_service_wrapper_ctrl_c_stops_the_service_gracefully(
 
     assert_graceful(wrapper, "SIGINT")
     assert "wrapper:" not in wrapper.log
-    assert (tmp_path / "journal.log").read_bytes() == b"wrapped\n"
+    assert journal_bytes(tmp_path / "journal.log") == b"wrapped\n"
 
 
 # --- The .bat wrappers under wine cmd ---------------------------------------------------------
@@ -537,7 +542,7 @@ def test_launcher_windows_branch_runs_and_wine_cannot_send_ctrl_break(
     assert "could not send CTRL_BREAK_EVENT" in runner.log
     assert "killing the service instead" in runner.log
     assert not (run_dir / "app.pid").exists()
-    assert (tmp_path / "journal.log").read_bytes() == b"kept\n"  # written as it came
+    assert journal_bytes(tmp_path / "journal.log") == b"kept\n"  # written as it came
 
 
 # --- The PowerShell and batch files as files --------------------------------------------------

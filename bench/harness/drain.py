@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -175,12 +176,28 @@ def measure_once(project: Path, scratch: Path, clients: int, rep: int) -> Sample
     return _compare(seconds, child.returncode, talkers, journal, child.stderr.lines)
 
 
+def _requests(content: bytes) -> list[bytes]:
+    """The journaled requests, each with its newline, in either journal format.
+
+    Since checksums, a journal starts with a ``# servicekit journal`` header line and each
+    record ends with a space and the CRC-32 of the request in 8 hex digits; older builds (the
+    echo-first baseline) write the bare lines.
+    """
+    requests = []
+    for line in content.splitlines(keepends=True):
+        if line.startswith(b"# servicekit journal "):
+            continue
+        body = line[:-1]
+        if body[-9:-8] == b" " and body[-8:] == b"%08x" % zlib.crc32(body[:-9]):
+            line = body[:-9] + b"\n"
+        requests.append(line)
+    return requests
+
+
 def _compare(
     seconds: float, returncode: int | None, talkers: list[Talker], journal: Path, log: list[str]
 ) -> Sample:
-    kept = (
-        Counter(journal.read_bytes().splitlines(keepends=True)) if journal.exists() else Counter()
-    )
+    kept = Counter(_requests(journal.read_bytes())) if journal.exists() else Counter()
     answered_not_journaled = dropped = unanswered_before = journaled_not_answered = 0
     for t in talkers:
         for seq in range(t.answered):

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, for `app`
@@ -85,7 +86,8 @@ def main() -> int:
                 launcher.kill()
                 launcher.wait()
             reader.join(TIMEOUT)
-        journaled = journal.exists() and REQUEST in journal.read_bytes().splitlines()
+        record = REQUEST + b" %08x" % zlib.crc32(REQUEST)  # the journal's line for it
+        journaled = journal.exists() and record in journal.read_bytes().splitlines()
         say(f"demo: {result.message}")
         say(
             f"demo: service exit status {status} ({describe(status)}); "

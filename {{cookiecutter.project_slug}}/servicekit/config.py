@@ -115,6 +115,11 @@ class Settings:
         what="When the journal is forced to disk: always (before each reply), interval (at most"
         " once a second), never (at stop only)",
     )
+    journal_max_bytes: int = _setting(
+        64 << 20,
+        what="Journal size that starts a compaction (protocol with snapshot()) or a rotation"
+        " (protocol without state, 2 old files kept); 0 = let it grow",
+    )
     workers: int = _setting(
         1,
         what="Processes serving the port (1..64); above 1, python -m app supervises that many"
@@ -231,6 +236,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "stop_on_error": _parse_bool,
     "journal_path": _parse_path,
     "journal_fsync": _parse_fsync,
+    "journal_max_bytes": _parse_int(0, 1 << 50),
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
     "heartbeat_timeout": _parse_seconds,

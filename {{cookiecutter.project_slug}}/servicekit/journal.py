@@ -1,4 +1,4 @@
-"""The journal: a write-ahead log of every request the service has answered.
+r"""The journal: a write-ahead log of every request the service has answered.
 
 A reply is a promise: once a client has it, its request is in the journal, even if the
 process is killed the next instant. So the server appends a request and waits until the
@@ -22,12 +22,52 @@ block until its reader catches up, so those are written in the executor too. The
 task protected by ``shutdown_waits_for``: the runtime does not cancel it, and the shutdown
 waits for its last write and fsync. It is this service's example of protected work.
 
-The file is created 0600 in a folder created 0700, because it holds what clients sent; a
-symbolic link at its path is refused rather than followed. One process at a time may write it
+**Format.** A journal file starts with the line ``HEADER``; then each record is one line: the
+request, a space, and the CRC-32 of the request as 8 lowercase hex digits, so ``cat``,
+``grep`` and ``tail -f`` still show the requests (``sed 's/ [0-9a-f]\{8\}$//'`` strips the
+checksums). Replay verifies each record and never holds more than one line of at most
+``APP_MAX_LINE_BYTES`` (plus the checksum) in memory, whatever the file holds. The rules:
+
+- a record whose checksum matches is replayed;
+- a record preceded by NUL bytes (a block a filesystem zero-filled after a crash, glued onto
+  the next line) is replayed without them, and the NUL bytes are counted and logged;
+- any other line (garbage, a NUL block, a half-overwritten record, a line longer than the
+  limit whose checksum does not match) is skipped; each skip is logged with its byte offset
+  (the first ``LOGGED_SKIPS`` of them) and the total is logged at the end of the replay;
+- a line longer than the limit whose checksum *does* match is a real request journaled under a
+  larger ``APP_MAX_LINE_BYTES``: the start is refused (exit 73) with the size to set, rather
+  than drop an acknowledged request;
+- a file written before checksums (no ``HEADER`` at its start) is replayed as it is, line by
+  line (a line of NUL bytes is skipped, NUL bytes that begin a line are cut off, a line over
+  the limit is skipped), up to its first checksummed record or ``HEADER``; the service then
+  appends ``HEADER`` and checksummed records after the old lines.
+
+**Files of other users.** The file is created 0600 in a folder created 0700, because it holds
+what clients sent. Every file the service opens (the journal, ``<journal>.torn``,
+``<journal>.compact``, the supervisor's ``<journal>.lock``) is opened without following a
+symbolic link (``O_NOFOLLOW``) and refused, like OpenSSH refuses a key file, when it is owned
+by another user or writable by group or others; its folder is refused when another user
+(other than root) owns it, or anyone may write to it without the sticky bit that stops them
+renaming or deleting our files (``/tmp`` has it). One process at a time may write a journal
 (an exclusive lock, on POSIX): a second service started on the same journal is refused. The
-service never changes the mode of a file or folder that already exists, so an operator who
-wants it readable by a group sets that once. A file that cannot be fsynced (``/dev/null``, a
-FIFO) is used without fsync, and the start says so once.
+service never changes the mode of a file or folder that already exists. A file that cannot be
+fsynced (``/dev/null``, a FIFO) is used without fsync, and the start says so once.
+
+**Rotated under its feet.** Before a write, at most every ``PATH_CHECK_INTERVAL`` seconds, the
+journal checks that its path still names the file it has open (device and inode) and that the
+file did not shrink. If the file was removed,
+moved away or truncated (``rm``, ``mv``, ``logrotate``'s ``copytruncate``), the service says
+so, then: a protocol without state (its ``recover`` does nothing) goes on in a new file at the
+path, so ``mv journal.log journal.log.1`` is a supported way to rotate it by hand; a protocol
+with state stops (exit 73) without acknowledging the batch that found it, because the file it
+would rebuild its state from is no longer there, and a removed file's content is first saved
+to ``<journal>.removed``. The supported way to bound the journal is ``APP_JOURNAL_MAX_BYTES``.
+
+**Bounded.** With ``APP_JOURNAL_MAX_BYTES`` set, a journal past that size is rotated (a
+protocol without state: ``<journal>.1`` ... ``<journal>.<KEPT_FILES>`` are kept, the oldest
+dropped) or compacted (a protocol with ``snapshot()``: its requests, which rebuild today's
+state, are written to ``<journal>.compact``, fsynced, renamed over the journal, and the folder
+fsynced; a ``kill -9`` at any point leaves either the old journal or the new one, whole).
 
 A crash can leave the last line cut short. On open, such a torn tail is moved to
 ``<journal>.torn`` and cut off, so the next request starts on a line of its own. A write
@@ -43,11 +83,15 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from servicekit.aiorun import shutdown_waits_for
 from servicekit.config import FsyncPolicy
@@ -57,7 +101,21 @@ logger = logging.getLogger(__name__)
 
 SYNC_INTERVAL = 1.0
 """Seconds between fsyncs under ``APP_JOURNAL_FSYNC=interval``."""
+PATH_CHECK_INTERVAL = 0.05
+"""Seconds between two checks that the journal's path still names the open file: a stat per
+write would cost a tenth of a small request's time. Requests written in between went to the
+file that was moved (it has them) or removed (saved, with state; see the module's doc)."""
+HEADER = b"# servicekit journal 2: each line is a request, a space, its CRC-32 in 8 hex digits\n"
+"""The first line of a journal with checksums; no record can equal it (it ends in no CRC)."""
+CHECKSUM_BYTES = 9
+"""A space and 8 hex digits after each request, before its newline."""
 TORN_SUFFIX = ".torn"
+COMPACT_SUFFIX = ".compact"
+REMOVED_SUFFIX = ".removed"
+KEPT_FILES = 2
+"""Rotated files kept beside the journal of a protocol without state: ``<journal>.1``, ``.2``."""
+LOGGED_SKIPS = 10
+"""Skipped lines logged one by one at replay; the rest are only counted."""
 _READ_CHUNK = 1 << 16
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -69,8 +127,46 @@ class JournalInUse(Exception):
     """Another process has the journal open for writing; two writers would interleave."""
 
 
+def encode(requests: Iterable[bytes]) -> bytes:
+    """Journal records for ``requests`` (each without its newline): request, CRC-32, newline."""
+    crc32 = zlib.crc32
+    parts: list[bytes] = []
+    add = parts.append
+    for request in requests:  # one join copies each request once (this is the hot path)
+        add(request)
+        add(b" %08x\n" % crc32(request))
+    return b"".join(parts)
+
+
+def _verified(line: bytes) -> bytes | None:
+    """The request in a record line (without its newline) if its checksum matches."""
+    if len(line) < CHECKSUM_BYTES or line[-CHECKSUM_BYTES] != 0x20:
+        return None
+    request = line[:-CHECKSUM_BYTES]
+    return request if b"%08x" % zlib.crc32(request) == line[-8:] else None
+
+
+@dataclass
+class ReplayReport:
+    """What a replay found besides the records: counted so the log can say it in one line."""
+
+    records: int = 0
+    old_format: int = 0
+    """Lines replayed from before the journal had checksums."""
+    skipped: int = 0
+    skipped_bytes: int = 0
+    nul_bytes: int = 0
+    """NUL bytes cut from the start of lines whose rest was a good record."""
+    offsets: list[int] = field(default_factory=list)
+    """Byte offsets of the first LOGGED_SKIPS skipped lines."""
+
+
+class JournalRefused(OSError):
+    """The journal holds something the service must not skip or may not trust."""
+
+
 class Journal:
-    """Append-only, write-ahead, group-committed log of requests, one per line."""
+    """Append-only, write-ahead, group-committed log of requests, one checksummed line each."""
 
     def __init__(
         self,
@@ -78,16 +174,39 @@ class Journal:
         *,
         fsync: FsyncPolicy = FsyncPolicy.INTERVAL,
         on_failure: Callable[[OSError], None],
+        max_line_bytes: int = 1 << 16,
+        stateful: bool = True,
+        max_bytes: int = 0,
+        snapshot: Callable[[], Iterable[bytes]] | None = None,
+        quiet: Callable[[], bool] = lambda: True,
     ) -> None:
         self.path = path
         self.fsync = fsync
+        self.max_line_bytes = max_line_bytes
+        """The longest request line, newline included, as ``APP_MAX_LINE_BYTES`` says."""
+        self.stateful = stateful
+        """The protocol rebuilds state from this file: it may not be rotated away under us."""
+        self.max_bytes = max_bytes
+        """Rotate or compact past this size; 0 = never."""
+        self.snapshot = snapshot
+        self.quiet = quiet
+        """True when every journaled request has been handled: a snapshot then matches it."""
         self.lines_written = 0
         self.failed = False
+        self.report = ReplayReport()
+        self.position = (0, 0)
+        """Byte offset and line number (1-based) of the record replay handed out last."""
         self._on_failure = on_failure
         self._fd: int | None = None
+        self._identity: tuple[int, int] = (0, 0)
+        """Device and inode of the open file: the path must still name it."""
         self._syncable = True
         self._size = 0
         """Bytes in the file after the last complete write: where a failed write is cut back."""
+        self._needs_header = False
+        """HEADER goes before the next write: a new file, or one from before checksums."""
+        self._compacted_size = 0
+        """Size right after the last compaction: the next one waits for twice as much."""
         self._queued: list[bytes] = []
         self._queued_lines = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -95,6 +214,7 @@ class Journal:
         self._closing = False
         self._unsynced = False
         self._last_sync = 0.0
+        self._next_path_check = 0.0
         self._error: OSError | None = None
         self._writer: asyncio.Future[None] | None = None
         # Counted for servicekit.metrics, which reads them when scraped (servicekit/tally.py).
@@ -110,6 +230,7 @@ class Journal:
         before the service listens, so a bad path stops the start, not the first request.
         """
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_folder(self.path.parent)
         try:
             existing = os.lstat(self.path)
         except FileNotFoundError:
@@ -119,19 +240,46 @@ class Journal:
         if existing is not None and not stat.S_ISREG(existing.st_mode):
             self._open_special(existing.st_mode)
             return
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW
-        fd = os.open(self.path, flags, 0o600)
+        with contextlib.suppress(FileNotFoundError):  # a compaction a kill -9 cut short
+            os.unlink(self._sibling(COMPACT_SUFFIX))
+        fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         if not _lock(fd):
             os.close(fd)
             raise JournalInUse(f"{self.path} is in use by another process")
-        self._fd = fd
+        self._adopt(fd)
         self._size = self._fence_torn_tail(fd)
+        if self._size == 0 or not self._ends_checksummed(fd):
+            if self._size:
+                logger.warning(
+                    "journal %s has no checksums (written by an older version): its %d"
+                    " byte(s) are replayed as they are; new records are checksummed",
+                    self.path,
+                    self._size,
+                )
+            self._needs_header = True  # with the first write: a start that fails changes nothing
+        if not self.stateful or self.snapshot is not None or not self.max_bytes:
+            return
+        logger.warning(
+            "journal: APP_JOURNAL_MAX_BYTES=%d cannot bound %s: the protocol has state (its"
+            " recover does work) but no snapshot() to compact it with",
+            self.max_bytes,
+            self.path,
+        )
+
+    def _adopt(self, fd: int) -> None:
+        """Make ``fd`` the file written from now on; remember which file it is."""
+        info = os.fstat(fd)
+        self._fd = fd
+        self._identity = (info.st_dev, info.st_ino)
+
+    def _sibling(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
 
     def _open_special(self, mode: int) -> None:
         """A device or FIFO: written, never read back, fenced or fsynced."""
         # Without a reader, opening a FIFO for writing would wait forever; non-blocking, it
         # fails at once (ENXIO), which is the clear start-up error we want.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | _O_BINARY | _O_CLOEXEC | _O_NONBLOCK)
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | _O_NONBLOCK)
         if sys.platform != "win32":
             os.set_blocking(fd, True)
         self._fd = fd
@@ -145,38 +293,148 @@ class Journal:
         end = size
         while end > 0:
             start = max(end - _READ_CHUNK, 0)
-            os.lseek(fd, start, os.SEEK_SET)
-            newline = os.read(fd, end - start).rfind(b"\n")
+            newline = _read_at(fd, end - start, start).rfind(b"\n")
             if newline >= 0:
                 end = start + newline + 1
                 break
             end = start
         if end == size:
             return size
-        os.lseek(fd, end, os.SEEK_SET)
-        torn = os.read(fd, size - end)
-        quarantine = self.path.with_name(self.path.name + TORN_SUFFIX)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW
-        keep = os.open(quarantine, flags, 0o600)
+        quarantine = self._sibling(TORN_SUFFIX)
+        keep = open_private(quarantine, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            _write_all(keep, torn)
+            for offset in range(end, size, _READ_CHUNK):  # a chunk at a time: it may be huge
+                _write_all(keep, _read_at(fd, min(_READ_CHUNK, size - offset), offset))
             os.fsync(keep)
         finally:
             os.close(keep)
         os.ftruncate(fd, end)
         os.fsync(fd)
         logger.warning(
-            "journal: fenced a torn last line: %d byte(s) moved to %s", len(torn), quarantine
+            "journal: fenced a torn last line: %d byte(s) moved to %s", size - end, quarantine
         )
         return end
 
+    def _ends_checksummed(self, fd: int) -> bool:
+        """True if the file's last line is HEADER or a good record: it needs no new HEADER."""
+        start = max(self._size - (self.max_line_bytes + CHECKSUM_BYTES + 1), 0)
+        tail = _read_at(fd, self._size - start, start)
+        last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :]
+        return last == HEADER or _verified(last[:-1].lstrip(b"\0")) is not None
+
     def replay(self) -> Iterator[bytes]:
-        """Every journaled request, oldest first, without its newline."""
-        if not self._syncable:
+        """Every journaled request, oldest first, without its newline; see the format rules.
+
+        ``report`` counts what was skipped; ``position`` says where the last record was.
+        """
+        if not self._syncable or self._fd is None:
             return  # a device or FIFO cannot be read back
-        with self.path.open("rb") as file:
-            for line in file:
-                yield line[:-1]
+        self.report = report = ReplayReport()
+        with open(os.dup(self._fd), "rb", buffering=_READ_CHUNK) as file:
+            file.seek(0)
+            yield from self._records(file, report)
+        if report.skipped or report.nul_bytes:
+            logger.warning(
+                "journal: replay of %s skipped %d line(s) (%d byte(s)) that are not good"
+                " records, first at byte offset(s) %s; cut %d NUL byte(s) from the start of"
+                " good records",
+                self.path,
+                report.skipped,
+                report.skipped_bytes,
+                ", ".join(map(str, report.offsets)),
+                report.nul_bytes,
+            )
+
+    def _records(self, file: BinaryIO, report: ReplayReport) -> Iterator[bytes]:
+        limit = self.max_line_bytes + CHECKSUM_BYTES  # the longest record, newline included
+        offset = 0
+        number = 0
+        old_format = True  # until the first HEADER or checksummed record
+        while line := file.readline(limit):
+            start, number = offset, number + 1
+            offset += len(line)
+            if not line.endswith(b"\n") and len(line) < limit:
+                self._skip(report, start, len(line), "a torn last line")
+                continue
+            if not line.endswith(b"\n"):
+                length, checked = self._skip_long_line(file, line)
+                offset = start + length
+                if checked:
+                    raise JournalRefused(
+                        errno.EFBIG,
+                        f"record at byte offset {start} (line {number}) is {length} bytes, over"
+                        f" APP_MAX_LINE_BYTES={self.max_line_bytes}: set APP_MAX_LINE_BYTES to"
+                        f" {length - CHECKSUM_BYTES} or more to replay it",
+                        str(self.path),
+                    )
+                self._skip(report, start, length, "a line longer than the limit")
+                continue
+            if line == HEADER:
+                old_format = False
+                continue
+            body = line[:-1]
+            request = _verified(body)
+            if request is None and body.startswith(b"\0"):
+                stripped = body.lstrip(b"\0")
+                if _verified(stripped) is not None or (old_format and stripped):
+                    report.nul_bytes += len(body) - len(stripped)
+                    body = stripped
+                    request = _verified(body)
+            if request is not None:
+                old_format = False
+            elif old_format and body.lstrip(b"\0"):
+                request = body
+                report.old_format += 1
+            else:
+                self._skip(report, start, len(line), "not a good record")
+                continue
+            report.records += 1
+            self.position = (start, number)
+            yield request
+
+    def _skip_long_line(self, file: BinaryIO, head: bytes) -> tuple[int, bool]:
+        """Read past a line longer than the limit without keeping it: (length, checksum ok).
+
+        The CRC-32 runs over the line as it streams by; only the last CHECKSUM_BYTES are held
+        back, as they may be the checksum itself.
+        """
+        length, crc, held = 0, 0, b""
+        chunk = head
+        while True:
+            length += len(chunk)
+            ended = chunk.endswith(b"\n")
+            data = held + (chunk[:-1] if ended else chunk)
+            crc = zlib.crc32(data[:-CHECKSUM_BYTES], crc)
+            held = data[-CHECKSUM_BYTES:]
+            if ended:
+                break
+            chunk = file.readline(_READ_CHUNK)
+            if not chunk:
+                break
+        checked = held[:1] == b" " and held[1:] == b"%08x" % crc
+        return length, checked
+
+    def _skip(self, report: ReplayReport, offset: int, length: int, why: str) -> None:
+        report.skipped += 1
+        report.skipped_bytes += length
+        if len(report.offsets) < LOGGED_SKIPS:
+            report.offsets.append(offset)
+            logger.warning(
+                "journal: skipped %d byte(s) at byte offset %d of %s: %s",
+                length,
+                offset,
+                self.path,
+                why,
+            )
+
+    def compact_now(self) -> None:
+        """At start, after the replay: rewrite the journal as ``snapshot()``.
+
+        Only with a bound (``APP_JOURNAL_MAX_BYTES``) and a ``snapshot``; nothing is queued or
+        in flight yet, so the snapshot is exactly the replayed state.
+        """
+        if self.snapshot is not None and self._syncable and self.max_bytes:
+            self._compact(encode(self._snapshot()))
 
     def abandon(self) -> None:
         """Close the file unused, when the service does not start after all."""
@@ -198,7 +456,7 @@ class Journal:
         if self._error is not None:
             _fail_quietly(done, self._error)
             return done
-        self._queued.append(b"\n".join(requests) + b"\n")
+        self._queued.append(encode(requests))
         self._queued_lines += len(requests)
         self._waiters.append(done)
         self._wakeup.set()
@@ -224,11 +482,18 @@ class Journal:
                 self._queued, self._queued_lines, self._waiters = [], 0, []
                 try:
                     if self._syncable:  # a regular file: the page cache takes it at once
+                        if time.monotonic() >= self._next_path_check:
+                            self._check_still_ours()
                         self._write(batch, lines)
                     else:  # a device or FIFO can block until its reader catches up
                         await loop.run_in_executor(None, self._write, batch, lines)
                     if self.fsync is FsyncPolicy.ALWAYS or self._sync_due():
                         await loop.run_in_executor(None, self._sync)
+                    if self._compaction_due() and self.quiet():
+                        lines += self._queued_lines  # answered with the new file
+                        await self._compact_while_serving(loop, waiters)
+                    elif self._rotation_due():
+                        await loop.run_in_executor(None, self._rotate)
                 except OSError as error:
                     self._fail(error, lines, waiters)
                     raise
@@ -259,9 +524,182 @@ class Journal:
             and time.monotonic() - self._last_sync >= SYNC_INTERVAL
         )
 
+    def _check_still_ours(self) -> None:
+        """Before a write: the path must still name the open file, at least as long as written.
+
+        A protocol without state goes on in a new file; one with state stops (see above).
+        """
+        assert self._fd is not None
+        self._next_path_check = time.monotonic() + PATH_CHECK_INTERVAL
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            removed = os.fstat(self._fd).st_nlink == 0
+            what = "removed" if removed else "moved away"
+        else:
+            if (info.st_dev, info.st_ino) != self._identity:
+                what = "replaced by another file"
+            elif info.st_size < self._size:
+                what = f"truncated (from {self._size} to {info.st_size} bytes)"
+            else:
+                return
+        if not self.stateful:
+            logger.warning(
+                "journal %s was %s while the service ran: going on in a new file at that path",
+                self.path,
+                what,
+            )
+            if what.startswith("truncated"):
+                self._size = info.st_size  # the same file: go on at its new end
+                if self._size == 0:
+                    _write_all(self._fd, HEADER)
+                    self._size = len(HEADER)
+            else:
+                self._reopen()
+            return
+        saved = ""
+        if what == "removed":
+            saved = f"; what it held is saved in {self._save_removed()}"
+        raise JournalRefused(
+            errno.ESTALE,
+            f"was {what} while the service ran; the state is rebuilt from this file, so the"
+            f" service stops{saved}: put the file back before restarting (to bound the"
+            " journal, set APP_JOURNAL_MAX_BYTES instead of rotating it)",
+            str(self.path),
+        )
+
+    def _save_removed(self) -> Path:
+        """Copy the open, removed file to ``<journal>.removed``; return that path.
+
+        A copy saved by an earlier incident is kept: this one then gets ``.removed.1``, ...
+        """
+        assert self._fd is not None
+        for n in range(1000):
+            saved = self._sibling(REMOVED_SUFFIX + (f".{n}" if n else ""))
+            try:
+                fd = open_private(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(errno.EEXIST, "1000 saved copies already", str(saved))
+        try:
+            for offset in range(0, self._size, _READ_CHUNK):
+                _write_all(fd, _read_at(self._fd, min(_READ_CHUNK, self._size - offset), offset))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return saved
+
+    def _reopen(self) -> None:
+        """Go on in the file at the path (created, with HEADER, if there is none)."""
+        fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        if not _lock(fd):
+            os.close(fd)
+            raise OSError(errno.EBUSY, "is in use by another process", str(self.path))
+        old, self._fd = self._fd, None
+        if old is not None:
+            os.close(old)
+        self._adopt(fd)
+        self._size = os.fstat(fd).st_size
+        if self._size == 0:
+            _write_all(fd, HEADER)
+            self._size = len(HEADER)
+
+    def _rotation_due(self) -> bool:
+        return not self.stateful and self._syncable and 0 < self.max_bytes <= self._size
+
+    def _rotate(self) -> None:
+        """A protocol without state: keep the last KEPT_FILES files, start a new journal.
+
+        In the executor: the renames and the fsync are disk work. What was written is fsynced
+        first unless the policy is ``never`` (the rotated file is not synced later), so what
+        moves to ``<journal>.1`` keeps the policy's promise; a crash in between leaves the
+        journal at the path or at ``.1``, both replayed by nobody (nothing is rebuilt from them).
+        """
+        assert self._fd is not None
+        if self._unsynced and self.fsync is not FsyncPolicy.NEVER:
+            os.fsync(self._fd)
+        for n in range(KEPT_FILES, 1, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self._sibling(f".{n - 1}"), self._sibling(f".{n}"))
+        self._close_before_rename()
+        os.replace(self.path, self._sibling(".1"))
+        self._reopen()
+        logger.info("journal: rotated %s past %d bytes", self.path, self.max_bytes)
+
+    def _close_before_rename(self) -> None:
+        """Windows cannot rename over, or away, a file that is open: close it first. POSIX
+        keeps it open, and so locked, until the new file has taken the path."""
+        if sys.platform == "win32" and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _compaction_due(self) -> bool:
+        return (
+            self.snapshot is not None
+            and self._syncable
+            and self.max_bytes > 0
+            and max(self.max_bytes, 2 * self._compacted_size) <= self._size
+        )
+
+    def _snapshot(self) -> Iterable[bytes]:
+        assert self.snapshot is not None
+        return self.snapshot()
+
+    async def _compact_while_serving(
+        self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]]
+    ) -> None:
+        """Rewrite the journal as the snapshot, taken now, between two batches.
+
+        Every journaled request has been handled (``quiet``), so the snapshot holds exactly
+        their effect, including requests queued but not written yet: those are not written,
+        and their waiters (moved into ``waiters``) are released with the new file. Requests
+        queued while it is written come after it.
+        """
+        records = encode(self._snapshot())
+        covered = self._queued_lines
+        waiters += self._waiters
+        self._queued, self._queued_lines, self._waiters = [], 0, []
+        await loop.run_in_executor(None, self._compact, records)
+        self.lines_written += covered
+
+    def _compact(self, records: bytes) -> None:
+        """Write HEADER and ``records`` to ``<journal>.compact``, fsync, rename over the journal.
+
+        Until the rename, the journal at the path is the old one, whole; from it, the new one,
+        whole (it was fsynced first). The new file is locked before it takes the path, so a
+        second service is refused all along. The folder is fsynced after, by the caller.
+        """
+        assert self._fd is not None
+        temporary = self._sibling(COMPACT_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        fd = open_private(temporary, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        try:
+            _lock(fd)
+            _write_all(fd, HEADER + records)
+            os.fsync(fd)
+            before = self._size
+            self._close_before_rename()
+            os.replace(temporary, self.path)
+        except OSError:
+            os.close(fd)
+            raise
+        if self._fd is not None:
+            os.close(self._fd)
+        self._adopt(fd)
+        self._size = self._compacted_size = len(HEADER) + len(records)
+        self._needs_header = False
+        self._unsynced = False
+        _fsync_folder(self.path.parent)
+        logger.info("journal: compacted %s from %d to %d bytes", self.path, before, self._size)
+
     def _write(self, batch: bytes, lines: int) -> None:
         """One write for the whole batch; a failed one is cut back to the last whole line."""
         assert self._fd is not None, "open() the journal before start()"
+        if self._needs_header:
+            batch = HEADER + batch
         began = time.perf_counter()
         try:
             _write_all(self._fd, batch)
@@ -271,6 +709,7 @@ class Journal:
         self.write_seconds.observe(time.perf_counter() - began)
         self.batch_lines.observe(lines)
         self.bytes_written += len(batch)
+        self._needs_header = False
         self._size += len(batch)
         self.lines_written += lines
         self._unsynced = True
@@ -327,6 +766,197 @@ class Journal:
         self._on_failure(error)
 
 
+def worker_journal(path: Path, index: int) -> Path:
+    """Worker ``index``'s journal: ``data/journal.log`` -> ``data/journal.worker-1.log``."""
+    return path.with_name(f"{path.stem}.worker-{index}{path.suffix}")
+
+
+MERGE_SUFFIX = ".merge"
+_MERGED = re.compile(r"(?P<orphan>.+)\.merged-into-(?P<target>.+)-(?P<inode>\d+)")
+"""An orphan renamed aside while its merge is made durable: which target, and the inode of
+the merged file that took the target's name (so a restart knows whether that happened)."""
+
+
+def adopt_orphans(path: Path, workers: int, max_line_bytes: int) -> None:
+    """Merge the journals of workers that no longer exist into those of the ones that do.
+
+    Called before anything writes: by the supervisor for ``workers`` > 1, by the single
+    process (``workers`` = 1, whose journal is ``path`` itself). An orphan is a worker's
+    file whose index is above ``workers``, every worker file when there are none, and
+    ``path`` itself when there are workers; orphan ``j`` goes to worker ``(j - 1) % workers
+    + 1``, ``path`` to worker 1. Its records are appended to its target's, so nothing
+    acknowledged is left in a file no process reads, and the log says what moved where.
+
+    Each merge is crash-safe and happens once: the merged file is written and fsynced under
+    ``<target>.merge``; the orphan is renamed to ``<orphan>.merged-into-<target>-<inode of
+    the merged file>``; the merged file is renamed over the target; the folder is fsynced;
+    the renamed orphan is removed. A restart that finds a renamed orphan removes it if the
+    target is that merged file, and otherwise puts it back and merges it again.
+    """
+    folder = path.parent
+    if not folder.is_dir():
+        return
+    names = {entry.name for entry in os.scandir(folder)}
+    for name in names:
+        if (found := _MERGED.fullmatch(name)) is None:
+            continue
+        target = folder / found["target"]
+        try:
+            done = os.stat(target).st_ino == int(found["inode"])
+        except FileNotFoundError:
+            done = False
+        if done:
+            os.unlink(folder / name)
+        else:
+            os.replace(folder / name, folder / found["orphan"])
+    worker = re.compile(re.escape(path.stem) + r"\.worker-(\d+)" + re.escape(path.suffix))
+    orphans: list[tuple[Path, Path]] = []
+    for name in sorted(entry.name for entry in os.scandir(folder)):
+        if (found := worker.fullmatch(name)) is None:
+            continue
+        index = int(found[1])
+        if workers == 1:
+            orphans.append((folder / name, path))
+        elif index > workers:
+            orphans.append((folder / name, worker_journal(path, (index - 1) % workers + 1)))
+    if workers > 1 and path.exists() and path.stat().st_size:
+        orphans.insert(0, (path, worker_journal(path, 1)))
+    for orphan, target in orphans:
+        _merge(orphan, target, max_line_bytes)
+
+
+def _merge(orphan: Path, target: Path, max_line_bytes: int) -> None:
+    """Append ``orphan``'s records to ``target``'s; see ``adopt_orphans`` for the steps."""
+    locked: list[int] = []
+    try:
+        for name, flags in ((orphan, os.O_RDWR), (target, os.O_RDWR | os.O_CREAT)):
+            fd = open_private(name, flags)
+            locked.append(fd)
+            if not _lock(fd):
+                raise JournalInUse(f"{name} is in use by another process")
+        temporary = target.with_name(target.name + MERGE_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        merged = open_private(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        counts = []
+        try:
+            _write_all(merged, HEADER)
+            for name, fd in ((target, locked[1]), (orphan, locked[0])):
+                reader = Journal(name, on_failure=lambda _: None, max_line_bytes=max_line_bytes)
+                reader._fd = fd  # read through the locked descriptor
+                pending: list[bytes] = []
+                count = 0
+                for request in reader.replay():
+                    pending.append(request)
+                    count += 1
+                    if len(pending) >= 1024:
+                        _write_all(merged, encode(pending))
+                        pending = []
+                if pending:
+                    _write_all(merged, encode(pending))
+                reader._fd = None
+                counts.append(count)
+            os.fsync(merged)
+            inode = os.fstat(merged).st_ino
+        finally:
+            os.close(merged)
+        aside = orphan.with_name(f"{orphan.name}.merged-into-{target.name}-{inode}")
+        os.replace(orphan, aside)
+        os.replace(temporary, target)
+        _fsync_folder(target.parent)
+        os.unlink(aside)
+        _fsync_folder(target.parent)
+    finally:
+        for fd in locked:
+            os.close(fd)
+    logger.warning(
+        "journal: merged %d record(s) of %s, the journal of a worker that no longer exists,"
+        " into %s (which held %d)",
+        counts[1],
+        orphan,
+        target,
+        counts[0],
+    )
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; Windows has no such fsync)."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(folder, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open a file of the service without following a symlink; refuse one others control.
+
+    Created 0600. An existing file must be owned by this process's user and writable by
+    nobody else (POSIX; a device such as ``/dev/null`` may be root's). Raises OSError.
+    """
+    try:
+        fd = os.open(path, flags | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a link
+            raise OSError(
+                errno.ELOOP, "is a symbolic link; refusing to follow it", str(path)
+            ) from None
+        raise
+    if sys.platform == "win32":
+        return fd
+    try:
+        info = os.fstat(fd)
+        me = os.geteuid()
+        regular = stat.S_ISREG(info.st_mode)
+        if info.st_uid != me and (regular or info.st_uid != 0):
+            raise OSError(
+                errno.EPERM,
+                f"is owned by uid {info.st_uid}, not by this service's user (uid {me});"
+                " refusing it",
+                str(path),
+            )
+        if regular and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise OSError(
+                errno.EPERM,
+                f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):o});"
+                " refusing it (chmod go-w it)",
+                str(path),
+            )
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a folder another user controls: owned by them, or open to all without sticky.
+
+    Root may own it (``/var/lib``); a group may write it (Kubernetes' ``fsGroup``); anyone may
+    write it only with the sticky bit (``/tmp``), which keeps them from renaming or removing
+    our files. POSIX only. Raises OSError.
+    """
+    if sys.platform == "win32":
+        return
+    info = os.stat(folder)
+    me = os.geteuid()
+    if info.st_uid not in (me, 0):
+        raise OSError(
+            errno.EPERM,
+            f"folder is owned by uid {info.st_uid}, not by this service's user (uid {me}) or"
+            " root; refusing it",
+            str(folder),
+        )
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise OSError(
+            errno.EPERM,
+            "folder is writable by anyone and has no sticky bit, so another user could replace"
+            " the journal; refusing it (chmod o-w, or +t)",
+            str(folder),
+        )
+
+
 def _lock(fd: int) -> bool:
     """Take an exclusive lock on the open journal; False if another process holds it.
 
@@ -342,6 +972,20 @@ def _lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file).
+
+    With lseek and read, which Windows has too (it has no pread). Moving the offset does not
+    disturb appends: O_APPEND writes always go to the end.
+    """
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while size > 0 and (chunk := os.read(fd, size)):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _write_all(fd: int, data: bytes) -> None:

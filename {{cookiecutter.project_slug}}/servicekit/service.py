@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
-from servicekit.journal import Journal, JournalInUse
+from servicekit.journal import Journal, JournalInUse, adopt_orphans
 from servicekit.server import Server
 
 if TYPE_CHECKING:
@@ -71,7 +71,14 @@ class Service:
         self.protocol = protocol
         self.exit_code = ExitCode.OK
         self.journal = Journal(
-            settings.journal_path, fsync=settings.journal_fsync, on_failure=self._journal_failed
+            settings.journal_path,
+            fsync=settings.journal_fsync,
+            on_failure=self._journal_failed,
+            max_line_bytes=settings.max_line_bytes,
+            stateful=not does_nothing(getattr(protocol, "recover", _empty)),
+            max_bytes=settings.journal_max_bytes,
+            snapshot=getattr(protocol, "snapshot", None),
+            quiet=self._every_request_handled,
         )
         self.server = Server(
             self.journal,
@@ -115,6 +122,8 @@ class Service:
     async def _open(self) -> None:
         self._step = "opening the journal"
         try:
+            if self.settings.worker_index == 0:  # workers: their supervisor did it
+                adopt_orphans(self.journal.path, 1, self.settings.max_line_bytes)
             self.journal.open()
         except JournalInUse as exc:
             raise StartupError(ExitCode.ADDRESS_IN_USE, f"cannot start: {exc}") from None
@@ -140,9 +149,16 @@ class Service:
         self._step = _REPLAYING
         try:
             replayed = self._replay()
+            old = self.journal.report.old_format
+            logger.info(
+                "recovered %d request(s) from %s%s",
+                replayed,
+                self.journal.path,
+                f" ({old} from before checksums)" if old else "",
+            )
+            self.journal.compact_now()
         except OSError as exc:
             raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
-        logger.info("recovered %d request(s) from %s", replayed, self.journal.path)
 
     def _replay(self) -> int:
         """Hand every journaled request to ``recover``; return how many there were.
@@ -152,9 +168,11 @@ class Service:
         one. Its line number is also ``sed -n Np`` on the file, the way to look at it.
         """
         recover = self.protocol.recover
-        line = offset = 0  # of the record being replayed: its 1-based line, its first byte
+        replayed = 0
         for request in self.journal.replay():
-            line += 1
+            replayed += 1
+            # Where the record is in the file (its header, checksums and skipped lines count).
+            offset, line = self.journal.position
             self._replaying = line  # an int: a replay of millions of lines pays nothing more
             try:
                 recover(request)
@@ -166,8 +184,7 @@ class Service:
                     " start replays it: make recover() accept it, or take that line out of the"
                     f" journal (keep a copy); sed -n {line}p {self.journal.path} shows it",
                 ) from exc
-            offset += len(request) + 1
-        return line
+        return replayed
 
     @property
     def step(self) -> str:
@@ -241,6 +258,10 @@ class Service:
         self.flush_seconds = time.monotonic() - flush_began
         if self.metrics is not None:  # served through the drain and the flush, for a last scrape
             self.metrics.close()
+
+    def _every_request_handled(self) -> bool:
+        """No ``handle`` is suspended: the protocol's state reflects every journaled request."""
+        return all(connection.task is None for connection in self.server.connections)
 
     def _journal_failed(self, error: OSError) -> None:
         self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {error}")

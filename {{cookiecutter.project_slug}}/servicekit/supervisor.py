@@ -19,7 +19,10 @@ What the supervisor does, and why:
   supervises), the concrete ``APP_PORT`` and the worker's own ``APP_JOURNAL_PATH``.
 - **Journals: one file per worker.** ``APP_JOURNAL_PATH=data/journal.log`` becomes
   ``data/journal.worker-1.log`` ... ``data/journal.worker-N.log``; a restarted worker appends
-  to the file of the worker it replaces. The service's journal is the union of those files:
+  to the file of the worker it replaces. Files of workers that no longer exist (after a
+  change of ``APP_WORKERS``, or the single process's ``journal.log``) are merged into the
+  files of the workers that do before any starts (``journal.adopt_orphans``), and the log
+  names each merge. The service's journal is the union of those files:
   lines keep their order within a file; across files there is no order, as there is none
   between connections. Separate files, rather than one shared file, because appends from
   several processes interleave safely only for small single ``write()`` calls on local disks,
@@ -90,6 +93,13 @@ from typing import TYPE_CHECKING, Any
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, describe, exit_status
+from servicekit.journal import (
+    JournalInUse,
+    adopt_orphans,
+    check_folder,
+    open_private,
+    worker_journal,
+)
 from servicekit.logs import iso_time
 
 if TYPE_CHECKING:
@@ -117,11 +127,6 @@ HEARTBEAT_FD_VARIABLE = "SUPERVISOR_HEARTBEAT_FD"
 """The file descriptor a worker writes its heartbeats to (not an APP_ setting: set by us)."""
 _LINE_LIMIT = 1 << 20
 """Longest worker log line relayed whole; a longer one is dropped rather than buffered."""
-
-
-def worker_journal(path: Path, index: int) -> Path:
-    """Worker ``index``'s journal: ``data/journal.log`` -> ``data/journal.worker-1.log``."""
-    return path.with_name(f"{path.stem}.worker-{index}{path.suffix}")
 
 
 def restart_delay(failures: int) -> float:
@@ -165,6 +170,14 @@ def main(settings: Settings) -> int:
         logger.error("%s", exc)
         return exc.exit_code
     try:
+        try:
+            adopt_orphans(settings.journal_path, workers, settings.max_line_bytes)
+        except JournalInUse as exc:
+            logger.error("cannot start: %s", exc)
+            return ExitCode.ADDRESS_IN_USE
+        except OSError as exc:
+            logger.error("cannot write journal: %s", exc)
+            return ExitCode.JOURNAL_UNWRITABLE
         return asyncio.run(_Supervisor(settings, workers, reserved).run())
     finally:
         for sock in reserved.sockets:
@@ -173,6 +186,13 @@ def main(settings: Settings) -> int:
             os.close(lock)
         if claim is not None:
             claim.close()
+
+
+def port_claim_name(port: int) -> str:
+    """The abstract socket name a supervisor of this user holds for ``port`` (Linux)."""
+    if sys.platform == "win32":
+        raise NotImplementedError("no abstract sockets on Windows")
+    return f"\0servicekit-supervisor-port-{port}-uid-{os.geteuid()}"
 
 
 def _claim_port(port: int) -> socket.socket | None:
@@ -184,18 +204,51 @@ def _claim_port(port: int) -> socket.socket | None:
     which belongs to the network namespace like the port itself, and the kernel releases it
     when the process ends, however it ends. Elsewhere, and for port 0 (every supervisor gets
     its own port), there is nothing to claim.
+
+    Anyone may bind any abstract name, so a name that is taken is only believed when the
+    socket holding it listens and its owner (``SO_PEERCRED``) is this same user: a name held
+    by another user is a squatter, said in the log and ignored (the listen check and the
+    journal lock still stand), never a reason to refuse a free port.
     """
-    if port == 0 or not sys.platform.startswith("linux"):
+    if port == 0 or sys.platform == "win32" or not sys.platform.startswith("linux"):
         return None
-    claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = port_claim_name(port)
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        claim.bind(f"\0app-supervisor-port-{port}")
+        claim.bind(name)
+        claim.listen(1)
     except OSError:
         claim.close()
+    else:
+        return claim
+    owner = _claim_owner(name)
+    if owner is not None and owner[1] == os.geteuid():
         raise StartupError(
-            ExitCode.ADDRESS_IN_USE, f"port {port} is taken by another supervisor"
-        ) from None
-    return claim
+            ExitCode.ADDRESS_IN_USE, f"port {port} is taken by another supervisor (pid {owner[0]})"
+        )
+    held_by = f"uid {owner[1]}, pid {owner[0]}" if owner else "a socket that does not answer"
+    logger.warning(
+        "the claim on port %d is held by %s, not by a supervisor of this user: ignored",
+        port,
+        held_by,
+    )
+    return None
+
+
+def _claim_owner(name: str) -> tuple[int, int] | None:
+    """(pid, uid) of the process listening on the abstract socket ``name``, if one does."""
+    if sys.platform != "linux":
+        return None
+    import struct
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(name)
+            raw = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return pid, uid
 
 
 @dataclass
@@ -265,7 +318,9 @@ def _lock_journals(journal: Path) -> int | None:
 
     Returns the locked file's descriptor, which the kernel unlocks when this process ends,
     however it ends. If the folder cannot be made, returns None: the first worker reports
-    the journal problem with its own exit status.
+    the journal problem with its own exit status. A lock file or folder that another user
+    controls (a symbolic link, someone else's file, see ``journal.open_private``) is refused
+    with exit status 73, never followed or written.
     """
     if sys.platform == "win32":
         return None  # no workers there (no SO_REUSEPORT); main() refused earlier
@@ -274,9 +329,13 @@ def _lock_journals(journal: Path) -> int | None:
     path = journal.with_name(journal.name + ".lock")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return None
+    try:
+        check_folder(path.parent)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -254,8 +255,41 @@ def assert_journaled(journal: Sequence[bytes], answered: Sequence[Sequence[bytes
         assert places == sorted(places), "journaled out of order"
 
 
+JOURNAL_HEADER = (
+    b"# servicekit journal 2: each line is a request, a space, its CRC-32 in 8 hex digits\n"
+)
+"""The first line of a journal file with checksums, as the format says."""
+
+
+def journal_record(request: bytes) -> bytes:
+    """One journal line as the format says: the request, a space, its CRC-32 in 8 hex digits."""
+    return b"%s %08x\n" % (request, zlib.crc32(request))
+
+
+def journal_requests(path: Path) -> bytes:
+    """A journal file's requests, each with a newline, as a client sent them.
+
+    Written here from the format's description, not with the service's code: every record
+    must carry a good checksum, and the header must come first.
+    """
+    lines = path.read_bytes().split(b"\n")
+    assert lines.pop() == b"", "a journal ends on a whole line"
+    assert not lines or lines[0] + b"\n" == JOURNAL_HEADER, lines[:1]
+    requests = []
+    for line in lines[1:]:
+        request, checksum = line[:-9], line[-9:] + b"\n"
+        assert checksum == journal_record(request)[-10:], f"bad record {line[:80]!r}"
+        requests.append(request + b"\n")
+    return b"".join(requests)
+
+
+def journal_lines(path: Path) -> list[bytes]:
+    """A journal file's requests, each with its newline."""
+    return [line + b"\n" for line in journal_requests(path).split(b"\n")[:-1]]
+
+
 def journal_of(service: Service) -> list[bytes]:
-    return service.journal.read_bytes().splitlines(keepends=True)
+    return journal_lines(service.journal)
 
 
 def talk_through_sigterm(service: Service, clients: int) -> list[bytes]:

@@ -21,7 +21,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, Service, StartService, ask, connect, is_reply, service_env
+from conftest import (
+    HANG_GUARD,
+    JOURNAL_HEADER,
+    Service,
+    StartService,
+    ask,
+    connect,
+    is_reply,
+    journal_record,
+    journal_requests,
+    service_env,
+)
 
 import servicekit.journal
 from servicekit.exitcodes import ExitCode
@@ -31,16 +42,21 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file sema
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 
+def journal_file(*requests: bytes) -> bytes:
+    """A journal file holding ``requests``, as the service writes it."""
+    return JOURNAL_HEADER + b"".join(map(journal_record, requests))
+
+
 def test_a_torn_last_line_is_fenced_not_fused(start_service: StartService, workdir: Path) -> None:
     """A crash mid-write leaves a partial line; the next run must not glue its first line on."""
     (workdir / "data").mkdir()
-    (workdir / "data" / "journal.log").write_bytes(b"complete\npartial-li")
+    (workdir / "data" / "journal.log").write_bytes(journal_file(b"complete") + b"partial-li")
     service = start_service()
     assert "fenced a torn last line: 10 byte(s) moved to data/journal.log.torn" in service.log
     with connect(service) as sock:
         assert is_reply(ask(sock, b"next-line\n"))
     assert service.stop() == ExitCode.OK, service.log
-    assert service.journal.read_bytes() == b"complete\nnext-line\n"
+    assert journal_requests(service.journal) == b"complete\nnext-line\n"
     assert (workdir / "data" / "journal.log.torn").read_bytes() == b"partial-li"
 
 
@@ -48,11 +64,11 @@ def test_a_journal_ending_on_a_line_is_left_alone(
     start_service: StartService, workdir: Path
 ) -> None:
     (workdir / "data").mkdir()
-    (workdir / "data" / "journal.log").write_bytes(b"one\ntwo\n")
+    (workdir / "data" / "journal.log").write_bytes(journal_file(b"one", b"two"))
     service = start_service()
     assert service.stop() == ExitCode.OK, service.log
     assert "fenced" not in service.log
-    assert service.journal.read_bytes() == b"one\ntwo\n"
+    assert service.journal.read_bytes() == journal_file(b"one", b"two")
     assert not (workdir / "data" / "journal.log.torn").exists()
 
 
@@ -93,7 +109,7 @@ def test_a_second_service_on_the_same_journal_refuses_with_69(
     with connect(first) as sock:
         assert is_reply(ask(sock, b"still mine\n"))
     assert first.stop() == ExitCode.OK, first.log
-    assert first.journal.read_bytes() == b"still mine\n"
+    assert journal_requests(first.journal) == b"still mine\n"
 
 
 @linux_only
@@ -172,7 +188,7 @@ def test_a_disk_that_fills_mid_write_leaves_whole_lines_and_an_exact_count(
     assert words[-1] == "1", "on_failure is called once"
     content = path.read_bytes()
     assert content.endswith(b"\n"), "the file must end on a line boundary"
-    assert len(content.splitlines()) == acknowledged
+    assert len(journal_requests(path).splitlines()) == acknowledged
     assert 0 < acknowledged < 30 * 7
     # Exactly the batch that was cut is reported; nothing else was queued at that moment.
     assert "7 request(s) could not be journaled" in result.stderr, result.stderr
@@ -217,7 +233,7 @@ def test_requests_are_on_file_before_the_append_is_done(tmp_path: Path) -> None:
         done = journal.append([b"first", b"second"])
         assert not done.done(), "a reply may only follow the write"
         await done
-        assert (tmp_path / "journal.log").read_bytes() == b"first\nsecond\n"
+        assert journal_requests(tmp_path / "journal.log") == b"first\nsecond\n"
 
     run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
 
@@ -233,7 +249,7 @@ def test_group_commit_writes_everything_queued_at_once(
         assert writes.calls == 1
 
     run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
-    lines = (tmp_path / "journal.log").read_bytes().splitlines()
+    lines = journal_requests(tmp_path / "journal.log").splitlines()
     assert lines == [b"connection %d" % n for n in range(50)]
 
 
@@ -289,7 +305,7 @@ def test_the_journal_flushes_on_sigterm_with_every_policy(start_service: StartSe
         with connect(service) as sock:
             assert is_reply(ask(sock, line))
         assert service.stop(signal.SIGTERM) == ExitCode.OK, service.log
-    assert service.journal.read_bytes() == b"always\ninterval\nnever\n"
+    assert journal_requests(service.journal) == b"always\ninterval\nnever\n"
 
 
 def talk_until_killed(
@@ -353,7 +369,7 @@ def test_kill_9_under_load_loses_no_acknowledged_request_and_fuses_none(
     last = start_service()  # fences the last round's torn tail, if any
     fenced += last.log.count("fenced a torn last line")
     assert last.stop() == ExitCode.OK, last.log
-    journal = last.journal.read_bytes().splitlines()
+    journal = journal_requests(last.journal).splitlines()
     well_formed = re.compile(rb"r\d+ c\d+ n\d+ x*")
     fused = [line for line in journal if not well_formed.fullmatch(line)]
     assert not fused, f"{len(fused)} fused or torn line(s), e.g. {fused[:3]}"

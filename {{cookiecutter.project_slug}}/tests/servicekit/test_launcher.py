@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HANG_GUARD, LISTENING, Process, service_env
+from conftest import HANG_GUARD, LISTENING, Process, journal_requests, service_env
 
 from servicekit import exitcodes, launcher
 from servicekit.config import Settings
@@ -110,7 +110,7 @@ def test_run_echo_stop_through_the_launcher(workdir: Path) -> None:
     assert STOP_HEARD in log
     assert "shutdown: complete" in log
     assert "Traceback" not in log
-    assert (workdir / "data" / "journal.log").read_bytes() == b"".join(lines)
+    assert journal_requests(workdir / "data" / "journal.log") == b"".join(lines)
     assert not files.pid.exists(), "app.pid must be removed on exit"
     assert json.loads(files.exit.read_text())["status"] == ExitCode.OK
     assert recorded["launcher"] == running.popen.pid
@@ -127,7 +127,7 @@ def test_signal_to_the_launcher_is_relayed_as_sigterm(workdir: Path, signum: int
     assert running.stop(signum) == ExitCode.OK, running.log
     assert f"{signal.Signals(signum).name} received: sending SIGTERM" in running.log
     assert "shutdown: SIGTERM received" in running.log
-    assert (workdir / "data" / "journal.log").read_bytes() == b"x\n"
+    assert journal_requests(workdir / "data" / "journal.log") == b"x\n"
 
 
 def test_the_service_exit_status_is_passed_through(workdir: Path) -> None:
@@ -488,4 +488,4 @@ def test_ctrl_break_event_stops_the_service_gracefully(workdir: Path) -> None:
     process.send(signal.CTRL_BREAK_EVENT)
     assert process.wait() == ExitCode.OK, process.log
     assert "shutdown: SIGBREAK received" in process.log
-    assert (workdir / "data" / "journal.log").read_bytes() == b"break\n"
+    assert journal_requests(workdir / "data" / "journal.log") == b"break\n"

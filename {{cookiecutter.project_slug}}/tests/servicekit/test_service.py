@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     HANG_GUARD,
+    JOURNAL_HEADER,
     SHUTTING_DOWN,
     Process,
     Service,
@@ -34,6 +35,8 @@ from conftest import (
     connect,
     is_reply,
     journal_of,
+    journal_record,
+    journal_requests,
     read_to_end,
     service_env,
     talk_through_sigterm,
@@ -98,7 +101,7 @@ def test_client_reads_requests_from_stdin(start_service: StartService, workdir: 
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(b"\n") == 50
     assert service.stop() == ExitCode.OK
-    assert service.journal.read_bytes() == requests
+    assert journal_requests(service.journal) == requests
 
 
 @posix_only
@@ -165,7 +168,7 @@ def test_signal_stops_gracefully_with_phases_logged(start_service: StartService,
     assert -1 not in positions, service.log
     assert positions == sorted(positions), "phases out of order:\n" + service.log
     assert "Traceback" not in service.log
-    assert service.journal.read_bytes() == b"before the signal\n"
+    assert journal_requests(service.journal) == b"before the signal\n"
 
 
 @posix_only
@@ -177,7 +180,7 @@ def test_sighup_stops_gracefully_like_sigterm(start_service: StartService, figur
     assert "shutdown: SIGHUP received" in service.log
     positions = [service.log.find(phase) for phase in SHUTDOWN_PHASES]
     assert -1 not in positions, service.log
-    assert service.journal.read_bytes() == b"before the hangup\n"
+    assert journal_requests(service.journal) == b"before the hangup\n"
     figure("sighup", "SIGHUP (a closed terminal): the same graceful stop as SIGTERM, exit 0")
 
 
@@ -232,7 +235,7 @@ def test_health_probe(start_service: StartService, run_app) -> None:
     failed = run_app("--port", str(service.port), module="servicekit.health")
     assert failed.returncode == 1
     assert failed.stderr.startswith("unhealthy: ")
-    assert service.journal.read_bytes() == b"", "health pings must not be journaled"
+    assert journal_requests(service.journal) == b"", "health pings must not be journaled"
     assert run_app("--port", "x", module="servicekit.health").returncode == 1  # never 2 (Docker's)
 
 
@@ -671,13 +674,13 @@ NO_REPLAY = textwrap.dedent(
 def test_an_empty_recover_does_not_read_the_journal(workdir: Path) -> None:
     (workdir / "data").mkdir()
     journal = workdir / "data" / "journal.log"
-    journal.write_bytes(b"journaled before\n")
+    journal.write_bytes(JOURNAL_HEADER + journal_record(b"journaled before"))
     (workdir / "no_replay.py").write_text(NO_REPLAY)
     env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log")
     service = Service(workdir, env, args=["no_replay.py"])
     assert is_reply(reply_to(service, b"more\n"))
     assert service.stop() == ExitCode.OK, service.log
-    assert journal.read_bytes() == b"journaled before\nmore\n"
+    assert journal_requests(journal) == b"journaled before\nmore\n"
 
 
 def test_a_name_with_several_addresses_is_one_port_on_each(start_service: StartService) -> None:

@@ -32,6 +32,9 @@ from conftest import (
     service_env,
     talk_through_sigterm,
 )
+from conftest import (
+    journal_lines as journal_lines_of,
+)
 
 from servicekit import supervisor
 from servicekit.config import Settings
@@ -111,7 +114,7 @@ def owner(client: socket.socket, pids: list[int]) -> int:
 def journal_lines(folder: Path) -> list[bytes]:
     lines: list[bytes] = []
     for path in sorted(folder.glob("journal.worker-*.log")):
-        lines += path.read_bytes().splitlines(keepends=True)
+        lines += journal_lines_of(path)
     return lines
 
 

@@ -1,0 +1,406 @@
+"""A journal that stays bounded: compaction through the protocol's ``snapshot()``, rotation for
+a protocol without state, and ``kill -9`` at every step of a compaction.
+
+The stateful protocol here is a small key-value store written the way a user would write one
+in ``app/protocol.py``: ``handle`` and ``recover`` apply ``SET k v``; ``snapshot`` returns one
+``SET`` per key, the requests that rebuild today's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    HANG_GUARD,
+    JOURNAL_HEADER,
+    Process,
+    Service,
+    StartService,
+    ask,
+    connect,
+    journal_record,
+    journal_requests,
+    service_env,
+)
+
+from servicekit.exitcodes import ExitCode
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
+
+KEY_VALUE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from app import protocol
+    from servicekit import journal, main as entry
+
+    store = {}
+
+    def apply(request):
+        parts = request.split(b" ", 2)
+        if parts[0] == b"SET" and len(parts) == 3:
+            store[parts[1]] = parts[2]
+
+    async def handle(request):
+        parts = request.split(b" ", 2)
+        if parts[0] == b"GET" and len(parts) == 2:
+            return store.get(parts[1], b"(none)")
+        apply(request)
+        return b"OK"
+
+    def recover(request):
+        apply(request)
+
+    def snapshot():
+        return [b"SET %s %s" % item for item in store.items()]
+
+    protocol.handle, protocol.recover, protocol.snapshot = handle, recover, snapshot
+
+    # KILL_AT=n: SIGKILL this process at the n-th os call made inside a compaction (or
+    # inside the journal function KILL_IN names).
+    kill_at = int(os.environ.get("KILL_AT", "0"))
+    kill_in = os.environ.get("KILL_IN", "_compact")
+    calls = [0]
+    compacting = [False]
+
+    class KillingOs:
+        def __getattr__(self, name):
+            real = getattr(os, name)
+            if not callable(real):
+                return real
+
+            def call(*args, **kwargs):
+                if compacting[0]:
+                    calls[0] += 1
+                    if calls[0] == kill_at:
+                        print(f"killed at step {kill_at}: os.{name}", file=sys.stderr, flush=True)
+                        os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+
+            return call
+
+    def watch(function):
+        def watched(*args):
+            compacting[0] = True
+            try:
+                return function(*args)
+            finally:
+                compacting[0] = False
+
+        return watched
+
+    if kill_at:
+        owner = journal.Journal if kill_in == "_compact" else journal
+        setattr(owner, kill_in, watch(getattr(owner, kill_in)))
+        journal.os = KillingOs()
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+def key_value(workdir: Path, **settings: str) -> Service:
+    """The key-value service, run as ``python -m kv`` so that workers run it too."""
+    (workdir / "kv").mkdir(exist_ok=True)
+    (workdir / "kv" / "__main__.py").write_text(KEY_VALUE)
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", **settings)
+    STARTED.append(service := Service(workdir, env, args=["-m", "kv"]))
+    return service
+
+
+STARTED: list[Process] = []
+"""Processes a test started directly; the fixture below kills any left after a failure."""
+
+
+@pytest.fixture(autouse=True)
+def kill_leftovers() -> Iterator[None]:
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait()
+
+
+def read_store(service: Service, keys: list[bytes]) -> dict[bytes, bytes]:
+    with connect(service) as sock:
+        return {key: ask(sock, b"GET " + key + b"\n")[:-1] for key in keys}
+
+
+@posix_only
+def test_kill_9_at_every_step_of_a_compaction_recovers_the_same_state(
+    workdir: Path, figure
+) -> None:
+    """A compaction is cut by SIGKILL before each os call it makes, in turn; whichever file is
+    left at the path must recover exactly the state the journal held before."""
+    rng = random.Random(21)
+    keys = [b"k%d" % n for n in range(20)]
+    requests = [b"SET %s %d" % (rng.choice(keys), n) for n in range(300)]
+    expected: dict[bytes, bytes] = {}
+    for request in requests:
+        _, key, value = request.split(b" ")
+        expected[key] = value
+    content = JOURNAL_HEADER + b"".join(map(journal_record, requests))
+    steps = 0
+    for kill_at in range(1, 100):
+        (workdir / "data").mkdir(mode=0o700, exist_ok=True)
+        (workdir / "data" / "journal.log").write_bytes(content)
+        (workdir / "data" / "journal.log").chmod(0o600)
+        (workdir / "kv.py").write_text(KEY_VALUE)
+        env = service_env(
+            APP_PORT="0",
+            APP_JOURNAL_PATH="data/journal.log",
+            APP_JOURNAL_MAX_BYTES="1000",
+            KILL_AT=str(kill_at),
+        )
+        STARTED.append(cut := Process([sys.executable, "kv.py"], workdir, env))
+        line = cut.wait_for(r"killed at step|listening on")
+        if "listening on" in line[0]:
+            assert cut.stop() == ExitCode.OK, cut.log
+            assert "compacted data/journal.log" in cut.log
+            break
+        assert cut.wait() == -signal.SIGKILL
+        steps += 1
+        after = key_value(workdir)
+        assert read_store(after, sorted(expected)) == expected, (kill_at, after.log)
+        assert "skipped" not in after.log, after.log
+        assert after.stop() == ExitCode.OK, after.log
+    assert steps >= 8, f"only {steps} kill points: the compaction made fewer os calls than thought"
+    figure(
+        "compaction-kill-9",
+        f"kill -9 before each of the {steps} os calls of a compaction: the same state recovered",
+    )
+
+
+def pipeline_sets(
+    service: Service,
+    round_: int,
+    kill_after: int,
+    acknowledged: dict[bytes, int],
+    sent: dict[bytes, int],
+) -> None:
+    """8 clients pipeline ``SET`` on keys of their own with rising values; SIGKILL after
+    ``kill_after`` replies in all. Records the last value answered and sent per key."""
+
+    async def client(number: int, killed: asyncio.Event, count: list[int]) -> None:
+        reader, writer = await asyncio.open_connection(service.host, service.port)
+        in_flight: list[tuple[bytes, int]] = []
+        try:
+            for n in range(1_000_000):
+                key = b"c%d-k%d" % (number, n % 5)
+                value = round_ * 1_000_000 + n
+                writer.write(b"SET %s %d %s\n" % (key, value, b"x" * 100))
+                sent[key] = value
+                in_flight.append((key, value))
+                if len(in_flight) < 8:
+                    continue
+                reply = await reader.readuntil(b"\n")
+                assert reply == b"OK\n", reply
+                key, value = in_flight.pop(0)
+                acknowledged[key] = value
+                count[0] += 1
+                if count[0] >= kill_after and not killed.is_set():
+                    killed.set()
+                    service.send(signal.SIGKILL)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        killed = asyncio.Event()
+        count = [0]
+        await asyncio.wait_for(
+            asyncio.gather(*(client(n, killed, count) for n in range(8))), HANG_GUARD * 3
+        )
+
+    asyncio.run(scenario())
+    assert service.wait() == -signal.SIGKILL
+
+
+@posix_only
+def test_kill_9_under_load_with_compactions_loses_nothing_acknowledged(
+    workdir: Path, figure
+) -> None:
+    """Compactions every few KiB while 8 clients pipeline writes; SIGKILL at random moments.
+    After each restart every key holds the last value answered for it, or one sent later."""
+    rng = random.Random(4)
+    acknowledged: dict[bytes, int] = {}
+    sent: dict[bytes, int] = {}
+    compactions = 0
+    for round_ in range(1, 6):
+        service = key_value(workdir, APP_JOURNAL_MAX_BYTES="8192")
+        compactions += service.log.count("compacted")
+        if acknowledged:
+            store = read_store(service, sorted(acknowledged))
+            for key, value in acknowledged.items():
+                assert value <= int(store[key].split(b" ")[0]) <= sent[key], (key, store[key])
+        pipeline_sets(service, round_, rng.randrange(2_000, 8_000), acknowledged, sent)
+        compactions += service.log.count("compacted")
+    last = key_value(workdir, APP_JOURNAL_MAX_BYTES="8192")
+    store = read_store(last, sorted(acknowledged))
+    for key, value in acknowledged.items():
+        assert value <= int(store[key].split(b" ")[0]) <= sent[key], (key, store[key])
+    assert last.stop() == ExitCode.OK, last.log
+    assert compactions >= 10, f"only {compactions} compactions: the test did not test them"
+    figure(
+        "compaction-under-load",
+        f"kill -9 under load, 5 rounds with {compactions} compactions: every acknowledged"
+        " write recovered",
+    )
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.glob("journal.log*"))
+
+
+@posix_only
+def test_disk_use_stays_bounded_for_the_echo(
+    start_service: StartService, workdir: Path, figure
+) -> None:
+    """A protocol without state: past APP_JOURNAL_MAX_BYTES the journal is rotated, and only
+    two old files are kept, however much is sent."""
+    limit = 64 * 1024
+    service = start_service(APP_JOURNAL_MAX_BYTES=str(limit))
+    folder = service.journal.parent
+    most = 0
+    line = b"e" * 200 + b"\n"
+    with connect(service) as sock:
+        stream = sock.makefile("rb")
+        for _ in range(200):  # 200 x 64 lines: 2.6 MB, 40 times the bound
+            sock.sendall(line * 64)
+            for _ in range(64):
+                assert stream.readline() == line
+            most = max(most, folder_bytes(folder))
+    assert service.stop() == ExitCode.OK, service.log
+    names = sorted(path.name for path in folder.glob("journal.log*"))
+    assert names == ["journal.log", "journal.log.1", "journal.log.2"], names
+    batch = 64 * (len(line) + 9)
+    assert most <= 3 * (limit + batch), f"{most} bytes on disk, bound {3 * (limit + batch)}"
+    assert journal_requests(folder / "journal.log.1").count(b"\n") > 0
+    figure(
+        "journal-bounded",
+        f"echo, 2.6 MB through a 64 KiB bound: at most {most:,} bytes on disk (3 files)",
+    )
+
+
+@posix_only
+def test_disk_use_stays_bounded_for_a_key_value_store(workdir: Path, figure) -> None:
+    """A protocol with snapshot(): the journal is compacted past its bound, and a restart
+    still answers every key."""
+    limit = 64 * 1024
+    service = key_value(workdir, APP_JOURNAL_MAX_BYTES=str(limit))
+    folder = service.journal.parent
+    most = 0
+    expected: dict[bytes, bytes] = {}
+    with connect(service) as sock:
+        stream = sock.makefile("rb")
+        for batch in range(200):  # 2.6 MB of SETs on 50 keys
+            lines = [b"SET k%d %d-%s" % (n % 50, batch, b"v" * 180) for n in range(64)]
+            sock.sendall(b"\n".join(lines) + b"\n")
+            for request in lines:
+                assert stream.readline() == b"OK\n"
+                _, key, value = request.split(b" ", 2)
+                expected[key] = value
+            most = max(most, folder_bytes(folder))
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.log.count("compacted") >= 10, service.log
+    state = 50 * 220
+    bound = max(limit, 2 * state) + 64 * 220 + state  # the journal, a batch, a compaction file
+    assert most <= bound, f"{most} bytes on disk, bound {bound}"
+    again = key_value(workdir, APP_JOURNAL_MAX_BYTES=str(limit))
+    assert read_store(again, sorted(expected)) == expected
+    assert again.stop() == ExitCode.OK
+    figure(
+        "journal-bounded",
+        f"key-value store, 2.6 MB of SETs through a 64 KiB bound: at most {most:,} bytes on"
+        " disk, every key answered after a restart",
+    )
+
+
+@posix_only
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
+def test_changing_app_workers_keeps_every_acknowledged_request(workdir: Path, figure) -> None:
+    """1 -> 2 -> 3 -> 2 -> 1 workers: the files of workers that no longer exist are merged
+    into the others' (the log says so), so the last run, one process, sees every SET."""
+    acknowledged: dict[bytes, bytes] = {}
+    for run, workers in enumerate((1, 2, 3, 2, 1)):
+        service = key_value(workdir, APP_WORKERS=str(workers))
+        for n in range(30):
+            with connect(service) as sock:  # new connections: spread over the workers
+                key = b"run%d-%d" % (run, n)
+                assert ask(sock, b"SET %s %d\n" % (key, run)) == b"OK\n"
+                acknowledged[key] = b"%d" % run
+        assert service.stop() == ExitCode.OK, service.log
+        folder = workdir / "data"
+        names = sorted(path.name for path in folder.glob("journal*.log"))
+        expected = (
+            ["journal.log"]
+            if workers == 1
+            else [f"journal.worker-{i}.log" for i in range(1, workers + 1)]
+        )
+        assert names == expected, (names, service.log)
+        if run == 1:
+            assert "merged 30 record(s) of data/journal.log" in service.log, service.log
+        if run == 3:
+            assert "of data/journal.worker-3.log, the journal of a worker that no longer" in (
+                service.log
+            )
+    last = key_value(workdir)
+    assert read_store(last, sorted(acknowledged)) == acknowledged
+    assert last.stop() == ExitCode.OK, last.log
+    figure(
+        "workers-change",
+        f"APP_WORKERS 1, 2, 3, 2, 1: all {len(acknowledged)} acknowledged SETs seen by the last"
+        " run (orphaned worker journals merged, each merge logged)",
+    )
+
+
+@posix_only
+def test_kill_9_at_every_step_of_a_merge_keeps_every_request_once(workdir: Path) -> None:
+    """Two workers' journals merged into the single process's: SIGKILL before each os call
+    of the merges in turn; the next start must see every request exactly once."""
+    folder = workdir / "data"
+    folder.mkdir(mode=0o700)
+    files = {
+        "journal.log": [b"SET a 1", b"SET b 1"],
+        "journal.worker-1.log": [b"SET a 2", b"SET c 1"],
+        "journal.worker-2.log": [b"SET b 2", b"SET d 1", b"SET d 2"],
+    }
+    expected = {b"a": b"2", b"b": b"2", b"c": b"1", b"d": b"2"}
+    (workdir / "kv").mkdir()
+    (workdir / "kv" / "__main__.py").write_text(KEY_VALUE)
+    steps = 0
+    for kill_at in range(1, 200):
+        for path in folder.iterdir():
+            path.unlink()
+        for name, requests in files.items():
+            (folder / name).write_bytes(JOURNAL_HEADER + b"".join(map(journal_record, requests)))
+            (folder / name).chmod(0o600)
+        env = service_env(
+            APP_PORT="0",
+            APP_JOURNAL_PATH="data/journal.log",
+            KILL_AT=str(kill_at),
+            KILL_IN="_merge",
+        )
+        STARTED.append(cut := Process([sys.executable, "-m", "kv"], workdir, env))
+        line = cut.wait_for(r"killed at step|listening on")
+        if "listening on" in line[0]:
+            assert cut.stop() == ExitCode.OK, cut.log
+            break
+        assert cut.wait() == -signal.SIGKILL
+        steps += 1
+        after = key_value(workdir, APP_JOURNAL_MAX_BYTES="0")  # no compaction: records stay
+        assert read_store(after, sorted(expected)) == expected, (kill_at, after.log)
+        assert after.stop() == ExitCode.OK, after.log
+        journaled = journal_requests(folder / "journal.log").splitlines()
+        replayed = [line for line in journaled if line.startswith(b"SET")]  # not our GETs
+        assert sorted(replayed) == sorted(r for rs in files.values() for r in rs), kill_at
+        assert sorted(path.name for path in folder.iterdir()) == ["journal.log"], kill_at
+    assert steps >= 20, f"only {steps} kill points in two merges"
