@@ -1,0 +1,256 @@
+"""What a new user's own service hits: promises of the docs broken by ordinary protocol code.
+
+Each test writes a small service the way a newcomer would from the README and
+``docs/protocol.md`` (its own package, calling ``servicekit.main.main`` with its protocol),
+runs it as the docs say, in real processes with real signals, and checks one promise. Each
+one marked ``xfail(strict=True)`` reproduces a promise broken today: it flips to a failure
+(and the mark must go) once servicekit keeps that promise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import HANG_GUARD, LISTENING, Process, service_env
+
+from servicekit.exitcodes import ExitCode
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="fork start method and /proc"
+)
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+USER_MAIN = textwrap.dedent(
+    """
+    import sys
+    from servicekit.main import main
+    from userservice import protocol
+
+    if __name__ == "__main__":
+        sys.exit(main(protocol))
+    """
+)
+"""``userservice/__main__.py``: what ``app/__main__.py`` is, for the user's package below."""
+
+USER_PROTOCOL = textwrap.dedent(
+    """
+    import asyncio
+    import os
+    import signal
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    _pool = None
+    _greeting = b"hello"
+
+
+    def _reload(signum, frame):
+        global _greeting
+        _greeting = b"reloaded"
+        print(f"config reloaded in pid {os.getpid()}", file=sys.stderr, flush=True)
+
+
+    if os.environ.get("USER_RELOAD_ON_SIGHUP"):
+        # The "reload config" pattern: installed before run(), so the README says it is ours.
+        signal.signal(signal.SIGHUP, _reload)
+
+
+    def _pid():
+        return os.getpid()
+
+
+    async def handle(request):
+        global _pool
+        if request == b"greet":
+            return _greeting
+        if request == b"pid":
+            return b"%d" % os.getpid()
+        if request == b"pool":
+            # CPU work off the event loop, as asyncio's docs suggest: the default start
+            # method on Linux up to Python 3.13 is fork.
+            if _pool is None:
+                _pool = ProcessPoolExecutor(1)
+            loop = asyncio.get_running_loop()
+            child = await loop.run_in_executor(_pool, _pid)
+            return b"%d %d" % (os.getpid(), child)
+        if request == b"interrupt":
+            raise KeyboardInterrupt  # as code that calls into a library that raises it
+        return request
+
+
+    def recover(request):
+        pass
+    """
+)
+"""``userservice/protocol.py``: an echo with the extras a newcomer adds first."""
+
+
+def start_user_service(workdir: Path, **settings: str) -> Process:
+    """The user's service started in ``workdir``; call ``wait_for(LISTENING)`` on it."""
+    package = workdir / "userservice"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(USER_MAIN)
+    (package / "protocol.py").write_text(USER_PROTOCOL)
+    env = service_env(APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="data/journal.log")
+    env.update(settings)
+    return Process([sys.executable, "-m", "userservice"], workdir, env)
+
+
+def ask_once(port: int, line: bytes, timeout: float = HANG_GUARD) -> bytes:
+    """One request on a fresh connection; b"" if nothing came back in time."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(line + b"\n")
+        reply = b""
+        with contextlib.suppress(TimeoutError):
+            while not reply.endswith(b"\n"):
+                chunk = sock.recv(1)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux: from /proc)."""
+    found: list[int] = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text()
+            found += [int(child) for child in text.split()]
+    return found
+
+
+@contextlib.contextmanager
+def killed_at_the_end(pids: list[int]) -> Iterator[list[int]]:
+    """Kill whatever is in ``pids`` when the test ends, so no orphan outlives it."""
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# --- SIGHUP "reload config" under APP_WORKERS ---------------------------------------------------
+
+
+@posix_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="the supervisor takes SIGHUP and stops every worker though the protocol set a handler",
+)
+def test_a_reload_handler_on_sighup_is_kept_with_workers(workdir: Path) -> None:
+    """README: SIGHUP stops the service "unless your code installed a SIGHUP handler of its
+    own before run() (then it is yours)". A handler set at import of the protocol works for
+    one process; with APP_WORKERS=2 the same ``kill -HUP`` stops the whole service."""
+    service = start_user_service(workdir, APP_WORKERS="2", USER_RELOAD_ON_SIGHUP="1")
+    try:
+        port = int(service.wait_for(LISTENING)[2])
+        service.send(signal.SIGHUP)
+        service.wait_for("config reloaded|stopping", timeout=10)
+        assert "stopping" not in service.log, service.log
+        assert ask_once(port, b"greet") != b""
+    finally:
+        service.stop()
+
+
+@posix_only
+def test_a_reload_handler_on_sighup_is_kept_in_one_process(workdir: Path) -> None:
+    """The same handler in one process: the service reloads and keeps serving (the control
+    for the test above)."""
+    service = start_user_service(workdir, USER_RELOAD_ON_SIGHUP="1")
+    port = int(service.wait_for(LISTENING)[2])
+    assert ask_once(port, b"greet") == b"hello\n"
+    service.send(signal.SIGHUP)
+    service.wait_for("config reloaded")
+    assert ask_once(port, b"greet") == b"reloaded\n"
+    assert service.stop() == ExitCode.OK, service.log
+
+
+# --- A process pool in handle -------------------------------------------------------------------
+
+
+@linux_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="forked pool children inherit the journal's flock: after kill -9 the restart exits 69",
+)
+def test_restart_after_kill_9_of_a_service_with_a_process_pool(workdir: Path) -> None:
+    """README: every reply survives a ``kill -9``, and the service restarts on its journal.
+    A ``ProcessPoolExecutor`` (fork) used in ``handle`` leaves its children alive after the
+    ``kill -9``; they hold the journal's lock and the listening socket, so the restart is
+    refused with status 69 ("in use by another process") until someone finds and kills them."""
+    service = start_user_service(workdir)
+    port = int(service.wait_for(LISTENING)[2])
+    with killed_at_the_end(children(service.popen.pid)) as orphans:
+        assert ask_once(port, b"pool").count(b" ") == 1
+        orphans += children(service.popen.pid)
+        service.popen.kill()
+        service.popen.wait()
+        restarted = start_user_service(workdir)
+        try:
+            restarted.wait_for(f"{LISTENING.pattern}|cannot start")
+            assert "cannot start" not in restarted.log, restarted.log
+        finally:
+            orphans += children(restarted.popen.pid)
+            for pid in orphans:  # before stop(): they hold the stderr pipe the test reads
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            restarted.stop()
+
+
+@linux_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="a crashed worker's pool children keep its pipes: the supervisor never notices it died",
+)
+def test_a_crashed_worker_with_a_process_pool_is_replaced(workdir: Path) -> None:
+    """docs/deployment.md: a worker that crashes is replaced after 0.5 s, and "only its own
+    connections are lost; the other workers keep serving". With a fork process pool in the
+    worker, its children outlive it: the supervisor logs nothing and starts no replacement,
+    and the dead worker's listening socket, kept open by them, takes its share of new
+    connections, which hang unanswered."""
+    service = start_user_service(workdir, APP_WORKERS="2")
+    port = int(service.wait_for(LISTENING)[2])
+    with killed_at_the_end([]) as orphans:
+        try:
+            worker = int(ask_once(port, b"pool").split()[0])
+            orphans += children(worker)
+            index = service.wait_for(rf"worker (\d+) started \(pid {worker}\)")[1]
+            os.kill(worker, signal.SIGKILL)
+            service.wait_for(rf"worker {index} ready \(pid (?!{worker}\))", timeout=10)
+        finally:
+            for pid in orphans:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            service.stop()
+
+
+# --- handle raising what is not an Exception ----------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a KeyboardInterrupt raised by handle exits 130 (a second SIGINT) with a raw traceback",
+)
+def test_a_keyboard_interrupt_raised_by_handle_is_an_unhandled_error(workdir: Path) -> None:
+    """README's exit statuses: 1 is "an unhandled error stopped it (after a full graceful
+    shutdown, one traceback logged)"; 130 is "a second SIGINT forced an immediate exit". No
+    signal is sent here: code in ``handle`` raises ``KeyboardInterrupt``. The service drains,
+    then exits 130 with the same traceback printed a second time, raw, after the shutdown
+    (not a log record: it breaks APP_LOG_FORMAT=json)."""
+    service = start_user_service(workdir)
+    port = int(service.wait_for(LISTENING)[2])
+    ask_once(port, b"interrupt")
+    status = service.wait()
+    assert status == ExitCode.ERROR, service.log
+    assert service.log.count("Traceback") == 1, service.log
