@@ -420,3 +420,34 @@ def test_a_snapshot_record_with_a_newline_loses_no_acknowledged_state(workdir: P
         assert ask_once(port, b"get k") == expected, restarted.log
     finally:
         restarted.stop()
+
+
+FAILING_SNAPSHOT_PROTOCOL = textwrap.dedent(
+    """
+    async def handle(request):
+        return request
+
+
+    def recover(request):
+        raise AssertionError("not called: the journal is empty")
+
+
+    def snapshot():
+        raise RuntimeError("cannot snapshot the store")
+    """
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="snapshot() raising at start exits 1 with no traceback and no word of snapshot()",
+)
+def test_snapshot_failing_at_start_keeps_its_traceback(workdir: Path) -> None:
+    """README: status 1 is an unhandled error, "one traceback logged"; a failing ``recover``
+    names its record and keeps its traceback (status 65). A ``snapshot()`` that raises at
+    the start's compaction ends with one line, "stopped by an unhandled error: cannot
+    snapshot the store": no traceback, nothing saying the user's ``snapshot()`` raised it."""
+    service = start_user_service(workdir, FAILING_SNAPSHOT_PROTOCOL)
+    assert service.wait() == ExitCode.ERROR, service.log
+    assert service.log.count("Traceback") == 1, service.log
+    assert "snapshot" in service.log.replace("cannot snapshot the store", ""), service.log
