@@ -246,6 +246,7 @@ def test_a_crashed_worker_with_a_process_pool_is_replaced(workdir: Path) -> None
 # --- handle raising what is not an Exception ----------------------------------------------------
 
 
+@posix_only
 @pytest.mark.xfail(
     strict=True,
     reason="a KeyboardInterrupt raised by handle exits 130 (a second SIGINT) with a raw traceback",
