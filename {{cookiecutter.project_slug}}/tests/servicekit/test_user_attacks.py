@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -241,6 +242,34 @@ def test_a_crashed_worker_with_a_process_pool_is_replaced(workdir: Path) -> None
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             service.stop()
+
+
+@linux_only
+@pytest.mark.xfail(
+    strict=True,
+    reason="forked children inherit servicekit.main's start-up signal handler: SIGTERM is ignored",
+)
+def test_a_forked_pool_child_still_dies_on_sigterm(workdir: Path) -> None:
+    """A process forked by the user's code (a ``ProcessPoolExecutor`` or ``multiprocessing``
+    worker) is expected to die on SIGTERM, as it does under ``asyncio.run()``: that is how an
+    operator, systemd (it sends SIGTERM to every process of the unit) or a cleanup script
+    stops it. Under the service it inherits, as its SIGTERM and SIGINT handler,
+    ``servicekit.main``'s start-up handler, which only notes the signal: the child ignores
+    both, and only SIGKILL ends it (as after the ``kill -9`` above, where orphans remain)."""
+    service = start_user_service(workdir)
+    port = int(service.wait_for(LISTENING)[2])
+    try:
+        child = int(ask_once(port, b"pool").split()[1])
+        with killed_at_the_end([child]):
+            ended = os.pidfd_open(child)
+            try:
+                os.kill(child, signal.SIGTERM)
+                readable, _, _ = select.select([ended], [], [], 5.0)
+            finally:
+                os.close(ended)
+            assert readable, f"pool child {child} still running 5 s after SIGTERM"
+    finally:
+        service.stop()
 
 
 # --- handle raising what is not an Exception ----------------------------------------------------
