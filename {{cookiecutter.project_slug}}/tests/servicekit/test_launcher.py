@@ -489,3 +489,15 @@ def test_ctrl_break_event_stops_the_service_gracefully(workdir: Path) -> None:
     assert process.wait() == ExitCode.OK, process.log
     assert "shutdown: SIGBREAK received" in process.log
     assert journal_requests(workdir / "data" / "journal.log") == b"break\n"
+
+
+@posix_only
+def test_the_launcher_reads_the_shutdown_timeout_as_the_service_does(workdir: Path) -> None:
+    """A line that only looks like the setting, inside another variable's quoted value: the
+    launcher's own regex once took it, and gave a 1 s grace to a service with 8 s."""
+    (workdir / ".env").write_text('NOTE="a note that spans lines\nAPP_SHUTDOWN_TIMEOUT=1\n"\n')
+    env = service_env(APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="data/journal.log")
+    process = Process([sys.executable, "-m", "servicekit.launcher", "run"], workdir, env)
+    process.wait_for(LISTENING)
+    assert "killed after 13.0 s" in process.log, process.log  # 8 s + the 5 s margin
+    assert process.stop(signal.SIGTERM) == ExitCode.OK, process.log

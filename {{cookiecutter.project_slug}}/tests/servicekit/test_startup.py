@@ -272,21 +272,6 @@ def test_the_health_probe_gives_up_at_its_timeout_against_a_dribbling_server(
     figure("health-deadline", f"a byte a second: --timeout 2 gave up {took - start_up:.1f} s in")
 
 
-# --- The launcher reads .env as the service does ----------------------------------------------
-
-
-@posix_only
-def test_the_launcher_reads_the_shutdown_timeout_as_the_service_does(workdir: Path) -> None:
-    """A line that only looks like the setting, inside another variable's quoted value: the
-    launcher's own regex once took it, and gave a 1 s grace to a service with 8 s."""
-    (workdir / ".env").write_text('NOTE="a note that spans lines\nAPP_SHUTDOWN_TIMEOUT=1\n"\n')
-    env = service_env(APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="data/journal.log")
-    process = Process([sys.executable, "-m", "servicekit.launcher", "run"], workdir, env)
-    process.wait_for(LISTENING)
-    assert "killed after 13.0 s" in process.log, process.log  # 8 s + the 5 s margin
-    assert process.stop(signal.SIGTERM) == ExitCode.OK, process.log
-
-
 # --- A worker is ready when it says so on its heartbeat channel -------------------------------
 
 
