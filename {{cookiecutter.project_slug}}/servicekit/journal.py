@@ -165,6 +165,16 @@ class JournalRefused(OSError):
     """The journal holds something the service must not skip or may not trust."""
 
 
+class SnapshotFailed(Exception):
+    """The protocol's ``snapshot()`` raised (the cause), or returned a record that cannot be
+    one journal line; the message says which. Nothing was written: the journal is as it was."""
+
+
+SHOWN_PREFIX = 20
+"""Bytes of a bad snapshot record the log shows: enough to recognise it, no more of a value
+that may be a client's secret."""
+
+
 class Journal:
     """Append-only, write-ahead, group-committed log of requests, one checksummed line each."""
 
@@ -431,10 +441,11 @@ class Journal:
         """At start, after the replay: rewrite the journal as ``snapshot()``.
 
         Only with a bound (``APP_JOURNAL_MAX_BYTES``) and a ``snapshot``; nothing is queued or
-        in flight yet, so the snapshot is exactly the replayed state.
+        in flight yet, so the snapshot is exactly the replayed state. Raises SnapshotFailed,
+        with the journal left as it was, if ``snapshot()`` fails.
         """
         if self.snapshot is not None and self._syncable and self.max_bytes:
-            self._compact(encode(self._snapshot()))
+            self._compact(self._snapshot_records())
 
     def abandon(self) -> None:
         """Close the file unused, when the service does not start after all."""
@@ -643,9 +654,27 @@ class Journal:
             and max(self.max_bytes, 2 * self._compacted_size) <= self._size
         )
 
-    def _snapshot(self) -> Iterable[bytes]:
+    def _snapshot_records(self) -> bytes:
+        """``snapshot()``'s records, encoded, each checked to be one journal line.
+
+        Checked before anything is written, so a bad record never replaces the journal: a
+        record with a newline would be read back as pieces with bad checksums and skipped,
+        and the state it held lost; one over the line limit would stop every start. Raises
+        SnapshotFailed.
+        """
         assert self.snapshot is not None
-        return self.snapshot()
+        records: list[bytes] = []
+        try:
+            records.extend(self.snapshot())  # a generator raises while it is consumed
+        except Exception as exc:
+            raise SnapshotFailed(f"snapshot() raised {type(exc).__name__}: {exc}") from exc
+        for number, record in enumerate(records, 1):
+            if (problem := _bad_record(record, self.max_line_bytes)) is not None:
+                raise SnapshotFailed(
+                    f"snapshot() returned a record that cannot be journaled (record {number}"
+                    f" of {len(records)}): {problem}"
+                )
+        return encode(records)
 
     async def _compact_while_serving(
         self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]]
@@ -657,12 +686,30 @@ class Journal:
         and their waiters (moved into ``waiters``) are released with the new file. Requests
         queued while it is written come after it.
         """
-        records = encode(self._snapshot())
+        try:
+            records = self._snapshot_records()
+        except SnapshotFailed as exc:
+            self._compaction_off(exc)
+            return
         covered = self._queued_lines
         waiters += self._waiters
         self._queued, self._queued_lines, self._waiters = [], 0, []
         await loop.run_in_executor(None, self._compact, records)
         self.lines_written += covered
+
+    def _compaction_off(self, failure: SnapshotFailed) -> None:
+        """``snapshot()`` failed while serving: keep serving on the journal as it is (every
+        acknowledged request is in it), say so once, and stop compacting until a restart
+        (whose own compaction then refuses to start, with the same reason)."""
+        self.snapshot = None
+        logger.error(
+            "journal: cannot compact %s: %s; serving on, with the journal growing past"
+            " APP_JOURNAL_MAX_BYTES until a restart (which refuses to start until snapshot()"
+            " is fixed, or APP_JOURNAL_MAX_BYTES=0)",
+            self.path,
+            failure,
+            exc_info=failure.__cause__,
+        )
 
     def _compact(self, records: bytes) -> None:
         """Write HEADER and ``records`` to ``<journal>.compact``, fsync, rename over the journal.
@@ -764,6 +811,21 @@ class Journal:
                 os.close(self._fd)
             self._fd = None
         self._on_failure(error)
+
+
+def _bad_record(record: object, max_line_bytes: int) -> str | None:
+    """Why ``record`` cannot be one journal line replayed under ``max_line_bytes``, or None."""
+    if not isinstance(record, bytes):
+        return f"it is {type(record).__name__}, not bytes"
+    shown = f"{len(record)} bytes starting {record[:SHOWN_PREFIX]!r}"
+    if (newline := record.find(b"\n")) >= 0:
+        return f"it holds a newline at byte {newline} ({shown}); a record is one line"
+    if len(record) >= max_line_bytes:  # the limit counts the newline, as for requests
+        return (
+            f"it is longer than APP_MAX_LINE_BYTES={max_line_bytes} allows ({shown}); raise"
+            " the limit or split the record"
+        )
+    return None
 
 
 def worker_journal(path: Path, index: int) -> Path:

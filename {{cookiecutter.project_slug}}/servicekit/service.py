@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
-from servicekit.journal import Journal, JournalInUse, adopt_orphans
+from servicekit.journal import Journal, JournalInUse, SnapshotFailed, adopt_orphans
 from servicekit.server import Server
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class Service:
                 self.journal.path,
                 f" ({old} from before checksums)" if old else "",
             )
-            self.journal.compact_now()
+            self._compact_at_start()
         except OSError as exc:
             raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
 
@@ -185,6 +185,19 @@ class Service:
                     f" journal (keep a copy); sed -n {line}p {self.journal.path} shows it",
                 ) from exc
         return replayed
+
+    def _compact_at_start(self) -> None:
+        """Compact the replayed journal; a ``snapshot()`` that fails stops the start like a
+        ``recover`` that raises: its traceback (or the bad record) and the journal kept."""
+        try:
+            self.journal.compact_now()
+        except SnapshotFailed as exc:
+            raise StartupError(
+                ExitCode.RECOVER_FAILED,
+                f"cannot start: {exc}; at the start's compaction of {self.journal.path}, which"
+                " is kept as it was: fix snapshot(), or set APP_JOURNAL_MAX_BYTES=0 to start"
+                " without compacting",
+            ) from exc.__cause__
 
     @property
     def step(self) -> str:
