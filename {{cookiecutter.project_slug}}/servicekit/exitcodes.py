@@ -37,8 +37,9 @@ class ExitCode(enum.IntEnum):
     RECOVER_FAILED = (
         65,
         (
-            "recover() raised on a journaled request: the log names its line and byte offset"
-            " and shows the traceback (EX_DATAERR)"
+            "recover() raised on a journaled request (the log names its line and byte offset"
+            " and shows the traceback), or snapshot() failed at the start's compaction; the"
+            " journal is kept as it was (EX_DATAERR)"
         ),
     )
     ADDRESS_IN_USE = 69, "the port or the journal is in use by another process (EX_UNAVAILABLE)"

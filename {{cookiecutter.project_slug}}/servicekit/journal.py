@@ -66,8 +66,9 @@ to ``<journal>.removed``. The supported way to bound the journal is ``APP_JOURNA
 **Bounded.** With ``APP_JOURNAL_MAX_BYTES`` set, a journal past that size is rotated (a
 protocol without state: ``<journal>.1`` ... ``<journal>.<KEPT_FILES>`` are kept, the oldest
 dropped) or compacted (a protocol with ``snapshot()``: its requests, which rebuild today's
-state, are written to ``<journal>.compact``, fsynced, renamed over the journal, and the folder
-fsynced; a ``kill -9`` at any point leaves either the old journal or the new one, whole).
+state, then the requests still in ``handle`` (``Unfinished``), are written to
+``<journal>.compact``, fsynced, renamed over the journal, and the folder fsynced; a ``kill -9``
+at any point leaves either the old journal or the new one, whole).
 
 A crash can leave the last line cut short. On open, such a torn tail is moved to
 ``<journal>.torn`` and cut off, so the next request starts on a line of its own. A write
@@ -88,10 +89,10 @@ import stat
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from servicekit.aiorun import shutdown_waits_for
 from servicekit.config import FsyncPolicy
@@ -165,6 +166,16 @@ class JournalRefused(OSError):
     """The journal holds something the service must not skip or may not trust."""
 
 
+class SnapshotFailed(Exception):
+    """The protocol's ``snapshot()`` raised (the cause), or returned a record that cannot be
+    one journal line; the message says which. Nothing was written: the journal is as it was."""
+
+
+SHOWN_PREFIX = 20
+"""Bytes of a bad snapshot record the log shows: enough to recognise it, no more of a value
+that may be a client's secret."""
+
+
 class Journal:
     """Append-only, write-ahead, group-committed log of requests, one checksummed line each."""
 
@@ -178,7 +189,7 @@ class Journal:
         stateful: bool = True,
         max_bytes: int = 0,
         snapshot: Callable[[], Iterable[bytes]] | None = None,
-        quiet: Callable[[], bool] = lambda: True,
+        unfinished: Unfinished | None = None,
     ) -> None:
         self.path = path
         self.fsync = fsync
@@ -189,8 +200,9 @@ class Journal:
         self.max_bytes = max_bytes
         """Rotate or compact past this size; 0 = never."""
         self.snapshot = snapshot
-        self.quiet = quiet
-        """True when every journaled request has been handled: a snapshot then matches it."""
+        self.unfinished = unfinished
+        """Which journaled requests ``handle`` has not finished: a compaction writes them after
+        the snapshot. None: every request is finished by the time the writer runs."""
         self.lines_written = 0
         self.failed = False
         self.report = ReplayReport()
@@ -431,10 +443,11 @@ class Journal:
         """At start, after the replay: rewrite the journal as ``snapshot()``.
 
         Only with a bound (``APP_JOURNAL_MAX_BYTES``) and a ``snapshot``; nothing is queued or
-        in flight yet, so the snapshot is exactly the replayed state.
+        in flight yet, so the snapshot is exactly the replayed state. Raises SnapshotFailed,
+        with the journal left as it was, if ``snapshot()`` fails.
         """
         if self.snapshot is not None and self._syncable and self.max_bytes:
-            self._compact(encode(self._snapshot()))
+            self._compact(self._snapshot_records())
 
     def abandon(self) -> None:
         """Close the file unused, when the service does not start after all."""
@@ -458,6 +471,8 @@ class Journal:
             return done
         self._queued.append(encode(requests))
         self._queued_lines += len(requests)
+        if self.unfinished is not None:
+            self.unfinished.appended(requests)
         self._waiters.append(done)
         self._wakeup.set()
         return done
@@ -489,7 +504,7 @@ class Journal:
                         await loop.run_in_executor(None, self._write, batch, lines)
                     if self.fsync is FsyncPolicy.ALWAYS or self._sync_due():
                         await loop.run_in_executor(None, self._sync)
-                    if self._compaction_due() and self.quiet():
+                    if self._compaction_due():
                         lines += self._queued_lines  # answered with the new file
                         await self._compact_while_serving(loop, waiters)
                     elif self._rotation_due():
@@ -643,26 +658,69 @@ class Journal:
             and max(self.max_bytes, 2 * self._compacted_size) <= self._size
         )
 
-    def _snapshot(self) -> Iterable[bytes]:
+    def _snapshot_records(self) -> bytes:
+        """``snapshot()``'s records, encoded, each checked to be one journal line.
+
+        Checked before anything is written, so a bad record never replaces the journal: a
+        record with a newline would be read back as pieces with bad checksums and skipped,
+        and the state it held lost; one over the line limit would stop every start. Raises
+        SnapshotFailed.
+        """
         assert self.snapshot is not None
-        return self.snapshot()
+        records: list[bytes] = []
+        try:
+            records.extend(self.snapshot())  # a generator raises while it is consumed
+        except Exception as exc:
+            raise SnapshotFailed(f"snapshot() raised {type(exc).__name__}: {exc}") from exc
+        for number, record in enumerate(records, 1):
+            if (problem := _bad_record(record, self.max_line_bytes)) is not None:
+                raise SnapshotFailed(
+                    f"snapshot() returned a record that cannot be journaled (record {number}"
+                    f" of {len(records)}): {problem}"
+                )
+        return encode(records)
 
     async def _compact_while_serving(
         self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]]
     ) -> None:
-        """Rewrite the journal as the snapshot, taken now, between two batches.
+        """Rewrite the journal as the snapshot, taken now, between two batches, followed by
+        the requests ``handle`` has not finished yet.
 
-        Every journaled request has been handled (``quiet``), so the snapshot holds exactly
-        their effect, including requests queued but not written yet: those are not written,
-        and their waiters (moved into ``waiters``) are released with the new file. Requests
-        queued while it is written come after it.
+        The snapshot holds the effect of every request whose ``handle`` returned; the others
+        (suspended in ``handle``, a long poll, or queued behind one on their connection) are
+        written after it, in journal order, so ``recover`` applies them after the state the
+        snapshot rebuilds. Nothing waits for a moment with no ``handle`` suspended, which may
+        never come. Both are taken at once, with no await between, so every journaled request
+        is in one or the other, including those queued but not written yet: those are not
+        written again, and their waiters (moved into ``waiters``) are released with the new
+        file. Requests queued while it is written come after it.
         """
-        records = encode(self._snapshot())
+        try:
+            records = self._snapshot_records()
+        except SnapshotFailed as exc:
+            self._compaction_off(exc)
+            return
+        if self.unfinished is not None:
+            records += encode(self.unfinished.requests())
         covered = self._queued_lines
         waiters += self._waiters
         self._queued, self._queued_lines, self._waiters = [], 0, []
         await loop.run_in_executor(None, self._compact, records)
         self.lines_written += covered
+
+    def _compaction_off(self, failure: SnapshotFailed) -> None:
+        """``snapshot()`` failed while serving: keep serving on the journal as it is (every
+        acknowledged request is in it), say so once, and stop compacting until a restart
+        (whose own compaction then refuses to start, with the same reason)."""
+        self.snapshot = None
+        logger.error(
+            "journal: cannot compact %s: %s; serving on, with the journal growing past"
+            " APP_JOURNAL_MAX_BYTES until a restart (which refuses to start until snapshot()"
+            " is fixed, or APP_JOURNAL_MAX_BYTES=0)",
+            self.path,
+            failure,
+            exc_info=failure.__cause__,
+        )
 
     def _compact(self, records: bytes) -> None:
         """Write HEADER and ``records`` to ``<journal>.compact``, fsync, rename over the journal.
@@ -764,6 +822,93 @@ class Journal:
                 os.close(self._fd)
             self._fd = None
         self._on_failure(error)
+
+
+class Unfinished:
+    """The journaled requests whose ``handle`` has not returned yet, oldest first.
+
+    The journal adds each batch it is given (``appended``); ``track`` wraps ``handle`` so that
+    a request leaves when its ``handle`` returns or raises. A request is known by identity:
+    the server hands ``handle`` the very bytes object it journaled (the same object twice,
+    as CPython shares one-byte strings, is counted twice). A request whose ``handle`` is never
+    called (its connection was lost while an earlier request of its batch was suspended) is
+    dropped at the first moment no ``handle`` is suspended (``quiet``); until then it is
+    written again after each snapshot, as it was in the journal before.
+
+    Invariant: every request journaled and not finished is in ``_pending``, so a compaction
+    that writes the snapshot followed by ``requests()`` loses none.
+    """
+
+    def __init__(self, quiet: Callable[[], bool]) -> None:
+        self._pending: dict[int, bytes] = {}
+        """``id(request)`` -> request, in journal order (one entry per object)."""
+        self._again: dict[int, int] = {}
+        """How many more times an object in ``_pending`` is pending (rare: see above)."""
+        self._quiet = quiet
+        """True when no ``handle`` is suspended: nothing journaled is unfinished then."""
+
+    def appended(self, requests: Sequence[bytes]) -> None:
+        pending = self._pending
+        if pending.keys().isdisjoint(map(id, requests)):  # the common case, all in C
+            before = len(pending)
+            pending.update(zip(map(id, requests), requests, strict=True))
+            if len(pending) - before == len(requests):
+                return
+            for request in requests:  # an object twice in the batch: undo, then count
+                pending.pop(id(request), None)
+        again = self._again
+        for request in requests:
+            key = id(request)
+            if key in pending:
+                again[key] = again.get(key, 0) + 1
+            else:
+                pending[key] = request
+
+    def track(
+        self, handle: Callable[[bytes], Awaitable[bytes]]
+    ) -> Callable[[bytes], Coroutine[Any, Any, bytes]]:
+        """``handle``, wrapped so that a request is pending until it returns."""
+        pending, again = self._pending, self._again
+
+        async def tracked(request: bytes) -> bytes:
+            try:
+                return await handle(request)
+            finally:
+                key = id(request)
+                # Not there: not journaled (a request needs_journal let by).
+                if pending.pop(key, None) is not None and again and key in again:
+                    pending[key] = request  # one more of it is pending
+                    if again[key] == 1:
+                        del again[key]
+                    else:
+                        again[key] -= 1
+
+        return tracked
+
+    def requests(self) -> list[bytes]:
+        """The unfinished requests, oldest first (called between two batches)."""
+        if self._quiet():
+            self._pending.clear()  # what is left was never handed to handle (see above)
+            self._again.clear()
+            return []
+        again = self._again
+        pending = self._pending.items()
+        return [request for key, request in pending for _ in range(1 + again.get(key, 0))]
+
+
+def _bad_record(record: object, max_line_bytes: int) -> str | None:
+    """Why ``record`` cannot be one journal line replayed under ``max_line_bytes``, or None."""
+    if not isinstance(record, bytes):
+        return f"it is {type(record).__name__}, not bytes"
+    shown = f"{len(record)} bytes starting {record[:SHOWN_PREFIX]!r}"
+    if (newline := record.find(b"\n")) >= 0:
+        return f"it holds a newline at byte {newline} ({shown}); a record is one line"
+    if len(record) >= max_line_bytes:  # the limit counts the newline, as for requests
+        return (
+            f"it is longer than APP_MAX_LINE_BYTES={max_line_bytes} allows ({shown}); raise"
+            " the limit or split the record"
+        )
+    return None
 
 
 def worker_journal(path: Path, index: int) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -71,6 +72,9 @@ def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
     logs.configure(settings.log_level, settings.log_format)
     for warning in warnings:
         logger.warning("%s", warning)
+    if (problem := protocol_problem(protocol)) is not None:
+        logger.error("cannot start: %s", problem)
+        return ExitCode.CONFIG
     if settings.workers > 1:
         from servicekit import supervisor  # only a supervisor pays for importing it
 
@@ -126,6 +130,44 @@ def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
     if report.unfinished:
         return ExitCode.SHUTDOWN_TIMEOUT
     return ExitCode.OK
+
+
+def protocol_problem(protocol: object) -> str | None:
+    """What is wrong with the protocol module's functions, in words that say what to write;
+    None if nothing is.
+
+    Checked before anything binds: a ``handle`` without ``async`` would otherwise start, pass
+    the health probe and fail every request ("Task got bad yield"), and an ``async def
+    recover`` would be called, its coroutine dropped, and the start would say "recovered"
+    with the state empty. Both are a slip of one word, so the start names the function.
+    """
+    name = getattr(protocol, "__name__", "the protocol module")
+    handle = getattr(protocol, "handle", None)
+    if handle is None:
+        return f"{name} has no handle(): define async def handle(request: bytes) -> bytes"
+    if not _is_async(handle):
+        return (
+            f"{name}.handle is not async: write it as async def handle(request: bytes) ->"
+            " bytes (the server awaits it)"
+        )
+    for function in ("recover", "snapshot", "needs_journal"):
+        value = getattr(protocol, function, None)
+        if value is None:
+            continue
+        if not callable(value):
+            return f"{name}.{function} is not a function: define def {function}(...) or drop it"
+        if _is_async(value) or inspect.isasyncgenfunction(value):
+            return (
+                f"{name}.{function} is async: write it as a plain def {function}(...) without"
+                " async (it is called, not awaited, and must not await)"
+            )
+    return None
+
+
+def _is_async(function: object) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    call = type(function).__call__ if callable(function) else None  # a class's async __call__
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
 
 
 async def _serve(service: Service, signals: _StartSignals) -> None:

@@ -24,13 +24,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from servicekit import notify
 from servicekit.config import Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
-from servicekit.journal import Journal, JournalInUse, adopt_orphans
+from servicekit.journal import Journal, JournalInUse, SnapshotFailed, Unfinished, adopt_orphans
 from servicekit.server import Server
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Service:
             stateful=not does_nothing(getattr(protocol, "recover", _empty)),
             max_bytes=settings.journal_max_bytes,
             snapshot=getattr(protocol, "snapshot", None),
-            quiet=self._every_request_handled,
+            unfinished=self._unfinished(protocol, settings),
         )
         self.server = Server(
             self.journal,
@@ -86,7 +86,7 @@ class Service:
             max_line_bytes=settings.max_line_bytes,
             idle_timeout=settings.idle_timeout,
             line_timeout=settings.line_timeout,
-            handle=protocol.handle,
+            handle=self._handle(protocol),
         )
         self._on_ready = on_ready
         self._stopping = False
@@ -156,7 +156,7 @@ class Service:
                 self.journal.path,
                 f" ({old} from before checksums)" if old else "",
             )
-            self.journal.compact_now()
+            self._compact_at_start()
         except OSError as exc:
             raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
 
@@ -185,6 +185,19 @@ class Service:
                     f" journal (keep a copy); sed -n {line}p {self.journal.path} shows it",
                 ) from exc
         return replayed
+
+    def _compact_at_start(self) -> None:
+        """Compact the replayed journal; a ``snapshot()`` that fails stops the start like a
+        ``recover`` that raises: its traceback (or the bad record) and the journal kept."""
+        try:
+            self.journal.compact_now()
+        except SnapshotFailed as exc:
+            raise StartupError(
+                ExitCode.RECOVER_FAILED,
+                f"cannot start: {exc}; at the start's compaction of {self.journal.path}, which"
+                " is kept as it was: fix snapshot(), or set APP_JOURNAL_MAX_BYTES=0 to start"
+                " without compacting",
+            ) from exc.__cause__
 
     @property
     def step(self) -> str:
@@ -258,6 +271,18 @@ class Service:
         self.flush_seconds = time.monotonic() - flush_began
         if self.metrics is not None:  # served through the drain and the flush, for a last scrape
             self.metrics.close()
+
+    def _unfinished(self, protocol: ServiceProtocol, settings: Settings) -> Unfinished | None:
+        """What compaction needs to know of requests still in ``handle``: only when a
+        ``snapshot()`` may compact the journal while serving (it costs a little per request)."""
+        if getattr(protocol, "snapshot", None) is None or not settings.journal_max_bytes:
+            return None
+        return Unfinished(quiet=self._every_request_handled)
+
+    def _handle(self, protocol: ServiceProtocol) -> Callable[[bytes], Coroutine[Any, Any, bytes]]:
+        """The protocol's ``handle``, tracked if compaction needs it (``_unfinished``)."""
+        unfinished = self.journal.unfinished
+        return protocol.handle if unfinished is None else unfinished.track(protocol.handle)
 
     def _every_request_handled(self) -> bool:
         """No ``handle`` is suspended: the protocol's state reflects every journaled request."""

@@ -404,3 +404,51 @@ def test_kill_9_at_every_step_of_a_merge_keeps_every_request_once(workdir: Path)
         assert sorted(replayed) == sorted(r for rs in files.values() for r in rs), kill_at
         assert sorted(path.name for path in folder.iterdir()) == ["journal.log"], kill_at
     assert steps >= 20, f"only {steps} kill points in two merges"
+
+
+# --- Requests still in handle at a compaction ---------------------------------------------------
+
+
+def test_unfinished_keeps_what_handle_has_not_returned_in_journal_order() -> None:
+    """What a compaction writes after the snapshot: a request leaves when its ``handle``
+    returns or raises; one object journaled twice (CPython shares one-byte strings) is
+    pending twice; a request never journaled (``needs_journal``) changes nothing; with no
+    ``handle`` suspended, what is left was never handed to ``handle`` and is dropped."""
+    from servicekit.journal import Unfinished
+
+    suspended = [True]
+    unfinished = Unfinished(quiet=lambda: not suspended[0])
+    gate = asyncio.Event()
+
+    async def handle(request: bytes) -> bytes:
+        if request.startswith(b"wait"):
+            await gate.wait()
+        if request == b"raise":
+            raise ValueError(request)
+        return request
+
+    tracked = unfinished.track(handle)
+    first, second, shared = b"wait 1", b"set 2", b"x"
+    raising, unjournaled = b"raise", b"get 3"
+    unfinished.appended([first, second, shared, shared])
+    unfinished.appended([raising])
+    assert unfinished.requests() == [first, second, shared, shared, raising]
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(tracked(first))
+        await asyncio.sleep(0)  # it is suspended in handle now
+        assert await tracked(second) == second
+        assert await tracked(shared) == shared
+        assert await tracked(unjournaled) == unjournaled
+        with pytest.raises(ValueError, match="raise"):
+            await tracked(raising)
+        assert unfinished.requests() == [first, shared]
+        gate.set()
+        assert await waiting == first
+
+    asyncio.run(scenario())
+    assert unfinished.requests() == [shared]  # journaled twice, handled once: never again
+    suspended[0] = False
+    assert unfinished.requests() == []
+    suspended[0] = True
+    assert unfinished.requests() == []

@@ -126,6 +126,59 @@ def test_recover_failing_names_the_record_and_keeps_the_traceback(
     figure("startup", "recover() raising: the record's line and byte offset, a traceback, exit 65")
 
 
+# --- The protocol's functions are checked before anything binds --------------------------------
+
+
+async def _async_function(request: bytes) -> None:
+    pass
+
+
+def _plain_function(request: bytes) -> None:
+    pass
+
+
+class _AsyncCallable:
+    async def __call__(self, request: bytes) -> bytes:
+        return request
+
+
+@pytest.mark.parametrize(
+    ("functions", "named"),
+    [
+        ({}, "has no handle()"),
+        ({"handle": _plain_function}, "handle is not async"),
+        ({"handle": _async_function, "recover": _async_function}, "recover is async"),
+        ({"handle": _async_function, "snapshot": _async_function}, "snapshot is async"),
+        ({"handle": _async_function, "needs_journal": _async_function}, "needs_journal is async"),
+        ({"handle": _async_function, "recover": b"not a function"}, "recover is not a function"),
+    ],
+)
+def test_a_protocol_slip_is_named_in_one_line(functions: dict[str, object], named: str) -> None:
+    """Each slip gives one line that names the function and what to write instead."""
+    from types import SimpleNamespace
+
+    from servicekit.main import protocol_problem
+
+    problem = protocol_problem(SimpleNamespace(__name__="userservice.protocol", **functions))
+    assert problem is not None
+    assert f"userservice.protocol.{named}" in problem.replace(" has", ".has"), problem
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    "handle", [_async_function, _AsyncCallable(), __import__("functools").partial(_async_function)]
+)
+def test_a_correct_protocol_passes_the_check(handle: object) -> None:
+    from types import SimpleNamespace
+
+    from servicekit.main import protocol_problem
+
+    protocol = SimpleNamespace(
+        handle=handle, recover=_plain_function, snapshot=list, needs_journal=bool
+    )
+    assert protocol_problem(protocol) is None
+
+
 # --- Threads the service needs ----------------------------------------------------------------
 
 ONE_THREAD = textwrap.dedent(
