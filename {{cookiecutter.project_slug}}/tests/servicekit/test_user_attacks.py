@@ -64,7 +64,7 @@ USER_PROTOCOL = textwrap.dedent(
 
 
     if os.environ.get("USER_RELOAD_ON_SIGHUP"):
-        # The "reload config" pattern: installed before run(), so the README says it is ours.
+        # The "reload config" pattern: installed at import, so the README says it is ours.
         signal.signal(signal.SIGHUP, _reload)
 
 
@@ -159,9 +159,10 @@ def killed_at_the_end(pids: list[int]) -> Iterator[list[int]]:
 
 @posix_only
 def test_a_reload_handler_on_sighup_is_kept_with_workers(workdir: Path) -> None:
-    """README: SIGHUP stops the service "unless your code installed a SIGHUP handler of its
-    own before run() (then it is yours)". A handler set at import of the protocol works for
-    one process; with APP_WORKERS=2 the same ``kill -HUP`` stops the whole service."""
+    """README: SIGHUP stops the service "unless a SIGHUP handler installed at import of
+    ``app/protocol.py`` makes it yours". Such a handler worked for one process, but with
+    APP_WORKERS=2 the same ``kill -HUP`` stopped the whole service; the supervisor now
+    passes SIGHUP on to the workers, which reload."""
     service = start_user_service(workdir, APP_WORKERS="2", USER_RELOAD_ON_SIGHUP="1")
     try:
         port = int(service.wait_for(LISTENING)[2])
