@@ -101,6 +101,7 @@ def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
             stop_on_unhandled_errors=settings.stop_on_error,
             timeout_task_shutdown=settings.shutdown_timeout * (1 - DRAIN_SHARE),
             force_exit_on_second_signal=True,
+            force_exit_after=settings.shutdown_timeout + HARD_STOP_GRACE,
         )
     except StartupError as exc:
         logger.error("%s", exc, exc_info=exc.__cause__)
@@ -227,6 +228,13 @@ class _StartSignals:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_StartSignals._after_fork_in_child)
 
+
+HARD_STOP_GRACE = 1.0
+"""Seconds past APP_SHUTDOWN_TIMEOUT after which a stop still under way ends the process with
+status 75, where the main thread is stuck logged: a ``handle`` that blocks the loop (a sync
+call by mistake) would otherwise hold the whole stop, past Docker's grace period. The
+grace leaves the phases, each bounded by the budget, their last steps; the supervisor's
+STOP_MARGIN (2 s) is longer, so a worker says why it stopped before being killed."""
 
 RUNTIME_THREADS = 2
 """Threads the runtime starts besides its executor's: the one that hears the signals, for

@@ -314,10 +314,6 @@ def test_a_keyboard_interrupt_raised_by_handle_is_an_unhandled_error(workdir: Pa
 
 
 @posix_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="a loop blocked in handle defers the whole stop past the budget, then exits 0",
-)
 def test_the_budget_bounds_a_stop_while_handle_blocks_the_loop(workdir: Path) -> None:
     """docs/deployment.md: the service stops "all within APP_SHUTDOWN_TIMEOUT (8 s), below
     Docker's 10 s grace period"; README: status 75 when the budget runs out. A ``handle``
