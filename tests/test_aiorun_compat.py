@@ -27,8 +27,8 @@ a heavily loaded machine a child may not have installed its handlers by then, di
 signal, and the test waits for it forever; the time limits below turn that into a failure
 that shows where it waited.
 
-A last test checks docs/runtime.md's claim that ``force_exit_on_second_signal`` is ours: aiorun
-2025.1.1 itself raises TypeError for it.
+The last tests check docs/runtime.md's claim that ``force_exit_on_second_signal`` and
+``force_exit_after`` are ours: aiorun 2025.1.1 itself raises TypeError for them.
 """
 
 from __future__ import annotations
@@ -181,20 +181,21 @@ def test_aiorun_own_suite_passes_against_the_vendored_runtime(
     assert probe.stdout.strip() == "servicekit.aiorun", probe.stderr
 
 
-def test_force_exit_on_second_signal_is_our_extension(aiorun_source: Path) -> None:
-    """docs/runtime.md says aiorun itself rejects it; check that against the real aiorun."""
+@pytest.mark.parametrize("keyword", ["force_exit_on_second_signal=True", "force_exit_after=8.0"])
+def test_force_exit_keywords_are_our_extensions(aiorun_source: Path, keyword: str) -> None:
+    """docs/runtime.md says aiorun itself rejects them; check that against the real aiorun."""
+    name = keyword.split("=")[0]
     result = subprocess.run(
-        [sys.executable, "-c",
-         "import aiorun; aiorun.run(force_exit_on_second_signal=True)"],
+        [sys.executable, "-c", f"import aiorun; aiorun.run({keyword})"],
         env=dict(os.environ, PYTHONPATH=str(aiorun_source)),
         capture_output=True,
         text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert result.returncode == 1
     assert "TypeError" in result.stderr
-    assert "force_exit_on_second_signal" in result.stderr
+    assert name in result.stderr
     readme = (TEMPLATE / "docs" / "runtime.md").read_text()
     differences = readme.split("Small differences", 1)[1].split("\n## ", 1)[0]
-    assert "`force_exit_on_second_signal`" in differences
+    assert f"`{name}`" in differences
     assert "TypeError" in differences

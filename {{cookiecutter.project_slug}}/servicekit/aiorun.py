@@ -67,6 +67,9 @@ or 2,000): few enough collections to be cheap, and a bound on uncollected garbag
 _EXIT_WATCHDOG = 1.0
 """Seconds the force exit may spend logging before it exits regardless."""
 
+_DEADLINE_STATUS = 75
+"""The status of a shutdown that ``force_exit_after`` ended: EX_TEMPFAIL, as in sysexits.h."""
+
 _DUPLICATE_WINDOW = 0.1
 """Seconds within which the same signal again is the same request, not a second one:
 ``timeout``, process-group delivery and wrappers that forward Ctrl-C send it twice."""
@@ -255,6 +258,7 @@ def run(
     stop_on_unhandled_errors: bool = False,
     timeout_task_shutdown: float | None = 60.0,
     force_exit_on_second_signal: bool = False,
+    force_exit_after: float | None = None,
 ) -> ShutdownReport:
     """Run the loop until a signal or ``loop.stop()``, then shut down gracefully.
 
@@ -263,7 +267,11 @@ def run(
     wrapper or a process group delivers it twice); later signals are ignored, or with
     ``force_exit_on_second_signal`` the second one logs the unfinished tasks and exits the
     process at once with status 128 + signal number, even while the loop is blocked (by a
-    call that holds the GIL: as soon as it returns). Once the loop stops:
+    call that holds the GIL: as soon as it returns). With ``force_exit_after`` (seconds, our
+    extension too), a shutdown still under way that long after it was asked for (a signal
+    heard, the loop stopped) logs where the main thread is stuck and exits the process with
+    status 75 (EX_TEMPFAIL): a stop blocked by a call that never yields is bounded too.
+    Once the loop stops:
 
     1. ``shutdown_callback`` runs, while every task is still alive (it has no time limit:
        bound it yourself, or rely on the second signal);
@@ -282,7 +290,7 @@ def run(
     try:
         _check_arguments(
             coro, loop, shutdown_handler, shutdown_callback, executor_workers, executor,
-            use_uvloop, stop_on_unhandled_errors, timeout_task_shutdown,
+            use_uvloop, stop_on_unhandled_errors, timeout_task_shutdown, force_exit_after,
         )  # fmt: skip
     except BaseException:
         for unused in (coro, shutdown_callback):  # no "never awaited" warning on top
@@ -298,7 +306,7 @@ def run(
     factory_before = loop.get_task_factory()
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=executor_workers, thread_name_prefix="aiorun")
-    shutdown = _Shutdown(loop, shutdown_handler, force_exit_on_second_signal)
+    shutdown = _Shutdown(loop, shutdown_handler, force_exit_on_second_signal, force_exit_after)
     hooks = _SignalHooks(platform, loop, shutdown.on_signal)
     shutdown.on_loop_start = hooks.resume
     unfinished: tuple[str, ...] = ()
@@ -332,6 +340,7 @@ def run(
     finally:
         hooks.restore()
         shutdown.hear_late_signals()
+        shutdown.cancel_deadline()
         loop.set_task_factory(factory_before)
         if owns_loop:
             _forget_protected_work(loop)
@@ -369,6 +378,7 @@ def _check_arguments(
     use_uvloop: bool,
     stop_on_unhandled_errors: bool,
     timeout_task_shutdown: object,
+    force_exit_after: object = None,
 ) -> None:
     """Refuse what cannot work, before anything starts: not at the shutdown, half-way."""
     try:
@@ -419,6 +429,18 @@ def _check_arguments(
         raise ValueError(
             "run(): timeout_task_shutdown must be >= 0 seconds or None (no limit), "
             f"not {timeout_task_shutdown!r}"
+        )
+    if force_exit_after is not None and (
+        isinstance(force_exit_after, bool) or not isinstance(force_exit_after, int | float)
+    ):
+        raise TypeError(
+            "run(): force_exit_after must be a number of seconds or None (no limit), "
+            f"not {_kind(force_exit_after)}"
+        )
+    if force_exit_after is not None and not force_exit_after > 0:
+        raise ValueError(
+            "run(): force_exit_after must be > 0 seconds or None (no limit), "
+            f"not {force_exit_after!r}"
         )
     if loop is not None and use_uvloop:
         raise ValueError(
@@ -496,10 +518,15 @@ class _Shutdown:
         loop: asyncio.AbstractEventLoop,
         handler: Callable[[asyncio.AbstractEventLoop], object] | None,
         force_exit: bool,
+        force_exit_after: float | None = None,
     ) -> None:
         self.loop = loop
         self.handler = handler
         self.force_exit = force_exit
+        self.force_exit_after = force_exit_after
+        self._deadline: threading.Event | None = None
+        """Set when run() ends, which ends the wait of ``force_exit_after``; None until the
+        shutdown is first asked for and its clock started."""
         self.state = _State.RUNNING
         self.first_heard: tuple[int, float] | None = None
         """The first signal and when it was heard (time.monotonic())."""
@@ -541,6 +568,7 @@ class _Shutdown:
             return False
         self.state = _State.STOPPING
         self.requested_at = time.monotonic()
+        self.start_deadline(self.requested_at)
         self.signal = signum
         return True
 
@@ -553,6 +581,7 @@ class _Shutdown:
             os._exit(128 + signum)  # another signal while the second one is being reported
         if self.first_heard is None:
             self.first_heard = (signum, now)
+            self.start_deadline(now)  # here: a blocked loop may not hear it for a long time
             self._call_in_loop(self._first_signal, signum)
             return
         first, heard_at = self.first_heard
@@ -629,6 +658,50 @@ class _Shutdown:
         """After the handlers are back: act on signals heard after the loop last ran."""
         self._empty_inbox()
 
+    def start_deadline(self, asked_at: float) -> None:
+        """With ``force_exit_after``: start the shutdown's clock from its first request (a
+        signal, heard by any thread, or the loop stopping in the main thread).
+
+        No lock and no ``threading`` call: this may run in a signal handler that interrupted
+        the main thread anywhere, even inside ``threading``. Two requests racing may start
+        two clocks for the same moment; the first to run out exits, run()'s end stops both.
+        """
+        if self.force_exit_after is None or self._deadline is not None:
+            return
+        self._deadline = ended = threading.Event()
+        left = max(asked_at + self.force_exit_after - time.monotonic(), 0.0)
+        try:
+            _thread.start_new_thread(self._wait_for_deadline, (ended, left))
+        except RuntimeError as exc:  # no thread to be had (a process limit)
+            _warn_once("shutdown: no thread for force_exit_after (%s): not bounded", exc)
+
+    def cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.set()
+
+    def _wait_for_deadline(self, ended: threading.Event, left: float) -> None:
+        """In a thread of its own: if run() has not ended in time, say where the main thread
+        is stuck, then leave."""
+        if ended.wait(left) or self.state is _State.EXITING:
+            return  # run() ended, or a second signal's exit is under way
+        self.state = _State.EXITING
+        frame = sys._current_frames().get(threading.main_thread().ident or 0)
+        where = "".join(traceback.format_stack(frame)) if frame is not None else "(unknown)\n"
+        _start_exit_watchdog(_DEADLINE_STATUS)
+        asked = "the stop was asked for"
+        if self.first_heard is not None:
+            asked = f"{_signal_name(self.first_heard[0])} received"
+        logger.warning(
+            "shutdown: %s %.1fs ago and still not done: exiting now with status %d;"
+            " the main thread is at:\n%s",
+            asked,
+            self.force_exit_after,
+            _DEADLINE_STATUS,
+            where.rstrip("\n"),
+            extra={"phase": "force-exit", "status": _DEADLINE_STATUS},
+        )
+        _flush_and_exit(_DEADLINE_STATUS)
+
     def _exit_now(self, signum: int) -> None:
         """The second signal: say what is still running, then leave without waiting.
 
@@ -636,9 +709,7 @@ class _Shutdown:
         instance on a stderr pipe that nobody reads.
         """
         status = 128 + signum
-        watchdog = threading.Timer(_EXIT_WATCHDOG, os._exit, (status,))
-        watchdog.daemon = True
-        watchdog.start()
+        _start_exit_watchdog(status)
         running = [task for task in asyncio.all_tasks(self.loop) if task is not self.phase]
         name = _signal_name(signum)
         logger.warning(
@@ -649,12 +720,7 @@ class _Shutdown:
             _describe_tasks(running),
             extra={"phase": "force-exit", "signal": name, "status": status, "tasks": len(running)},
         )
-        logging.shutdown()  # flushes every handler: os._exit() below skips atexit
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                if stream is not None:
-                    stream.flush()
-        os._exit(status)
+        _flush_and_exit(status)
 
     def stop_on_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The stop_on_unhandled_errors handler: the first call stops the loop.
@@ -1083,6 +1149,23 @@ def _warn_once(message: str, *args: object) -> None:
     if message not in _warned:
         _warned.add(message)
         logger.warning(message, *args)
+
+
+def _start_exit_watchdog(status: int) -> None:
+    """Exit with ``status`` in a moment whatever happens: a force exit logs first, and a log
+    handler may block (on a stderr pipe that nobody reads, say)."""
+    watchdog = threading.Timer(_EXIT_WATCHDOG, os._exit, (status,))
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def _flush_and_exit(status: int) -> None:
+    logging.shutdown()  # flushes every handler: os._exit() below skips atexit
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(status)
 
 
 def _nothing() -> None:

@@ -78,6 +78,7 @@ def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
     if settings.workers > 1:
         from servicekit import supervisor  # only a supervisor pays for importing it
 
+        signals.before_run()  # SIGHUP as the user left it: the supervisor applies the same rule
         return supervisor.main(settings)
 
     loop = _new_loop(settings.use_uvloop)
@@ -104,6 +105,7 @@ def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
             stop_on_unhandled_errors=settings.stop_on_error,
             timeout_task_shutdown=settings.shutdown_timeout * (1 - DRAIN_SHARE),
             force_exit_on_second_signal=True,
+            force_exit_after=settings.shutdown_timeout + HARD_STOP_GRACE,
         )
     except StartupError as exc:
         logger.error("%s", exc, exc_info=exc.__cause__)
@@ -202,6 +204,9 @@ class _StartSignals:
     SIGHUP on POSIX; SIGINT and SIGBREAK on Windows.
     """
 
+    installed: _StartSignals | None = None
+    """The handlers in place in this process, for the fork hook below."""
+
     def __init__(self) -> None:
         self.handed_over = False
         self._interrupted = False
@@ -216,6 +221,7 @@ class _StartSignals:
             if signum in self._platform.taken_if_default and previous != signal.SIG_DFL:
                 continue
             self._previous[signum] = signal.signal(signum, self._heard)
+        _StartSignals.installed = self
 
     def before_run(self) -> None:
         """Give back the signals ``run()`` takes only from their default handler (SIGHUP).
@@ -241,7 +247,36 @@ class _StartSignals:
         for signum, previous in self._previous.items():
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
+        if _StartSignals.installed is self:
+            _StartSignals.installed = None
 
+    @staticmethod
+    def _after_fork_in_child() -> None:
+        """In a child forked by the user's code (a fork ``ProcessPoolExecutor``): the handlers
+        from before ``main()``, as under ``asyncio.run()``, so SIGTERM and SIGINT end it.
+
+        The runtime's own fork hook puts back the handlers it found, which are ours: this one
+        is registered after it (this module imports the runtime first, and hooks run in the
+        order they were registered), so it sees ours and replaces them.
+        """
+        signals, _StartSignals.installed = _StartSignals.installed, None
+        if signals is not None:
+            for signum, previous in signals._previous.items():
+                if signal.getsignal(signum) == signals._heard:
+                    signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+            signals._previous.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_StartSignals._after_fork_in_child)
+
+
+HARD_STOP_GRACE = 1.0
+"""Seconds past APP_SHUTDOWN_TIMEOUT after which a stop still under way ends the process with
+status 75, where the main thread is stuck logged: a ``handle`` that blocks the loop (a sync
+call by mistake) would otherwise hold the whole stop, past Docker's grace period. The
+grace leaves the phases, each bounded by the budget, their last steps; the supervisor's
+STOP_MARGIN (2 s) is longer, so a worker says why it stopped before being killed."""
 
 RUNTIME_THREADS = 2
 """Threads the runtime starts besides its executor's: the one that hears the signals, for

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from servicekit import notify
 from servicekit.config import Settings
@@ -59,6 +59,10 @@ class ServiceProtocol(Protocol):
 
 class Service:
     """Wires the user's protocol, the journal, the server and systemd notification together."""
+
+    running: ClassVar[Service | None] = None
+    """The service open in this process, from ``open()`` until ``stop()`` or ``abandon()``
+    ends: what a forked child lets go of (``_forget_in_forked_child``)."""
 
     def __init__(
         self,
@@ -120,6 +124,7 @@ class Service:
             raise
 
     async def _open(self) -> None:
+        Service.running = self
         self._step = "opening the journal"
         try:
             if self.settings.worker_index == 0:  # workers: their supervisor did it
@@ -212,6 +217,8 @@ class Service:
             self.metrics.close()
         self.server.close()
         self.journal.abandon()
+        if Service.running is self:
+            Service.running = None
 
     async def _open_metrics(self) -> None:
         """Bind the metrics port, if it is on: a taken port fails the start like APP_PORT."""
@@ -271,6 +278,8 @@ class Service:
         self.flush_seconds = time.monotonic() - flush_began
         if self.metrics is not None:  # served through the drain and the flush, for a last scrape
             self.metrics.close()
+        if Service.running is self:
+            Service.running = None
 
     def _unfinished(self, protocol: ServiceProtocol, settings: Settings) -> Unfinished | None:
         """What compaction needs to know of requests still in ``handle``: only when a
@@ -301,6 +310,37 @@ class Service:
     def _set_exit_code(self, code: ExitCode) -> None:
         if self.exit_code == ExitCode.OK:  # the first problem is the one to report
             self.exit_code = code
+
+
+def _forget_in_forked_child() -> None:
+    """In a child forked while the service runs (a fork ``ProcessPoolExecutor`` in
+    ``handle``): let go of the service's files, which the child inherited and never uses.
+
+    Such children can outlive the service (after a ``kill -9``, or a worker's crash). Holding
+    the journal and its lock, the listening sockets, or the clients' connections, they made
+    the restart refuse to start (status 69) and kept connections that nobody answers. The
+    objects the child does not own (connections' transports, the loop's) keep their fd
+    numbers, pointed at ``/dev/null``: a number left free could be reused by the child and
+    closed by them. Nothing here touches the loop, whose epoll set the parent shares.
+    """
+    service, Service.running = Service.running, None
+    if service is None:
+        return
+    service.journal.abandon()  # closes the file, and so lets go of its lock
+    service.server.close()  # the listening sockets: ours to close
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for connection in service.server.connections:
+            sock = connection.transport.get_extra_info("socket")
+            fd = -1 if sock is None else sock.fileno()
+            if fd >= 0:
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_forked_child)
 
 
 def does_nothing(function: Callable[[bytes], None]) -> bool:

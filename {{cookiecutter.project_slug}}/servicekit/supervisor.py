@@ -35,11 +35,13 @@ What the supervisor does, and why:
   (``NOTIFY_SOCKET``) the supervisor, not the workers, reports READY=1 and STOPPING=1.
 - **Signals.** SIGTERM and SIGINT are forwarded to every worker (SIGHUP, what a closed
   terminal sends, is a graceful stop too and reaches them as SIGTERM, unless ``nohup``
-  ignored it); each drains and flushes its journal within ``APP_SHUTDOWN_TIMEOUT``. The
-  supervisor waits that long plus ``STOP_MARGIN`` seconds, then kills what is left. A second
-  signal is forwarded too, which makes the workers force-exit (status 128 + signal). Workers
-  run in their own process group, so a Ctrl-C in a terminal reaches them once, through the
-  supervisor, not twice. (Under systemd, use ``KillMode=mixed`` for the same reason.)
+  ignored it, or the protocol installed a SIGHUP handler at import, a reload: then SIGHUP
+  is passed on to the workers as SIGHUP and stops nothing); each drains and flushes its
+  journal within ``APP_SHUTDOWN_TIMEOUT``. The supervisor waits that long plus
+  ``STOP_MARGIN`` seconds, then kills what is left. A second signal is forwarded too, which
+  makes the workers force-exit (status 128 + signal). Workers run in their own process
+  group, so a Ctrl-C in a terminal reaches them once, through the supervisor, not twice.
+  (Under systemd, use ``KillMode=mixed`` for the same reason.)
 - **One supervisor per port and folder.** Before it starts anyone, it checks that nothing
   listens on the port (``SO_REUSEPORT`` would otherwise let a second supervisor share it),
   on Linux claims the port for itself until it ends (its workers may not listen yet), and
@@ -125,6 +127,9 @@ STABLE_AFTER = 10.0
 """A worker that ran this many seconds before it exited is restarted after BACKOFF_FIRST again."""
 HEARTBEAT_FD_VARIABLE = "SUPERVISOR_HEARTBEAT_FD"
 """The file descriptor a worker writes its heartbeats to (not an APP_ setting: set by us)."""
+RELAY_TAIL = 0.5
+"""Seconds the log relay may go on after a worker exited: its last lines are already in the
+pipe; only a child of the worker that holds the pipe open makes the relay wait this long."""
 _LINE_LIMIT = 1 << 20
 """Longest worker log line relayed whole; a longer one is dropped rather than buffered."""
 
@@ -396,9 +401,13 @@ class _Channel:
     beat, never loses it.
     """
 
+    current: _Channel | None = None
+    """This worker's channel, for the fork hook below."""
+
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
         self.ready_unsaid = False
+        _Channel.current = self
         if sys.platform != "win32":  # no workers there; main() refused them
             os.set_blocking(fd, False)
 
@@ -420,6 +429,19 @@ class _Channel:
             self.ready_unsaid = False
         return True
 
+    @staticmethod
+    def _after_fork_in_child() -> None:
+        """In a child the worker forked: close our end of the pipe, whose writers the
+        supervisor counts to see the worker gone."""
+        channel, _Channel.current = _Channel.current, None
+        if channel is not None and channel._fd is not None:
+            os.close(channel._fd)
+            channel._fd = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Channel._after_fork_in_child)
+
 
 def _terminate_with_parent() -> None:
     """Linux: have the kernel send us SIGTERM when the supervisor dies, even by SIGKILL."""
@@ -431,6 +453,23 @@ def _terminate_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
+class _WorkerProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's protocol for a worker, plus ``exited``: done when the process has exited.
+
+    ``Process.wait()`` also waits for the process's pipes to close, which a child it forked
+    may never do.
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 @dataclass(eq=False)
@@ -498,10 +537,16 @@ class _Supervisor:
         loop = asyncio.get_running_loop()
         if sys.platform == "win32":
             raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
-                continue  # nohup asked for it, as the single process honours (see aiorun)
+        for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._forward, signum)
+        # SIGHUP by the runtime's rule: a stop while its handler is the default; ignored
+        # under nohup; a handler the protocol installed at import (a reload) makes it the
+        # workers' own signal, passed on as it is.
+        hangup = signal.getsignal(signal.SIGHUP)
+        if hangup == signal.SIG_DFL:
+            loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        elif hangup != signal.SIG_IGN:
+            loop.add_signal_handler(signal.SIGHUP, self._pass_on, signal.SIGHUP)
         endpoint = None
         if self._settings.metrics_port:
             try:
@@ -554,6 +599,11 @@ class _Supervisor:
         # signal whose meaning is a graceful stop.
         hangup = sys.platform != "win32" and signum == signal.SIGHUP
         self._stop(signal.SIGTERM if hangup else signum, f"{name} received")
+
+    def _pass_on(self, signum: int) -> None:
+        """Signal handler: a signal the workers handle themselves (SIGHUP for a reload)."""
+        logger.info("%s received: passed on to the workers", signal.Signals(signum).name)
+        self._send_to_workers(signum)
 
     async def _watch_heartbeats(self) -> None:
         """Kill a ready worker whose event loop has not beaten for APP_HEARTBEAT_TIMEOUT."""
@@ -629,22 +679,29 @@ class _Supervisor:
         # Stopped while waiting to restart: this slot has no process, so nothing to report.
 
     async def _run_once(self, worker: _Worker) -> int:
-        """Start the worker, relay its stderr until it closes, return its exit status."""
+        """Start the worker, relay its stderr, return its exit status once it has exited.
+
+        The worker's exit is the process's own (``_WorkerProtocol.exited``), not the end of
+        its pipes: a child the worker forked (a process pool) may hold its stderr and its
+        heartbeat pipe for as long as it lives, and a dead worker must still be replaced.
+        """
         worker.ready = False
         worker.killed = False
         worker.started_at = time.monotonic()
+        loop = asyncio.get_running_loop()
         beats, beat_end = os.pipe()
         env = self._worker_environment(worker)
         env[HEARTBEAT_FD_VARIABLE] = str(beat_end)
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _WorkerProtocol(_LINE_LIMIT, loop),
                 sys.executable,
                 "-m",
                 _entry_module(),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
+                stdout=None,
                 stderr=asyncio.subprocess.PIPE,
-                limit=_LINE_LIMIT,
                 # Its own process group: a terminal's Ctrl-C reaches it only through us.
                 process_group=0,
                 pass_fds=(beat_end,),
@@ -655,25 +712,42 @@ class _Supervisor:
             return ExitCode.ERROR
         finally:
             os.close(beat_end)  # the worker's copy is the only writer: its death closes it
-        self._hear_beats(worker, beats)
+        process = asyncio.subprocess.Process(transport, protocol, loop)
+        stop_hearing = self._hear_beats(worker, beats)
         worker.process = process
         logger.info("worker %d started (pid %d)", worker.index, process.pid)
         for signum in self._signals:  # a stop began while it was being started
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signum)
         assert process.stderr is not None
-        await self._relay(worker, process.stderr)
-        returncode = await process.wait()
+        relay = asyncio.create_task(self._relay(worker, process.stderr))
+        try:
+            await protocol.exited
+            # Its last lines are in the pipe already; only a child of its keeps it open.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(relay), RELAY_TAIL)
+        finally:
+            relay.cancel()
+            stop_hearing()
+            transport.close()  # our ends of its pipes, whoever else holds theirs
+        returncode = transport.get_returncode()
+        assert returncode is not None  # set before protocol.exited
         if self._stopping.is_set():
             logger.info("worker %d exited with %s", worker.index, describe(returncode))
         return returncode
 
-    def _hear_beats(self, worker: _Worker, fd: int) -> None:
-        """Note each heartbeat on ``fd``, and the worker's readiness; stop listening when
-        the worker closes it."""
+    def _hear_beats(self, worker: _Worker, fd: int) -> Callable[[], None]:
+        """Note each heartbeat on ``fd``, and the worker's readiness; return what stops
+        listening (called when the worker has exited; it also stops at the pipe's end)."""
         if sys.platform == "win32":
             raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
         loop = asyncio.get_running_loop()
+        open_fd = [fd]  # [fd] while we listen, [] once closed (by the first of the two)
+
+        def stop() -> None:
+            if open_fd:
+                loop.remove_reader(fd)
+                os.close(open_fd.pop())
 
         def read() -> None:
             try:
@@ -687,11 +761,11 @@ class _Supervisor:
                 if READY in data and not worker.ready:
                     self._mark_ready(worker)
                 return
-            loop.remove_reader(fd)
-            os.close(fd)
+            stop()
 
         os.set_blocking(fd, False)
         loop.add_reader(fd, read)
+        return stop
 
     def _worker_environment(self, worker: _Worker) -> dict[str, str]:
         env = dict(os.environ)

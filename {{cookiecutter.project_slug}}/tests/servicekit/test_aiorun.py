@@ -786,6 +786,14 @@ def test_loop_with_use_uvloop_is_refused() -> None:
         loop.close()
 
 
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-1.0, ValueError), ("8", TypeError), (True, TypeError)]
+)
+def test_a_bad_force_exit_after_is_refused(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="force_exit_after must be"):
+        run(force_exit_after=value)  # type: ignore[arg-type]
+
+
 def test_missing_uvloop_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     posix = aiorun._Platform(windows=False, signals=(signal.SIGINT,))
     monkeypatch.setattr(aiorun, "_this_platform", lambda: posix)

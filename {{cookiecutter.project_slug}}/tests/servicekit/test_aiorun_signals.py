@@ -203,6 +203,31 @@ def test_second_signal_exits_even_while_the_loop_is_blocked(start) -> None:
     child.wait_for("shutdown: second SIGTERM received; exiting now with status 143")
 
 
+def test_force_exit_after_bounds_a_shutdown_blocked_by_a_callback(start) -> None:
+    """Our extension: no second signal comes (Docker sends one SIGTERM, then SIGKILL), yet a
+    callback that blocks the loop cannot hold the stop past ``force_exit_after``."""
+    child = start("service", "--blocking-callback", "--force-exit-after", "0.5")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    child.wait_for("callback blocks the loop")
+    assert child.finish() == 75, child.output()
+    elapsed = time.monotonic() - child.last_signal
+    assert elapsed < 0.5 + 1.0, f"{elapsed:.1f}s after SIGTERM:\n{child.output()}"
+    child.wait_for("shutdown: SIGTERM received 0.5s ago and still not done: exiting now")
+    child.wait_for("in blocking_callback")  # where the main thread was stuck
+
+
+def test_force_exit_after_ends_with_run(start) -> None:
+    """A shutdown done in time exits as without the option, and the clock stops when run()
+    returns: the process may go on after it (here for twice the limit)."""
+    child = start("service", "--force-exit-after", "0.3", "--linger", "0.6")
+    child.wait_for("ready", "stdout")
+    child.signal(signal.SIGTERM)
+    assert child.finish() == 0, child.output()
+    child.wait_for("report signal=15", "stdout")
+    assert "still not done" not in child.output()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
 def test_uvloop_service_stops_cleanly_on_sigterm(start) -> None:
     child = start("service", "--uvloop", "--clients", "20")

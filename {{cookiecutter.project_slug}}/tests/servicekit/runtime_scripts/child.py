@@ -95,6 +95,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--force-exit", action="store_true")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--force-exit-after", type=float, default=None)
+    parser.add_argument("--linger", type=float, default=0.0)
     return parser.parse_args(argv)
 
 
@@ -121,7 +123,9 @@ def main_entry(argv: list[str]) -> int:
             else None,
             timeout_task_shutdown=args.timeout,
             force_exit_on_second_signal=args.force_exit,
+            force_exit_after=args.force_exit_after,
         )
+    time.sleep(args.linger)  # the scenario: the process goes on after run() returned
     print(f"report signal={report.signal} unfinished={','.join(report.unfinished)}", flush=True)
     return 75 if report.unfinished else 0
 
