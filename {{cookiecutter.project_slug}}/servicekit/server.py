@@ -23,9 +23,12 @@ Limits keep one client from hurting the others or the memory:
   on the client; so the journal queue holds at most one batch per connection;
 - after TURN_LINES lines a connection yields to the others before it goes on (fairness);
 - a line longer than ``max_line_bytes`` is refused without being buffered; a line must be
-  completed within ``line_timeout`` (slow-loris), and a connection that stays silent, or
-  does not read our replies, is closed after ``idle_timeout``. One timer per connection
-  watches both deadlines, re-arming itself lazily when they move;
+  completed within ``line_timeout`` (slow-loris), counted only while the server reads: a
+  client whose half line waits because the server stopped reading it (a batch in progress,
+  replies the client has not taken yet) is not late, only slow to read, and a slow reader
+  is served at its own pace. A connection that stays silent, or does not read our replies,
+  is closed after ``idle_timeout``. One timer per connection watches both deadlines,
+  re-arming itself lazily when they move;
 - connections past ``max_connections`` are turned away politely with TOO_MANY.
 
 Accepting is the server's own loop (``sock_accept``), so running out of file descriptors
@@ -467,7 +470,7 @@ class _Connection(asyncio.BufferedProtocol):
                 break
         if too_long:
             rest = b""
-        elif rest and (parts or not self.line_deadline):
+        elif rest and not self.paused and (parts or not self.line_deadline):
             self._start_line_clock()
         elif not rest:
             self.line_deadline = 0.0
@@ -692,13 +695,17 @@ class _Connection(asyncio.BufferedProtocol):
         return float("inf") if deadline is None else deadline
 
     def _pause(self) -> None:
+        """Stop reading, and stop the line clock: a half line we do not read is not late."""
         if not self.paused and not self.closed:
             self.paused = True
+            self.line_deadline = 0.0
             self.transport.pause_reading()
 
     def _resume(self) -> None:
         if self.paused and self.server.drain_deadline is None:
             self.paused = False
+            if self.pending:  # half a line: it has the whole line timeout from now
+                self._start_line_clock()
             self.transport.resume_reading()
 
 

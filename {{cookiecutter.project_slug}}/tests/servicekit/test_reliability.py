@@ -38,6 +38,7 @@ from conftest import (
     journal_of,
     journal_record,
     journal_requests,
+    read_to_end,
     service_env,
     talk_through_sigterm,
 )
@@ -726,3 +727,60 @@ def test_the_drain_ends_talking_clients_promptly(start_service: StartService, lo
     assert service.wait() == ExitCode.OK, service.log
     took = time.monotonic() - service.last_signal
     assert took < 1.0, f"{took:.2f}s from SIGTERM to exit:\n{service.log}"
+
+
+SLOW_READ_RATE = 20_000
+"""Bytes per second of a client that reads steadily but slowly (issue 20, item 1)."""
+
+
+def _read_at(sock: socket.socket, rate: int, seconds: float) -> bytes:
+    """Read what arrives, at most ``rate`` bytes per second, for ``seconds``: a slow reader."""
+    received = b""
+    step = 0.05  # the reader's pace, not a synchronisation
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        started = time.monotonic()
+        readable, _, _ = select.select([sock], [], [], step)  # no timeout on the socket:
+        if readable:  # the sender thread shares it
+            received += sock.recv(int(rate * step))
+        time.sleep(max(0.0, step - (time.monotonic() - started)))
+    return received
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_that_reads_slowly_but_steadily_gets_every_reply(
+    start_service: StartService, figure, loop: str
+) -> None:
+    """A pipelining client reads its replies at 20 kB/s. The service stops reading it while
+    its replies wait (backpressure), often with half a line read: that half line is not
+    late, the service is the one not reading it, so the line timeout must not end the
+    connection. Every request gets its reply, in order, then a clean end of stream."""
+    service = start_service(APP_LINE_TIMEOUT="1", **loop_setting(loop))
+    requests = [b"slow reader %06d %s\n" % (n, b"s" * 1000) for n in range(6000)]
+    sock = connect(service)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the old code resets: the reader reports it
+            sock.sendall(b"".join(requests))
+            sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    received = _read_at(sock, SLOW_READ_RATE, seconds=4.0)  # the line timeout 4 times over
+    try:
+        received += read_to_end(sock)
+    except ConnectionResetError:
+        pytest.fail(f"reset after {len(received.splitlines())} replies")
+    finally:
+        sender.join(HANG_GUARD)
+        sock.close()
+    replies = received.splitlines(keepends=True)
+    assert len(replies) == len(requests), replies[-1][:80]
+    assert all(map(is_reply, replies))
+    assert service.stop() == ExitCode.OK, service.log
+    assert journal_of(service) == requests
+    figure(
+        f"slow-reader-{loop}",
+        "pipelining client reading at 20 kB/s, line timeout 1 s: every reply, clean EOF",
+    )
