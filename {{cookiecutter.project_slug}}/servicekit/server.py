@@ -537,6 +537,10 @@ class _Connection(asyncio.BufferedProtocol):
                 reply = await self.server.handle(line)
             except Exception as exc:
                 reply = _failed(exc)
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                reply = _failed(exc)
             replies.append(_checked(reply))
         self.task = None
         self._reply(replies, written, too_long)
@@ -755,6 +759,15 @@ def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
     return "too_long" if last_line.startswith(b"error: line longer") else "line_timeout"
 
 
+def _cancelling() -> bool:
+    """Whether someone cancelled the task running ``handle`` (its connection was lost, or
+    the service is stopping): a CancelledError is then that cancellation, to pass on. One
+    that ``handle`` raised itself, or let out of something it awaited, while nobody
+    cancelled it (or outside any task) is an error in that request like any other."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 _ANSWERED = object()
 """What the driver yields when it has left a reply in its answer list; anything else it yields
 comes from inside ``handle`` (a future to wait for): the request suspended."""
@@ -775,6 +788,10 @@ def _driver(handle: Handler, answer: list[bytes]) -> Generator[Any, bytes, None]
         try:
             reply = yield from handle(request)
         except Exception as exc:
+            reply = _failed(exc)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
             reply = _failed(exc)
         else:
             if type(reply) is not bytes or NEWLINE in reply:

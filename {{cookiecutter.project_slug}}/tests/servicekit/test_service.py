@@ -593,6 +593,72 @@ def test_an_error_in_handle_is_logged_once_and_the_connection_goes_on(workdir: P
     ]
 
 
+CANCELLING = textwrap.dedent(
+    """
+    import asyncio, sys
+    from app import protocol
+    from servicekit import main as entry
+
+    original = protocol.handle
+
+    async def handle(request):
+        if request == b"cancel now":
+            raise asyncio.CancelledError("raised by handle, not by a cancellation")
+        if request == b"cancel later":
+            await asyncio.sleep(0.01)  # suspends: it goes on in a task
+            raise asyncio.CancelledError("raised by handle after an await")
+        return await original(request)
+
+    protocol.handle = handle
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+@posix_only
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cancelled_error_raised_by_handle_is_that_requests_error(
+    workdir: Path, loop: str, log_format: str
+) -> None:
+    """``handle`` raising CancelledError, at once or after an await, is a bug in that request,
+    not a cancellation of anything the server runs: the client gets FAILED, the connection
+    goes on, the log has one record with the traceback, and the service stops cleanly."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    (workdir / "cancelling.py").write_text(CANCELLING)
+    env = service_env(
+        APP_PORT="0",
+        APP_JOURNAL_PATH="journal.log",
+        APP_USE_UVLOOP="1" if loop == "uvloop" else "0",
+        APP_LOG_FORMAT=log_format,
+    )
+    service = Service(workdir, env, args=["cancelling.py"])
+    with connect(service) as sock:
+        assert ask(sock, b"cancel now\n") == FAILED
+        assert is_reply(ask(sock, b"after now\n"))
+        assert ask(sock, b"cancel later\n") == FAILED
+        assert is_reply(ask(sock, b"after later\n"))
+        sock.sendall(b"cancel later\nin the same batch\ncancel now\n")
+        stream = sock.makefile("rb")
+        replies = [stream.readline() for _ in range(3)]
+        assert [reply == FAILED for reply in replies] == [True, False, True]
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.log.count("CancelledError: raised by handle") == 4, service.log
+    assert service.log.count("Traceback") == 4, service.log
+    if log_format == "json":
+        assert len(service.records) == len(service.raw_lines), service.log
+    assert journal_of(service) == [
+        b"cancel now\n",
+        b"after now\n",
+        b"cancel later\n",
+        b"after later\n",
+        b"cancel later\n",
+        b"in the same batch\n",
+        b"cancel now\n",
+    ]
+
+
 @posix_only
 def test_requests_that_suspend_get_their_own_replies_and_hold_up_no_one(workdir: Path) -> None:
     """A request whose handle suspends is finished in a task, which takes the server's driver
