@@ -51,10 +51,17 @@ its connection; such a request is read and thrown away after the FIN. Without a 
 client sees a clean end of stream and cannot tell a request that was lost from one that was
 never handled. With it the rule is simple: a request that got no reply before SHUTTING_DOWN
 was refused, is in no journal, and may be sent again. A connection that ends during the
-drain for a reason of its own (a line too long or too slow) ends with that ``error:`` line
+drain for a reason of its own (a line too long or too slow) ends with that refusal
 instead, and a request whose batch the journal could not write gets SHUTTING_DOWN too (the
 service is stopping). A connection already ending when the drain began (the client closed,
 or went idle) has sent its FIN and gets no extra line: nothing it sent is owed an answer.
+
+A refusal must never be mistaken for a reply, whatever ``handle`` answers: a reply that
+reads ``error: shutting down`` was handled and journaled, and sending it again would do it
+twice. So every refusal starts with REFUSAL (ASCII NAK, "negative acknowledgement"), a byte
+no reply may start with: ``_reply`` answers FAILED instead of a reply that does, and logs
+why. A client tells them apart by the first byte of the line alone, and a reply cut short
+(by a reset, a ``kill -9``) can never look like a refusal.
 """
 
 from __future__ import annotations
@@ -76,10 +83,17 @@ from servicekit.tally import Histogram
 
 logger = logging.getLogger(__name__)
 
-TOO_MANY = b"error: too many connections\n"
-SHUTTING_DOWN = b"error: shutting down\n"
+REFUSAL = b"\x15"
+"""The first byte of every line the server sends instead of a reply (ASCII NAK), and of no
+reply: the request it answers, and every later one on the connection, was not handled and
+is in no journal. The line goes on with ``error: <why>`` for people, then the FIN."""
+TOO_MANY = REFUSAL + b"error: too many connections\n"
+SHUTTING_DOWN = REFUSAL + b"error: shutting down\n"
+LINE_TOO_LONG = REFUSAL + b"error: line longer than %d bytes\n"
+LINE_TOO_SLOW = REFUSAL + b"error: line not completed within %gs\n"
 FAILED = b"error: internal error"
-"""The reply to a request whose ``handle`` raised; the log has the traceback."""
+"""The reply to a request whose ``handle`` raised; the log has the traceback. A reply, not a
+refusal: the request was journaled and handled."""
 NEWLINE = ord("\n")
 """Looked for as an int: ``NEWLINE in data`` is a plain memchr, while ``b"\\n" in data`` first
 fails to read its needle as an int (an exception raised and cleared inside CPython) and then
@@ -551,6 +565,8 @@ class _Connection(asyncio.BufferedProtocol):
         """Send the batch's replies in one write, as soon as the journal has its requests."""
         replies.append(b"")  # the join then ends the last reply with a newline too
         data = b"\n".join(replies)
+        if _NAK in data and (data[0] == _NAK or _REFUSAL_INSIDE in data):  # memchr first
+            data = b"\n".join(map(_unmarked, replies))
         if written is None or written.done():
             self._send(data, written, too_long)
             return
@@ -574,7 +590,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _after_batch(self, too_long: bool) -> None:
         if too_long:
             limit = self.server.max_line_bytes
-            self._end(b"error: line longer than %d bytes\n" % limit)
+            self._end(LINE_TOO_LONG % limit)
             return
         self._advance()
 
@@ -645,7 +661,7 @@ class _Connection(asyncio.BufferedProtocol):
         if now >= due:
             if due == self.line_deadline:  # slow-loris: say why before hanging up
                 timeout = self.server.line_timeout
-                self._end(b"error: line not completed within %gs\n" % timeout)
+                self._end(LINE_TOO_SLOW % timeout)
             else:
                 self._end()  # idle
         else:
@@ -658,7 +674,7 @@ class _Connection(asyncio.BufferedProtocol):
     def _end(self, last_line: bytes | None = None) -> None:
         """Write ``last_line``, half-close, read until the client closes or goes quiet, close.
 
-        During the drain the last line is SHUTTING_DOWN unless another ``error:`` line says
+        During the drain the last line is SHUTTING_DOWN unless another refusal says
         why: requests the client sent that got no reply before it were refused, not lost.
         Bounded by the drain's deadline during a shutdown, by LINGER_SECONDS otherwise; a
         client that does not take its replies and close in time is aborted.
@@ -722,7 +738,15 @@ def _checked(reply: object) -> bytes:
     return FAILED
 
 
-def _failed(error: Exception) -> bytes:
+def _unmarked(reply: bytes) -> bytes:
+    """The reply, unless it starts like a refusal: then FAILED, and the log says why."""
+    if not reply.startswith(REFUSAL):
+        return reply
+    logger.error("handle() returned a reply starting with %r, which only refusals do: %.60r", REFUSAL, reply)
+    return FAILED
+
+
+def _failed(error: BaseException) -> bytes:
     logger.error("handle() failed; the client gets %r", FAILED.decode(), exc_info=error)
     Replies.failed += 1
     return FAILED
@@ -756,7 +780,7 @@ def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
         return "client" if connection.eof else "idle"
     if last_line == SHUTTING_DOWN:  # the drain, or a journal that could not write the batch
         return "drain" if connection.server.drain_deadline is not None else "journal"
-    return "too_long" if last_line.startswith(b"error: line longer") else "line_timeout"
+    return "too_long" if last_line.startswith(LINE_TOO_LONG[:25]) else "line_timeout"
 
 
 def _cancelling() -> bool:
@@ -767,6 +791,10 @@ def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
+
+_NAK = REFUSAL[0]
+_REFUSAL_INSIDE = b"\n" + REFUSAL
+"""Where a reply starting like a refusal shows in a batch's joined replies (or at 0)."""
 
 _ANSWERED = object()
 """What the driver yields when it has left a reply in its answer list; anything else it yields

@@ -233,7 +233,7 @@ def test_connection_limit_keeps_memory_bounded(start_service: StartService, figu
 
     replies = asyncio.run(scenario())
     assert sum(map(is_reply, replies)) == limit
-    assert replies.count(b"error: too many connections\n") == attempts - limit
+    assert replies.count(b"\x15error: too many connections\n") == attempts - limit
     rss = peak_rss_mib(service.popen.pid)
     assert rss < 200, f"peak RSS {rss:.0f} MiB"
     assert is_reply(reply_to(service, b"after the storm\n"))
@@ -296,7 +296,7 @@ def test_ten_megabyte_line_is_refused_without_buffering_it(start_service: StartS
         sender.start()
         reply = sock.recv(200)
         sender.join(HANG_GUARD)
-    assert reply == b"error: line longer than 65536 bytes\n"
+    assert reply == b"\x15error: line longer than 65536 bytes\n"
     rss = peak_rss_mib(service.popen.pid)
     assert rss - before < 5, f"peak RSS grew {rss - before:.1f} MiB: the line was buffered"
     assert is_reply(reply_to(service, b"ok\n"))
@@ -681,7 +681,7 @@ def test_a_slow_loris_cannot_hold_connections(start_service: StartService, figur
     started = time.monotonic()
     for sock in lorises:
         stream = sock.makefile("rb")
-        assert stream.readline() == b"error: line not completed within 1s\n"
+        assert stream.readline() == b"\x15error: line not completed within 1s\n"
         assert stream.read() == b""
     elapsed = time.monotonic() - started
     stop.set()
