@@ -197,7 +197,7 @@ class Service:
         """Close what ``open()`` opened, when the service does not start after all."""
         if self.metrics is not None:
             self.metrics.close()
-        self.server.close()
+        self.server.close_listeners()
         self.journal.abandon()
 
     async def _open_metrics(self) -> None:
