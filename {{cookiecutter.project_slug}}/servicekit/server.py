@@ -395,18 +395,20 @@ READING, QUEUED, HANDLING, BLOCKED, ENDING, CLOSED = _State
 """The states as module names, for the same reason as the phases."""
 
 
-class _Batch:
-    """The complete lines of one turn, on their way to one write of their replies."""
+class _Batch(list[bytes]):
+    """The replies to one turn's lines so far, in order (an empty one for a health ping), and
+    what the batch needs once they are all there. A connection has at most one at a time.
 
-    __slots__ = ("replies", "too_long", "written")
+    A list with two attributes rather than an object holding a list: creating it is a
+    quarter of the cost on Python 3.11, paid once per batch, so once per ping-pong request.
+    """
 
-    def __init__(self, written: asyncio.Future[None] | None, too_long: bool) -> None:
-        self.replies: list[bytes] = []
-        """One reply per line handled so far, in order; an empty one for a health ping."""
-        self.written = written
-        """The journal's write of the batch's requests; None when it has none (pings only)."""
-        self.too_long = too_long
-        """The line after the batch's lines is over the limit: refuse it after the replies."""
+    __slots__ = ("too_long", "written")
+
+    written: asyncio.Future[None] | None
+    """The journal's write of the batch's requests; None when it has none (pings only)."""
+    too_long: bool
+    """The line after the batch's lines is over the limit: refuse it after the replies."""
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -566,12 +568,14 @@ class _Connection(asyncio.BufferedProtocol):
         server.requests += len(requests)
         if server.handling is not None:
             self.began = _clock()
-        batch = _Batch(server.journal.append(requests) if requests else None, too_long)
-        replies = batch.replies
+        batch = _Batch()
+        batch.written = server.journal.append(requests) if requests else None
+        batch.too_long = too_long
+        reply = batch.append
         run_inline = server.run_inline
         for n, line in enumerate(parts):
             if not line:
-                replies.append(b"")  # a health ping: an empty reply
+                reply(b"")  # a health ping: an empty reply
                 continue
             try:
                 step = run_inline(line)
@@ -579,7 +583,7 @@ class _Connection(asyncio.BufferedProtocol):
                 server.new_runner()  # it let through what is not an Exception, and ended
                 raise
             if type(step) is bytes:  # the reply: anything else comes from inside handle
-                replies.append(step)
+                reply(step)
                 continue
             # It suspended: finish this batch in a task, which takes the runner along.
             self.line_deadline = 0.0
@@ -600,14 +604,12 @@ class _Connection(asyncio.BufferedProtocol):
     ) -> None:
         """The rest of a batch whose ``handle`` suspended, now inside a task."""
         try:
-            reply = await _finish_in_task(runner, step)
+            batch.append(await _finish_in_task(runner, step))
         finally:
             runner.close()  # it served its last request
-        replies = batch.replies
-        replies.append(reply)
         for line in lines:
             if not line:
-                replies.append(b"")
+                batch.append(b"")
                 continue
             try:
                 answer: object = await self.server.handle(line)
@@ -617,17 +619,16 @@ class _Connection(asyncio.BufferedProtocol):
                 if _cancelling():
                     raise
                 answer = _failed(exc)
-            replies.append(_checked(answer))
+            batch.append(_checked(answer))
         self.task = None
         self._reply(batch)
 
     def _reply(self, batch: _Batch) -> None:
         """Send the batch's replies in one write, as soon as the journal has its requests."""
-        replies = batch.replies
-        replies.append(b"")  # the join then ends the last reply with a newline too
-        data = b"\n".join(replies)
+        batch.append(b"")  # the join then ends the last reply with a newline too
+        data = b"\n".join(batch)
         if _NAK in data and (data[0] == _NAK or _REFUSAL_INSIDE in data):  # memchr first
-            data = b"\n".join(map(_unmarked, replies))
+            data = b"\n".join(map(_unmarked, batch))
         written = batch.written
         if written is None or written.done():
             self._send(batch, data)

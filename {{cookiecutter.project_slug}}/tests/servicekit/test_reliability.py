@@ -784,3 +784,50 @@ def test_a_client_that_reads_slowly_but_steadily_gets_every_reply(
         f"slow-reader-{loop}",
         "pipelining client reading at 20 kB/s, line timeout 1 s: every reply, clean EOF",
     )
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_half_a_line_is_not_late_while_the_journal_holds_its_batch(
+    start_service: StartService, workdir: Path, loop: str
+) -> None:
+    """Two lines and half a third arrive in one read; the journal cannot take the two yet (a
+    FIFO nobody reads, already full). While their batch waits, the service reads nothing, so
+    the half line's clock must not run: once the journal takes the batch, both replies go
+    out, and only then, after a whole line timeout of reading, is the half line refused."""
+    fifo = workdir / "journal.fifo"
+    os.mkfifo(fifo)
+    journal_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the service's open() needs it
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(filler, b"f" * 4096)  # until the pipe is full
+    os.close(filler)
+    service = start_service(
+        APP_JOURNAL_PATH=str(fifo), APP_LINE_TIMEOUT="0.5", **loop_setting(loop)
+    )
+    chunks: list[bytes] = []
+    with connect(service) as sock:
+        sock.sendall(b"first\nsecond\nhalf a li")
+        quiet, _, _ = select.select([sock], [], [], 1.5)  # three line timeouts
+        assert not quiet, "something came back while the journal held the requests"
+        os.set_blocking(journal_end, True)
+
+        def read_journal() -> None:
+            while chunk := os.read(journal_end, 1 << 16):
+                chunks.append(chunk)
+
+        reader = threading.Thread(target=read_journal, daemon=True)
+        reader.start()
+        received = read_to_end(sock)  # a reset raises
+    *replies, last = received.splitlines(keepends=True)
+    assert len(replies) == 2, received
+    assert all(map(is_reply, replies)), received
+    assert last == b"\x15error: line not completed within 0.5s\n"
+    assert service.stop() == ExitCode.OK, service.log
+    reader.join(HANG_GUARD)
+    os.close(journal_end)
+    journaled = b"".join(chunks)
+    assert b"first" in journaled, journaled[-200:]
+    assert b"second" in journaled, journaled[-200:]
+    assert "Traceback" not in service.log, service.log
