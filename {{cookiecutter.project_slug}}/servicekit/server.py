@@ -168,9 +168,16 @@ class Server:
         idle_timeout: float,
         line_timeout: float,
         handle: Handler,
+        needs_journal: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.journal = journal
         self.handle = handle
+        self.needs_journal = needs_journal
+        """The protocol's ``needs_journal(request)``, if it has one: False for a request that
+        changes nothing, which is then not journaled. None: every request is."""
+        self.last_written: asyncio.Future[None] | None = None
+        """The journal's latest append: done once every request appended so far is written
+        (it writes them in order). None until the first."""
         self.runner: Generator[Any, bytes, None]
         """Runs ``handle`` for one request per ``send``, outside any task, and yields its
         reply (see ``_inline_runner``)."""
@@ -404,12 +411,15 @@ class _Batch:
     once per request in ping-pong.
     """
 
-    __slots__ = ("replies", "too_long", "written")
+    __slots__ = ("pings_only", "replies", "too_long", "written")
 
     replies: list[bytes]
     """One reply per line handled so far, in order; an empty one for a health ping."""
+    pings_only: bool
+    """Its lines are all health pings, whose replies reveal nothing: they need not wait."""
     written: asyncio.Future[None] | None
-    """The journal's write of the batch's requests; None when it has none (pings only)."""
+    """Set once every reply is there (``_reply``): what they wait for, the server's latest
+    journal append (``Server.last_written``); None if they need not wait."""
     too_long: bool
     """The line after the batch's lines is over the limit: refuse it after the replies."""
 
@@ -574,8 +584,12 @@ class _Connection(asyncio.BufferedProtocol):
         replies: list[bytes] = []
         batch = _Batch()
         batch.replies = replies
-        batch.written = server.journal.append(requests) if requests else None
+        batch.pings_only = not requests
         batch.too_long = too_long
+        if requests and server.needs_journal is not None:
+            requests = [line for line in requests if server.needs_journal(line)]
+        if requests:  # journaled before handle sees them: write-ahead
+            server.last_written = server.journal.append(requests)
         reply = replies.append
         run_inline = server.run_inline
         for n, line in enumerate(parts):
@@ -630,13 +644,17 @@ class _Connection(asyncio.BufferedProtocol):
         self._reply(batch)
 
     def _reply(self, batch: _Batch) -> None:
-        """Send the batch's replies in one write, as soon as the journal has its requests."""
+        """Send the batch's replies in one write, once the journal has every request handled
+        so far: the batch's own, and any other whose effect a reply may show (a request that
+        needs no journal may read what another connection's request, not yet written, just
+        changed). The journal writes in order, so its latest append is the one to wait for.
+        """
         replies = batch.replies
         replies.append(b"")  # the join then ends the last reply with a newline too
         data = b"\n".join(replies)
         if _NAK in data and (data[0] == _NAK or _REFUSAL_INSIDE in data):  # memchr first
             data = b"\n".join(map(_unmarked, replies))
-        written = batch.written
+        written = batch.written = None if batch.pings_only else self.server.last_written
         if written is None or written.done():
             self._send(batch, data)
             return

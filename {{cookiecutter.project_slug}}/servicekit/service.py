@@ -87,6 +87,7 @@ class Service:
             idle_timeout=settings.idle_timeout,
             line_timeout=settings.line_timeout,
             handle=protocol.handle,
+            needs_journal=getattr(protocol, "needs_journal", None),
         )
         self._on_ready = on_ready
         self._stopping = False

@@ -831,3 +831,83 @@ def test_half_a_line_is_not_late_while_the_journal_holds_its_batch(
     assert b"first" in journaled, journaled[-200:]
     assert b"second" in journaled, journaled[-200:]
     assert "Traceback" not in service.log, service.log
+
+
+READS_FREE = textwrap.dedent(
+    """
+    import sys
+    from app import protocol
+    from servicekit import main as entry
+
+    store = {}
+
+    async def handle(request):
+        command, _, rest = request.partition(b" ")
+        if command == b"SET":
+            key, _, value = rest.partition(b" ")
+            store[key] = value
+            return b"OK"
+        return store.get(rest, b"(none)")
+
+    def needs_journal(request):
+        return not request.startswith(b"GET ")
+
+    def recover(request):
+        if request.startswith(b"SET "):
+            key, _, value = request[4:].partition(b" ")
+            store[key] = value
+
+    protocol.handle, protocol.recover, protocol.needs_journal = handle, recover, needs_journal
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_request_that_needs_no_journal_never_reveals_what_is_not_journaled(
+    workdir: Path, loop: str
+) -> None:
+    """``needs_journal`` says a GET changes nothing: it is answered without a journal write,
+    so at once even while the journal is stuck (a full FIFO). But a GET that reads what a SET
+    not yet journaled wrote must wait for that write: a reply a client saw must survive a
+    ``kill -9``, whoever's request it reveals."""
+    fifo = workdir / "journal.fifo"
+    os.mkfifo(fifo)
+    journal_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(filler, b"f" * 4096)  # until the pipe is full: no write gets through
+    os.close(filler)
+    (workdir / "reads_free.py").write_text(READS_FREE)
+    settings = {"APP_PORT": "0", "APP_JOURNAL_PATH": str(fifo), **loop_setting(loop)}
+    service = Service(workdir, service_env(**settings), args=["reads_free.py"])
+    chunks: list[bytes] = []
+    with connect(service) as reader, connect(service) as writer:
+        assert ask(reader, b"GET k\n") == b"(none)\n", "a GET waited for the journal"
+        writer.sendall(b"SET k v\n")  # handled at once, but its journal write cannot go out
+        while True:  # until a GET comes after the SET: then it must wait for the SET's write
+            reader.sendall(b"GET k\n")
+            answered, _, _ = select.select([reader, writer], [], [], 1.0)
+            if not answered:
+                break
+            assert reader in answered, "the SET was answered before it was journaled"
+            reply = ask(reader, b"")  # sends nothing: reads the reply to the GET just sent
+            assert reply == b"(none)\n", "a GET revealed a SET not yet journaled"
+        os.set_blocking(journal_end, True)
+
+        def read_journal() -> None:
+            while chunk := os.read(journal_end, 1 << 16):
+                chunks.append(chunk)
+
+        drained = threading.Thread(target=read_journal, daemon=True)
+        drained.start()
+        assert writer.makefile("rb").readline() == b"OK\n"
+        assert reader.makefile("rb").readline() == b"v\n"
+    assert service.stop() == ExitCode.OK, service.log
+    drained.join(HANG_GUARD)
+    os.close(journal_end)
+    journaled = b"".join(chunks)
+    assert b"SET k v" in journaled, journaled[-200:]
+    assert b"GET" not in journaled, "a request that needs no journal was journaled"
