@@ -37,7 +37,7 @@ WAIT_LIMIT = 30.0
 """Seconds for Prometheus to start, or to have scraped what a test waits for."""
 SCRAPE_INTERVAL = "100ms"
 """Often: the drain below lasts at most 2 s (server.LINGER_SECONDS for an ending connection)."""
-SHUTTING_DOWN = b"error: shutting down\n"
+SHUTTING_DOWN = b"\x15error: shutting down\n"  # a refusal starts with NAK (server.REFUSAL)
 DASHBOARD = Path("docs", "servicekit-dashboard.json")
 
 

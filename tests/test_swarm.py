@@ -9,7 +9,7 @@ while ``docker service update --image`` replaces both replicas with a new image,
 ``docker service scale`` takes one away. Afterwards:
 
 * every request a client got its echo for is in the union of the task journals;
-* every request was answered, or refused with an ``error:`` line (a stopping replica ends each
+* every request was answered, or refused with a REFUSAL line (a stopping replica ends each
   connection with ``error: shutting down``, then its FIN) -- a refused request is in no
   journal, and the client sends it again on a new connection; no request met a bare close
   without that line; every request ends up answered;
@@ -168,13 +168,17 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+REFUSAL = b"\x15"
+"""The first byte of the service's refusals (``error: shutting down``), and of no reply."""
+
+
 def _exchange(sock: socket.socket, reader: Any, line: str, tally: Tally) -> bool:
     """Send one request and read its reply; record what happened; True if it was echoed."""
     rest = b""
     try:
         sock.sendall(line.encode() + b"\n")
         reply = reader.readline()
-        if reply.startswith(b"error:"):
+        if reply.startswith(REFUSAL):
             rest = reader.read()  # the refusal is the last line: then the FIN, no reset
     except OSError as exc:  # reset, timeout, broken pipe
         with tally.lock:
@@ -186,7 +190,7 @@ def _exchange(sock: socket.socket, reader: Any, line: str, tally: Tally) -> bool
             return True
         if rest:
             tally.errors[f"after the refusal {rest[:40]!r}"] += 1
-        elif reply.startswith(b"error:"):
+        elif reply.startswith(REFUSAL):
             tally.refused_with_error.append(line)
         elif reply:
             tally.errors[f"unexpected reply {reply[:40]!r}"] += 1

@@ -8,7 +8,8 @@ request is in the journal. An empty line never reaches ``handle``: it is a healt
 the server answers itself and does not journal.
 
 If ``handle`` raises, the error is logged with its traceback, the client gets an
-``error: ...`` line, and the connection goes on. A reply must be ``bytes`` without a newline.
+``error: ...`` line, and the connection goes on. A reply must be ``bytes`` without a newline,
+and must not start with byte 0x15 (NAK), which marks the server's own refusals.
 
 ``handle`` starts running in the server's own callback, and becomes an asyncio task only if
 it awaits something that is not ready yet, so that a request answered at once does not pay for

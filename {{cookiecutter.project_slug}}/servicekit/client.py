@@ -7,9 +7,12 @@ answered; 1 with one line on stderr otherwise (nothing listening, refused by the
 connection lost, timeout); 2 for bad arguments.
 
 A service that stops drains its connections: it answers what it has received, then ends
-each connection with ``error: shutting down``. A request answered by that line was not
-handled (it is not in the journal), and neither were the ones after it: the client exits 1
-and names the first of them, so they can be sent again, to another copy or after a restart.
+each connection with a refusal, ``error: shutting down``; it refuses the same way a client
+over the connection limit or a line too long or too slow. A refusal starts with a byte no
+reply starts with (REFUSAL, ASCII NAK), so it cannot be mistaken for a reply, whatever the
+protocol answers. The request it answers was not handled (it is not in the journal), and
+neither were the ones after it: the client exits 1 and names the first of them, so they
+can be sent again, to another copy or after a restart.
 """
 
 from __future__ import annotations
@@ -22,10 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from servicekit.config import client_port, port_argument
 from servicekit.exitcodes import os_reason
+from servicekit.server import REFUSAL
 
-REFUSALS = (b"error: too many connections\n", b"error: shutting down\n")
-"""Lines the server sends instead of a reply, after which it ends the connection (see
-servicekit/server.py): the request they answer was not handled."""
 LONGEST_REPLY = 1 << 24
 """Bytes a reply may have before the client gives up on it."""
 
@@ -55,8 +56,8 @@ async def exchange(
             async with asyncio.timeout(seconds):
                 await writer.drain()
                 reply = await reader.readline()
-            if reply in REFUSALS:
-                refusal = reply.decode().removeprefix("error: ").rstrip()
+            if reply.startswith(REFUSAL):
+                refusal = reply[1:80].decode(errors="replace").removeprefix("error: ").rstrip()
                 raise ClientError(
                     f"refused by {where}: {refusal}; request {number} and any after it "
                     "were not handled"

@@ -47,7 +47,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from servicekit.server import END_REASONS, Replies
+from servicekit.server import DRAINING, END_REASONS, Replies
 from servicekit.tally import SECONDS, Histogram
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class ServiceCollector:
     async def readiness(self) -> str | None:
         """Why new connections should go elsewhere, or None: the meaning of ``health``."""
         server = self.service.server
-        if server.drain_deadline is not None:
+        if server.phase is DRAINING:
             return "draining"
         if server.serving >= server.max_connections:
             return "at its connection limit"

@@ -9,9 +9,9 @@ own); what one read brought is handled as a batch:
    ping, answered here and never journaled;
 2. the other lines are queued in the journal as one unit (``Journal.append``), then handed to
    ``protocol.handle`` one at a time, in order. A ``handle`` that returns without suspending
-   costs no task: the server's driver (``_driver``), a generator that stays alive between
-   requests, awaits it and hands back its reply. One that suspends is finished in a task,
-   which takes the driver with it;
+   costs no task: the server's inline runner (``_inline_runner``), a generator that stays
+   alive between requests, awaits it and yields its reply. One that suspends is finished in
+   a task (``_finish_in_task``), which takes the runner with it;
 3. once the journal has written the batch, all its replies go out in one ``write``. A reply
    is never sent before its request is in the journal (write-ahead), so every reply a client
    received survives a ``kill -9``.
@@ -23,9 +23,12 @@ Limits keep one client from hurting the others or the memory:
   on the client; so the journal queue holds at most one batch per connection;
 - after TURN_LINES lines a connection yields to the others before it goes on (fairness);
 - a line longer than ``max_line_bytes`` is refused without being buffered; a line must be
-  completed within ``line_timeout`` (slow-loris), and a connection that stays silent, or
-  does not read our replies, is closed after ``idle_timeout``. One timer per connection
-  watches both deadlines, re-arming itself lazily when they move;
+  completed within ``line_timeout`` (slow-loris), counted only while the server reads: a
+  client whose half line waits because the server stopped reading it (a batch in progress,
+  replies the client has not taken yet) is not late, only slow to read, and a slow reader
+  is served at its own pace. A connection that stays silent, or does not read our replies,
+  is closed after ``idle_timeout``. One timer per connection watches both deadlines,
+  re-arming itself lazily when they move;
 - connections past ``max_connections`` are turned away politely with TOO_MANY.
 
 Accepting is the server's own loop (``sock_accept``), so running out of file descriptors
@@ -48,18 +51,27 @@ its connection; such a request is read and thrown away after the FIN. Without a 
 client sees a clean end of stream and cannot tell a request that was lost from one that was
 never handled. With it the rule is simple: a request that got no reply before SHUTTING_DOWN
 was refused, is in no journal, and may be sent again. A connection that ends during the
-drain for a reason of its own (a line too long or too slow) ends with that ``error:`` line
+drain for a reason of its own (a line too long or too slow) ends with that refusal
 instead, and a request whose batch the journal could not write gets SHUTTING_DOWN too (the
 service is stopping). A connection already ending when the drain began (the client closed,
 or went idle) has sent its FIN and gets no extra line: nothing it sent is owed an answer.
+
+A refusal must never be mistaken for a reply, whatever ``handle`` answers: a reply that
+reads ``error: shutting down`` was handled and journaled, and sending it again would do it
+twice. So every refusal starts with REFUSAL (ASCII NAK, "negative acknowledgement"), a byte
+no reply may start with: ``_reply`` answers FAILED instead of a reply that does, and logs
+why. A client tells them apart by the first byte of the line alone, and a reply cut short
+(by a reset, a ``kill -9``) can never look like a refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import functools
 import logging
+import math
 import os
 import socket
 import sys
@@ -73,10 +85,17 @@ from servicekit.tally import Histogram
 
 logger = logging.getLogger(__name__)
 
-TOO_MANY = b"error: too many connections\n"
-SHUTTING_DOWN = b"error: shutting down\n"
+REFUSAL = b"\x15"
+"""The first byte of every line the server sends instead of a reply (ASCII NAK), and of no
+reply: the request it answers, and every later one on the connection, was not handled and
+is in no journal. The line goes on with ``error: <why>`` for people, then the FIN."""
+TOO_MANY = REFUSAL + b"error: too many connections\n"
+SHUTTING_DOWN = REFUSAL + b"error: shutting down\n"
+LINE_TOO_LONG = REFUSAL + b"error: line longer than %d bytes\n"
+LINE_TOO_SLOW = REFUSAL + b"error: line not completed within %gs\n"
 FAILED = b"error: internal error"
-"""The reply to a request whose ``handle`` raised; the log has the traceback."""
+"""The reply to a request whose ``handle`` raised; the log has the traceback. A reply, not a
+refusal: the request was journaled and handled."""
 NEWLINE = ord("\n")
 """Looked for as an int: ``NEWLINE in data`` is a plain memchr, while ``b"\\n" in data`` first
 fails to read its needle as an int (an exception raised and cleared inside CPython) and then
@@ -122,6 +141,21 @@ _CLIENT_GAVE_UP = {
 Handler = Callable[[bytes], Coroutine[Any, Any, bytes]]
 
 
+class _Phase(enum.Enum):
+    """The server's phase, which every connection reads."""
+
+    SERVING = "serving"
+    """Connections are accepted, read and answered."""
+    DRAINING = "draining"
+    """``drain()`` began: nothing is accepted or read any more; each connection answers the
+    complete lines it has, then ends with SHUTTING_DOWN, by ``drain_deadline``."""
+
+
+SERVING, DRAINING = _Phase
+"""The phases as module names: Python 3.11 looks up an enum's member on its class several
+times slower than a global, and connections test the phase on every batch."""
+
+
 class Server:
     """Accepts connections, answers lines through ``handle``, and drains on request."""
 
@@ -134,16 +168,22 @@ class Server:
         idle_timeout: float,
         line_timeout: float,
         handle: Handler,
+        needs_journal: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.journal = journal
         self.handle = handle
-        self.driver: Generator[Any, bytes, None]
-        """Runs ``handle`` for one request per ``send``, outside any task (see ``_driver``)."""
-        self.drive: Callable[[bytes], Any]
-        """``self.driver.send``, looked up once."""
-        self.answer: list[bytes] = [b""]
-        """Where the driver leaves the reply of the request it was sent."""
-        self.new_driver()
+        self.needs_journal = needs_journal
+        """The protocol's ``needs_journal(request)``, if it has one: False for a request that
+        changes nothing, which is then not journaled. None: every request is."""
+        self.last_written: asyncio.Future[None] | None = None
+        """The journal's latest append: done once every request appended so far is written
+        (it writes them in order). None until the first."""
+        self.runner: Generator[Any, bytes, None]
+        """Runs ``handle`` for one request per ``send``, outside any task, and yields its
+        reply (see ``_inline_runner``)."""
+        self.run_inline: Callable[[bytes], Any]
+        """``self.runner.send``, looked up once."""
+        self.new_runner()
         self.max_connections = max_connections
         self.max_line_bytes = max_line_bytes
         self.idle_timeout = idle_timeout
@@ -151,8 +191,10 @@ class Server:
         self.connections: set[_Connection] = set()
         """Every open connection, refused ones included, until it is closed."""
         self.serving = 0
-        self.drain_deadline: float | None = None
-        """Event-loop time by which the drain must be over; None until it starts."""
+        """Connections being served: not counting those refused at once."""
+        self.phase = SERVING
+        self.drain_deadline = math.inf
+        """Event-loop time by which the drain must be over: set when the phase is DRAINING."""
         self.read_buffer = memoryview(bytearray(READ_CHUNK))
         """Shared by all connections: a read is handled, and copied if kept, before the next."""
         self.own_buffers = sys.platform == "win32"
@@ -175,12 +217,11 @@ class Server:
         self.handling: Histogram | None = None
         """Seconds from a batch's read to its replies' write; timed only while metrics are on."""
 
-    def new_driver(self) -> None:
-        """A fresh driver: the current one left with a request that suspended, or died."""
-        self.answer = [b""]
-        self.driver = _driver(self.handle, self.answer)
-        self.drive = self.driver.send
-        next(self.driver)  # runs it to its first yield, where it waits for a request
+    def new_runner(self) -> None:
+        """A fresh inline runner: the current one left with a request that suspended, or died."""
+        self.runner = _inline_runner(self.handle)
+        self.run_inline = self.runner.send
+        next(self.runner)  # runs it to its first yield, where it waits for a request
 
     async def listen(
         self, host: str, port: int, *, reuse_port: bool = False
@@ -207,7 +248,7 @@ class Server:
                 bound = sock.getsockname()
                 addresses.append((str(bound[0]), int(bound[1])))
         except OSError:
-            self.close()
+            self.close_listeners()
             raise
         return addresses
 
@@ -218,7 +259,7 @@ class Server:
         for acceptor in self._acceptors:
             acceptor.add_done_callback(_report_failure)
 
-    def close(self) -> None:
+    def close_listeners(self) -> None:
         """Close the listening sockets: the kernel refuses new connections from now on.
 
         Call it once nothing accepts on them any more (``stop_accepting()``), so that no
@@ -242,9 +283,10 @@ class Server:
         Connections still open after ``grace`` seconds are aborted.
         """
         loop = asyncio.get_running_loop()
+        self.phase = DRAINING
         self.drain_deadline = loop.time() + grace
         await self.stop_accepting()
-        self.close()
+        self.close_listeners()
         if self._wrapping:  # accepted just now: they are refused with SHUTTING_DOWN
             await asyncio.wait(self._wrapping)
         logger.info("stopped accepting connections")
@@ -332,6 +374,56 @@ def _configure(sock: socket.socket, reuse_port: bool) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 
 
+class _State(enum.Enum):
+    """Where a connection is in its life. Which callbacks may move it where is said beside
+    each method of ``_Connection``; every state but ENDING and CLOSED can go to ENDING."""
+
+    READING = "reading"
+    """Waiting for the client. ``pending`` holds no complete line, at most part of one,
+    whose line clock runs. No batch is in progress and no turn is queued."""
+    QUEUED = "queued"
+    """``pending`` holds complete lines; their turn (``_turn``) is queued with ``call_soon``,
+    after the other connections' turns (fairness). The next read pauses reading."""
+    HANDLING = "handling"
+    """A batch is in progress: a request is in ``handle`` (in ``task`` once one suspended),
+    or the journal has not written the batch yet. Nothing more is handled until it is sent;
+    reading pauses at the next read, and the line clock is stopped."""
+    BLOCKED = "blocked"
+    """The client has not taken our replies (the transport's buffer passed WRITE_HIGH_WATER):
+    reading is paused and the line clock stopped until ``resume_writing``."""
+    ENDING = "ending"
+    """Our last line and FIN are on their way (``_end``): input is read and thrown away until
+    the client closes or goes quiet for QUIET_SECONDS, or ``end_deadline`` passes."""
+    CLOSED = "closed"
+    """The transport is gone (``connection_lost``)."""
+
+
+READING, QUEUED, HANDLING, BLOCKED, ENDING, CLOSED = _State
+"""The states as module names, for the same reason as the phases."""
+
+
+class _Batch:
+    """The complete lines of one turn, on their way to one write of their replies. A
+    connection has at most one at a time (HANDLING).
+
+    No ``__init__``: the fields are set where the batch is made, because on Python 3.11 a
+    call to an ``__init__`` would cost four times the rest of making it, once per batch, so
+    once per request in ping-pong.
+    """
+
+    __slots__ = ("pings_only", "replies", "too_long", "written")
+
+    replies: list[bytes]
+    """One reply per line handled so far, in order; an empty one for a health ping."""
+    pings_only: bool
+    """Its lines are all health pings, whose replies reveal nothing: they need not wait."""
+    written: asyncio.Future[None] | None
+    """Set once every reply is there (``_reply``): what they wait for, the server's latest
+    journal append (``Server.last_written``); None if they need not wait."""
+    too_long: bool
+    """The line after the batch's lines is over the limit: refuse it after the replies."""
+
+
 class _Connection(asyncio.BufferedProtocol):
     """One client: its unhandled input, its batch in progress, its deadlines."""
 
@@ -339,11 +431,8 @@ class _Connection(asyncio.BufferedProtocol):
         "armed_at",
         "began",
         "buffer",
-        "busy",
-        "closed",
         "deadline",
         "end_deadline",
-        "ending",
         "eof",
         "last_input",
         "line_deadline",
@@ -351,39 +440,42 @@ class _Connection(asyncio.BufferedProtocol):
         "pending",
         "reason",
         "refused",
-        "scheduled",
         "server",
+        "state",
         "task",
         "transport",
         "watchdog",
-        "write_blocked",
     )
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport
         self.buffer = server.read_buffer
+        self.state = READING
         self.pending = b""
         """Received bytes not handled yet: at most TURN_LINES lines ahead, or part of one."""
-        self.busy = False
-        """A batch is in progress: ``handle`` suspended, or the journal has not written it."""
-        self.scheduled = False
-        """The next batch is queued with ``call_soon`` (the others' turn comes first)."""
         self.paused = False
-        self.write_blocked = False
+        """We paused the transport's reading: in every state but READING and ENDING sooner or
+        later (lazily: at the next read), never in ENDING, whose input is read to the end."""
         self.eof = False
-        self.ending = False
-        self.closed = False
+        """The client half-closed: what is complete in ``pending`` is answered, then we end."""
         self.refused = False
+        """Turned away at once (TOO_MANY, or accepted as the drain began): never counted in
+        ``server.serving``."""
+        self.task: asyncio.Task[None] | None = None
+        """The task finishing the batch whose ``handle`` suspended (HANDLING only)."""
         self.deadline = 0.0
         """Event-loop time after which the connection counts as idle."""
         self.line_deadline = 0.0
-        """Event-loop time by which the partial line in ``pending`` must be complete; 0: none."""
+        """Event-loop time by which the partial line in ``pending`` must be complete; 0: no
+        clock runs (no partial line, or we are not reading it)."""
         self.end_deadline = 0.0
+        """ENDING only: when the connection is aborted if it has not closed by then."""
         self.last_input = 0.0
+        """ENDING only: when input last arrived (thrown away); quiet after QUIET_SECONDS."""
         self.watchdog: asyncio.TimerHandle | None = None
+        """The one timer watching the deadlines; it fires at ``armed_at``."""
         self.armed_at = 0.0
-        self.task: asyncio.Task[None] | None = None
         self.reason = "reset"
         """Why it ended, for the metrics: set by ``_end``; "reset" if it was lost before."""
         self.began = 0.0
@@ -398,7 +490,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         if server.own_buffers:
             self.buffer = memoryview(bytearray(READ_CHUNK))
-        if server.drain_deadline is not None:  # accepted in the instant the drain began
+        if server.phase is DRAINING:  # accepted in the instant the drain began
             self._refuse(SHUTTING_DOWN)
         elif server.serving >= server.max_connections:
             self._refuse(TOO_MANY)
@@ -412,37 +504,40 @@ class _Connection(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.ending:
+        state = self.state
+        if state is ENDING:
             self.last_input = self._now()  # thrown away: we have said all we will say
             return
         data = self.buffer[:nbytes].tobytes()
         if self.pending:
             data = self.pending + data
         self.pending = data
-        if self.busy or self.scheduled or self.write_blocked:
-            self._pause()  # handled after the batch in progress; until then, no more
-            return
-        self._batch()
+        if state is READING:
+            self._batch()
+        else:
+            self._pause_reading()  # handled after what is in progress; until then, no more
 
     def eof_received(self) -> bool:
         self.eof = True
-        if self.ending:
+        if self.state is ENDING:
             self._close_when_flushed()
-        elif not (self.busy or self.scheduled):
-            self._advance()  # answers what is complete (once the client reads), then ends
+        elif self.state is READING or self.state is BLOCKED:
+            self._next()  # answers what is complete (once the client reads), then ends
         return True  # keep our half open: replies may still be on their way
 
     def pause_writing(self) -> None:
-        self.write_blocked = True
-        self._pause()
+        if self.state is not ENDING and self.state is not CLOSED:
+            self.state = BLOCKED
+            self.line_deadline = 0.0
+            self._pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_blocked = False
-        if not (self.busy or self.ending):
-            self._advance()
+        if self.state is BLOCKED:
+            self.state = READING  # provisional: _next() decides from what is pending
+            self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.state = CLOSED
         if self.watchdog is not None:
             self.watchdog.cancel()
         if self.task is not None:
@@ -455,8 +550,12 @@ class _Connection(asyncio.BufferedProtocol):
     # --- batches ------------------------------------------------------------------------
 
     def _batch(self) -> None:
-        """Handle the complete lines in ``pending`` (at most TURN_LINES), journal first."""
+        """Handle the complete lines in ``pending`` (at most TURN_LINES), journal first.
+
+        Called in READING (a read) or QUEUED (its turn); leaves HANDLING for ``_next()``.
+        """
         server = self.server
+        self.state = HANDLING
         parts = self.pending.split(b"\n", TURN_LINES)
         rest = parts.pop()
         too_long = len(rest) >= server.max_line_bytes and len(parts) < TURN_LINES
@@ -468,13 +567,13 @@ class _Connection(asyncio.BufferedProtocol):
         if too_long:
             rest = b""
         elif rest and (parts or not self.line_deadline):
-            self._start_line_clock()
+            self._start_line_clock()  # a new partial line: it may take line_timeout
         elif not rest:
             self.line_deadline = 0.0
         self.pending = rest
         self.deadline = server.loop.time() + server.idle_timeout
         if not parts:
-            self._after_batch(too_long)
+            self._after(too_long)
             return
         requests = parts if all(parts) else [line for line in parts if line]
         if requests is not parts:  # health pings are rare: not counted on the common path
@@ -482,125 +581,143 @@ class _Connection(asyncio.BufferedProtocol):
         server.requests += len(requests)
         if server.handling is not None:
             self.began = _clock()
-        written = server.journal.append(requests) if requests else None
         replies: list[bytes] = []
-        drive, answer = server.drive, server.answer
+        batch = _Batch()
+        batch.replies = replies
+        batch.pings_only = not requests
+        batch.too_long = too_long
+        if requests and server.needs_journal is not None:
+            requests = [line for line in requests if server.needs_journal(line)]
+        if requests:  # journaled before handle sees them: write-ahead
+            server.last_written = server.journal.append(requests)
+        reply = replies.append
+        run_inline = server.run_inline
         for n, line in enumerate(parts):
             if not line:
-                replies.append(b"")  # a health ping: an empty reply
+                reply(b"")  # a health ping: an empty reply
                 continue
             try:
-                step = drive(line)
+                step = run_inline(line)
             except BaseException:
-                server.new_driver()  # it let through what is not an Exception, and ended
+                server.new_runner()  # it let through what is not an Exception, and ended
                 raise
-            if step is _ANSWERED:
-                replies.append(answer[0])
+            if type(step) is bytes:  # the reply: anything else comes from inside handle
+                reply(step)
                 continue
-            # It suspended: finish this batch in a task, which takes the driver along.
-            self.busy = True
-            self._pause()
+            # It suspended: finish this batch in a task, which takes the runner along.
+            self.line_deadline = 0.0
+            self._pause_reading()
             self.task = server.loop.create_task(
-                self._finish(
-                    server.driver, answer, step, parts[n + 1 :], replies, written, too_long
-                )
+                self._finish(batch, server.runner, step, parts[n + 1 :])
             )
-            server.new_driver()
+            server.new_runner()
             return
-        self._reply(replies, written, too_long)
+        self._reply(batch)
 
     async def _finish(
         self,
-        driver: Generator[Any, bytes, None],
-        answer: list[bytes],
+        batch: _Batch,
+        runner: Generator[Any, bytes, None],
         step: Any,
         lines: list[bytes],
-        replies: list[bytes],
-        written: asyncio.Future[None] | None,
-        too_long: bool,
     ) -> None:
         """The rest of a batch whose ``handle`` suspended, now inside a task."""
+        replies = batch.replies
         try:
-            await _resume(driver, step)
+            replies.append(await _finish_in_task(runner, step))
         finally:
-            driver.close()  # it served its last request
-        replies.append(answer[0])
-        reply: object
+            runner.close()  # it served its last request
         for line in lines:
             if not line:
                 replies.append(b"")
                 continue
             try:
-                reply = await self.server.handle(line)
+                answer: object = await self.server.handle(line)
             except Exception as exc:
-                reply = _failed(exc)
-            replies.append(_checked(reply))
+                answer = _failed(exc)
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                answer = _failed(exc)
+            replies.append(_checked(answer))
         self.task = None
-        self._reply(replies, written, too_long)
+        self._reply(batch)
 
-    def _reply(
-        self, replies: list[bytes], written: asyncio.Future[None] | None, too_long: bool
-    ) -> None:
-        """Send the batch's replies in one write, as soon as the journal has its requests."""
+    def _reply(self, batch: _Batch) -> None:
+        """Send the batch's replies in one write, once the journal has every request handled
+        so far: the batch's own, and any other whose effect a reply may show (a request that
+        needs no journal may read what another connection's request, not yet written, just
+        changed). The journal writes in order, so its latest append is the one to wait for.
+        """
+        replies = batch.replies
         replies.append(b"")  # the join then ends the last reply with a newline too
         data = b"\n".join(replies)
+        if _NAK in data and (data[0] == _NAK or _REFUSAL_INSIDE in data):  # memchr first
+            data = b"\n".join(map(_unmarked, replies))
+        written = batch.written = None if batch.pings_only else self.server.last_written
         if written is None or written.done():
-            self._send(data, written, too_long)
+            self._send(batch, data)
             return
-        self.busy = True
-        written.add_done_callback(lambda _: self._send(data, written, too_long))
+        self.line_deadline = 0.0  # we wait for the journal, not for the client
+        written.add_done_callback(lambda _: self._send(batch, data))
 
-    def _send(self, data: bytes, written: asyncio.Future[None] | None, too_long: bool) -> None:
-        self.busy = False
+    def _send(self, batch: _Batch, data: bytes) -> None:
+        written = batch.written
         if written is not None and (written.cancelled() or written.exception() is not None):
             # Not journaled: these replies would promise what a restart cannot keep. The
             # journal has reported why, and the service is stopping: refuse, do not answer.
             self._end(SHUTTING_DOWN)
             return
-        if self.closed:
+        if self.state is not HANDLING:  # closed meanwhile
             return
-        self.transport.write(data)
+        self.transport.write(data)  # may call pause_writing(): BLOCKED
         if self.server.handling is not None:
             self.server.handling.observe(_clock() - self.began)
-        self._after_batch(too_long)
+        self._after(batch.too_long)
 
-    def _after_batch(self, too_long: bool) -> None:
+    def _after(self, too_long: bool) -> None:
+        """A batch is over: refuse the line too long that followed it, else go on."""
         if too_long:
-            limit = self.server.max_line_bytes
-            self._end(b"error: line longer than %d bytes\n" % limit)
-            return
-        self._advance()
+            self._end(LINE_TOO_LONG % self.server.max_line_bytes)
+        else:
+            self._next()
 
-    def _advance(self) -> None:
-        """Go on after a batch: the next lines on the next turn, else read, else end."""
-        if self.closed or self.ending:
-            return
+    def _next(self) -> None:
+        """Decide what comes next: the next lines on the next turn, else read, else end.
+
+        Called once nothing is in progress: after a batch (HANDLING, or BLOCKED if its write
+        filled the transport's buffer), when the client takes our replies (from BLOCKED),
+        or on EOF or the drain (READING or BLOCKED).
+        """
         if NEWLINE in self.pending:
-            if not (self.scheduled or self.write_blocked):
-                self.scheduled = True
+            if self.state is not BLOCKED:  # else resume_writing() comes back here
+                self.state = QUEUED
                 self.server.loop.call_soon(self._turn)
-        elif self.eof or self.server.drain_deadline is not None:
+        elif self.eof or self.server.phase is DRAINING:
             self._end()
-        elif not self.write_blocked:
-            self._resume()
+        elif self.state is not BLOCKED:
+            self.state = READING
+            if self.paused:
+                self._resume_reading()
+            if self.pending and not self.line_deadline:  # half a line, and we read again
+                self._start_line_clock()
 
     def _turn(self) -> None:
-        self.scheduled = False
-        if not (self.closed or self.ending or self.busy or self.write_blocked):
+        if self.state is QUEUED:  # else it ended meanwhile
             self._batch()
 
     def drain(self) -> None:
         """The shutdown began: answer the complete lines already received, then end."""
-        if self.ending:
+        if self.state is ENDING:
             # Already saying goodbye: keep reading, to see the client close or go quiet, and
             # keep the quiet timer; only the drain's deadline may come sooner than ours.
-            self.end_deadline = min(self.end_deadline, self._drain_deadline())
+            self.end_deadline = min(self.end_deadline, self.server.drain_deadline)
             if self.end_deadline < self.armed_at:
                 self._arm(self.end_deadline)
             return
-        self._pause()
-        if not (self.busy or self.scheduled):
-            self._advance()
+        self._pause_reading()
+        if self.state is READING or self.state is BLOCKED:
+            self._next()
 
     # --- deadlines and the end ----------------------------------------------------------
 
@@ -622,7 +739,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Fired at ``armed_at``: end the connection if a deadline passed, else re-arm."""
         self.watchdog = None
         now = self._now()
-        if self.ending:
+        if self.state is ENDING:
             if now >= self.end_deadline:
                 self.transport.abort()  # it would not take our last replies in time
             elif now - self.last_input >= QUIET_SECONDS:
@@ -630,19 +747,17 @@ class _Connection(asyncio.BufferedProtocol):
             else:
                 self._arm(min(self.last_input + QUIET_SECONDS, self.end_deadline))
             return
-        if self.busy:
+        if self.state is HANDLING:
             self.deadline = now + self.server.idle_timeout  # waiting on us, not on the client
         due = self.deadline
         if self.line_deadline and self.line_deadline < due:
             due = self.line_deadline
-        if now >= due:
-            if due == self.line_deadline:  # slow-loris: say why before hanging up
-                timeout = self.server.line_timeout
-                self._end(b"error: line not completed within %gs\n" % timeout)
-            else:
-                self._end()  # idle
-        else:
+        if now < due:
             self._arm(due)
+        elif due == self.line_deadline:  # slow-loris: say why before hanging up
+            self._end(LINE_TOO_SLOW % self.server.line_timeout)
+        else:
+            self._end()  # idle
 
     def _refuse(self, message: bytes) -> None:
         self.refused = True
@@ -651,23 +766,24 @@ class _Connection(asyncio.BufferedProtocol):
     def _end(self, last_line: bytes | None = None) -> None:
         """Write ``last_line``, half-close, read until the client closes or goes quiet, close.
 
-        During the drain the last line is SHUTTING_DOWN unless another ``error:`` line says
+        During the drain the last line is SHUTTING_DOWN unless another refusal says
         why: requests the client sent that got no reply before it were refused, not lost.
         Bounded by the drain's deadline during a shutdown, by LINGER_SECONDS otherwise; a
         client that does not take its replies and close in time is aborted.
         """
-        if self.ending or self.closed:
+        if self.state is ENDING or self.state is CLOSED:
             return
-        if last_line is None and self.server.drain_deadline is not None:
+        if last_line is None and self.server.phase is DRAINING:
             last_line = SHUTTING_DOWN
         if last_line is not None:
             self.transport.write(last_line)
         self.reason = _end_reason(self, last_line)
-        self.ending = True
+        self.state = ENDING
         self.pending = b""
+        self.line_deadline = 0.0
         now = self._now()
         self.last_input = now
-        self.end_deadline = min(now + LINGER_SECONDS, self._drain_deadline())
+        self.end_deadline = min(now + LINGER_SECONDS, self.server.drain_deadline)
         try:
             if self.transport.can_write_eof():
                 self.transport.write_eof()  # after what is still buffered
@@ -677,8 +793,9 @@ class _Connection(asyncio.BufferedProtocol):
         if self.eof:
             self._close_when_flushed()
             return
-        self.paused = False
-        self.transport.resume_reading()
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
         self._arm(min(now + QUIET_SECONDS, self.end_deadline))
 
     def _close_when_flushed(self) -> None:
@@ -687,17 +804,14 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self._arm(min(self._now() + QUIET_SECONDS, self.end_deadline))
 
-    def _drain_deadline(self) -> float:
-        deadline = self.server.drain_deadline
-        return float("inf") if deadline is None else deadline
-
-    def _pause(self) -> None:
-        if not self.paused and not self.closed:
+    def _pause_reading(self) -> None:
+        if not self.paused and self.state is not CLOSED:
             self.paused = True
             self.transport.pause_reading()
 
-    def _resume(self) -> None:
-        if self.paused and self.server.drain_deadline is None:
+    def _resume_reading(self) -> None:
+        """Read again, unless the drain began (it reads nothing new)."""
+        if self.server.phase is SERVING:
             self.paused = False
             self.transport.resume_reading()
 
@@ -711,7 +825,17 @@ def _checked(reply: object) -> bytes:
     return FAILED
 
 
-def _failed(error: Exception) -> bytes:
+def _unmarked(reply: bytes) -> bytes:
+    """The reply, unless it starts like a refusal: then FAILED, and the log says why."""
+    if not reply.startswith(REFUSAL):
+        return reply
+    logger.error(
+        "handle() returned a reply starting with %r, which only refusals do: %.60r", REFUSAL, reply
+    )
+    return FAILED
+
+
+def _failed(error: BaseException) -> bytes:
     logger.error("handle() failed; the client gets %r", FAILED.decode(), exc_info=error)
     Replies.failed += 1
     return FAILED
@@ -720,7 +844,7 @@ def _failed(error: Exception) -> bytes:
 class Replies:
     """Requests whose reply was FAILED, counted for servicekit.metrics (for the process).
 
-    Class attributes, not the server's: the driver that meets them belongs to no connection.
+    Class attributes, not the server's: the runner that meets them belongs to no connection.
     """
 
     failed = 0
@@ -744,49 +868,65 @@ def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
     if last_line is None:
         return "client" if connection.eof else "idle"
     if last_line == SHUTTING_DOWN:  # the drain, or a journal that could not write the batch
-        return "drain" if connection.server.drain_deadline is not None else "journal"
-    return "too_long" if last_line.startswith(b"error: line longer") else "line_timeout"
+        return "drain" if connection.server.phase is DRAINING else "journal"
+    return "too_long" if last_line.startswith(LINE_TOO_LONG[:25]) else "line_timeout"
 
 
-_ANSWERED = object()
-"""What the driver yields when it has left a reply in its answer list; anything else it yields
-comes from inside ``handle`` (a future to wait for): the request suspended."""
+def _cancelling() -> bool:
+    """Whether someone cancelled the task running ``handle`` (its connection was lost, or
+    the service is stopping): a CancelledError is then that cancellation, to pass on. One
+    that ``handle`` raised itself, or let out of something it awaited, while nobody
+    cancelled it (or outside any task) is an error in that request like any other."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+_NAK = REFUSAL[0]
+_REFUSAL_INSIDE = b"\n" + REFUSAL
+"""Where a reply starting like a refusal shows in a batch's joined replies (or at 0)."""
 
 
 @types.coroutine
-def _driver(handle: Handler, answer: list[bytes]) -> Generator[Any, bytes, None]:
-    """Run ``handle`` for each request sent in; leave the checked reply in ``answer[0]``.
+def _inline_runner(handle: Handler) -> Generator[Any, bytes, None]:
+    """Run ``handle`` for each request sent in; yield its checked reply.
 
-    Why a generator that stays alive: driving each request's coroutine by hand ends every
+    Why a generator that stays alive: running each request's coroutine by hand ends every
     request with a StopIteration raised and caught, which costs more than the rest of the
     call. Here ``yield from`` awaits ``handle`` as a task would, its return needs no
-    exception, and the server's callback gets the reply from a plain ``send``. A request
-    that suspends takes this driver into its task (``_resume``); the server starts another.
+    exception, and the server's callback gets the reply from a plain ``send``: bytes, which
+    nothing inside ``handle`` may yield to the loop (a task refuses them), so anything else
+    yielded means the request suspended. It then takes this runner into its task
+    (``_finish_in_task``); the server starts another.
     """
+    reply = b""
     while True:
-        request = yield _ANSWERED
+        request = yield reply
         try:
             reply = yield from handle(request)
         except Exception as exc:
             reply = _failed(exc)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                raise
+            reply = _failed(exc)
         else:
             if type(reply) is not bytes or NEWLINE in reply:
                 reply = _checked(reply)
-        answer[0] = reply
 
 
 @types.coroutine
-def _resume(driver: Generator[Any, bytes, None], step: Any) -> Generator[Any, Any, None]:
-    """Finish, inside a task, a request whose ``handle`` suspended outside one.
+def _finish_in_task(runner: Generator[Any, bytes, None], step: Any) -> Generator[Any, Any, bytes]:
+    """Finish, inside a task, a request whose ``handle`` suspended outside one; return its reply.
 
-    ``step`` is what the driver yielded (the future ``handle`` waits for): the task waits on
-    it, then resumes the driver, until the driver has the reply; anything thrown into the task
-    (its cancellation) is passed on to ``handle``.
+    ``step`` is what the runner yielded (the future ``handle`` waits for): the task waits on
+    it, then resumes the runner, until the runner yields the reply; anything thrown into the
+    task (its cancellation) is passed on to ``handle``.
     """
-    while step is not _ANSWERED:
+    while type(step) is not bytes:
         try:
             sent = yield step
         except BaseException as exc:
-            step = driver.throw(exc)
+            step = runner.throw(exc)
         else:
-            step = driver.send(sent)
+            step = runner.send(sent)
+    return step

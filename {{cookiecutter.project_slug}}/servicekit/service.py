@@ -91,6 +91,7 @@ class Service:
             idle_timeout=settings.idle_timeout,
             line_timeout=settings.line_timeout,
             handle=self._handle(protocol),
+            needs_journal=getattr(protocol, "needs_journal", None),
         )
         self._on_ready = on_ready
         self._stopping = False
@@ -215,7 +216,7 @@ class Service:
         """Close what ``open()`` opened, when the service does not start after all."""
         if self.metrics is not None:
             self.metrics.close()
-        self.server.close()
+        self.server.close_listeners()
         self.journal.abandon()
         if Service.running is self:
             Service.running = None
@@ -327,7 +328,7 @@ def _forget_in_forked_child() -> None:
     if service is None:
         return
     service.journal.abandon()  # closes the file, and so lets go of its lock
-    service.server.close()  # the listening sockets: ours to close
+    service.server.close_listeners()  # the listening sockets: ours to close
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         for connection in service.server.connections:

@@ -130,7 +130,7 @@ def test_counters_match_what_the_clients_did(start_service: StartService) -> Non
             sock.shutdown(socket.SHUT_WR)
             assert read_to_end(sock) == b""
     with connect(service) as sock:
-        assert ask(sock, b"x" * 100 + b"\n").startswith(b"error: line longer than")
+        assert ask(sock, b"x" * 100 + b"\n").startswith(b"\x15error: line longer than")
         assert read_to_end(sock) == b""
     idle = connect(service)
     assert ask(idle, b"\n") == b"\n"
@@ -270,7 +270,7 @@ def test_readiness_fails_at_the_connection_limit_and_liveness_does_not(
     assert get(port, "/livez") == (200, "alive\n")
     assert value(scrape(port), "servicekit_connections_open") == 2
     with connect(service) as third:
-        assert read_to_end(third) == b"error: too many connections\n"
+        assert read_to_end(third) == b"\x15error: too many connections\n"
     first.close()
     wait_until(lambda: get(port, "/readyz")[0] == 200, "ready again once a slot is free")
     samples = scrape(port)

@@ -38,6 +38,7 @@ from conftest import (
     journal_of,
     journal_record,
     journal_requests,
+    read_to_end,
     service_env,
     talk_through_sigterm,
 )
@@ -232,7 +233,7 @@ def test_connection_limit_keeps_memory_bounded(start_service: StartService, figu
 
     replies = asyncio.run(scenario())
     assert sum(map(is_reply, replies)) == limit
-    assert replies.count(b"error: too many connections\n") == attempts - limit
+    assert replies.count(b"\x15error: too many connections\n") == attempts - limit
     rss = peak_rss_mib(service.popen.pid)
     assert rss < 200, f"peak RSS {rss:.0f} MiB"
     assert is_reply(reply_to(service, b"after the storm\n"))
@@ -295,7 +296,7 @@ def test_ten_megabyte_line_is_refused_without_buffering_it(start_service: StartS
         sender.start()
         reply = sock.recv(200)
         sender.join(HANG_GUARD)
-    assert reply == b"error: line longer than 65536 bytes\n"
+    assert reply == b"\x15error: line longer than 65536 bytes\n"
     rss = peak_rss_mib(service.popen.pid)
     assert rss - before < 5, f"peak RSS grew {rss - before:.1f} MiB: the line was buffered"
     assert is_reply(reply_to(service, b"ok\n"))
@@ -680,7 +681,7 @@ def test_a_slow_loris_cannot_hold_connections(start_service: StartService, figur
     started = time.monotonic()
     for sock in lorises:
         stream = sock.makefile("rb")
-        assert stream.readline() == b"error: line not completed within 1s\n"
+        assert stream.readline() == b"\x15error: line not completed within 1s\n"
         assert stream.read() == b""
     elapsed = time.monotonic() - started
     stop.set()
@@ -726,3 +727,187 @@ def test_the_drain_ends_talking_clients_promptly(start_service: StartService, lo
     assert service.wait() == ExitCode.OK, service.log
     took = time.monotonic() - service.last_signal
     assert took < 1.0, f"{took:.2f}s from SIGTERM to exit:\n{service.log}"
+
+
+SLOW_READ_RATE = 20_000
+"""Bytes per second of a client that reads steadily but slowly (issue 20, item 1)."""
+
+
+def _read_at(sock: socket.socket, rate: int, seconds: float) -> bytes:
+    """Read what arrives, at most ``rate`` bytes per second, for ``seconds``: a slow reader."""
+    received = b""
+    step = 0.05  # the reader's pace, not a synchronisation
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        started = time.monotonic()
+        readable, _, _ = select.select([sock], [], [], step)  # no timeout on the socket:
+        if readable:  # the sender thread shares it
+            received += sock.recv(int(rate * step))
+        time.sleep(max(0.0, step - (time.monotonic() - started)))
+    return received
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_that_reads_slowly_but_steadily_gets_every_reply(
+    start_service: StartService, figure, loop: str
+) -> None:
+    """A pipelining client reads its replies at 20 kB/s. The service stops reading it while
+    its replies wait (backpressure), often with half a line read: that half line is not
+    late, the service is the one not reading it, so the line timeout must not end the
+    connection. Every request gets its reply, in order, then a clean end of stream."""
+    service = start_service(APP_LINE_TIMEOUT="1", **loop_setting(loop))
+    requests = [b"slow reader %06d %s\n" % (n, b"s" * 1000) for n in range(6000)]
+    sock = connect(service)
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # the old code resets: the reader reports it
+            sock.sendall(b"".join(requests))
+            sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    received = _read_at(sock, SLOW_READ_RATE, seconds=4.0)  # the line timeout 4 times over
+    try:
+        received += read_to_end(sock)
+    except ConnectionResetError:
+        pytest.fail(f"reset after {len(received.splitlines())} replies")
+    finally:
+        sender.join(HANG_GUARD)
+        sock.close()
+    replies = received.splitlines(keepends=True)
+    assert len(replies) == len(requests), replies[-1][:80]
+    assert all(map(is_reply, replies))
+    assert service.stop() == ExitCode.OK, service.log
+    assert journal_of(service) == requests
+    figure(
+        f"slow-reader-{loop}",
+        "pipelining client reading at 20 kB/s, line timeout 1 s: every reply, clean EOF",
+    )
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_half_a_line_is_not_late_while_the_journal_holds_its_batch(
+    start_service: StartService, workdir: Path, loop: str
+) -> None:
+    """Two lines and half a third arrive in one read; the journal cannot take the two yet (a
+    FIFO nobody reads, already full). While their batch waits, the service reads nothing, so
+    the half line's clock must not run: once the journal takes the batch, both replies go
+    out, and only then, after a whole line timeout of reading, is the half line refused."""
+    fifo = workdir / "journal.fifo"
+    os.mkfifo(fifo)
+    journal_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the service's open() needs it
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(filler, b"f" * 4096)  # until the pipe is full
+    os.close(filler)
+    service = start_service(
+        APP_JOURNAL_PATH=str(fifo), APP_LINE_TIMEOUT="0.5", **loop_setting(loop)
+    )
+    chunks: list[bytes] = []
+    with connect(service) as sock:
+        sock.sendall(b"first\nsecond\nhalf a li")
+        quiet, _, _ = select.select([sock], [], [], 1.5)  # three line timeouts
+        assert not quiet, "something came back while the journal held the requests"
+        os.set_blocking(journal_end, True)
+
+        def read_journal() -> None:
+            while chunk := os.read(journal_end, 1 << 16):
+                chunks.append(chunk)
+
+        reader = threading.Thread(target=read_journal, daemon=True)
+        reader.start()
+        received = read_to_end(sock)  # a reset raises
+    *replies, last = received.splitlines(keepends=True)
+    assert len(replies) == 2, received
+    assert all(map(is_reply, replies)), received
+    assert last == b"\x15error: line not completed within 0.5s\n"
+    assert service.stop() == ExitCode.OK, service.log
+    reader.join(HANG_GUARD)
+    os.close(journal_end)
+    journaled = b"".join(chunks)
+    assert b"first" in journaled, journaled[-200:]
+    assert b"second" in journaled, journaled[-200:]
+    assert "Traceback" not in service.log, service.log
+
+
+READS_FREE = textwrap.dedent(
+    """
+    import sys
+    from app import protocol
+    from servicekit import main as entry
+
+    store = {}
+
+    async def handle(request):
+        command, _, rest = request.partition(b" ")
+        if command == b"SET":
+            key, _, value = rest.partition(b" ")
+            store[key] = value
+            return b"OK"
+        return store.get(rest, b"(none)")
+
+    def needs_journal(request):
+        return not request.startswith(b"GET ")
+
+    def recover(request):
+        if request.startswith(b"SET "):
+            key, _, value = request[4:].partition(b" ")
+            store[key] = value
+
+    protocol.handle, protocol.recover, protocol.needs_journal = handle, recover, needs_journal
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+@posix_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_request_that_needs_no_journal_never_reveals_what_is_not_journaled(
+    workdir: Path, loop: str
+) -> None:
+    """``needs_journal`` says a GET changes nothing: it is answered without a journal write,
+    so at once even while the journal is stuck (a full FIFO). But a GET that reads what a SET
+    not yet journaled wrote must wait for that write: a reply a client saw must survive a
+    ``kill -9``, whoever's request it reveals."""
+    fifo = workdir / "journal.fifo"
+    os.mkfifo(fifo)
+    journal_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    filler = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(filler, b"f" * 4096)  # until the pipe is full: no write gets through
+    os.close(filler)
+    (workdir / "reads_free.py").write_text(READS_FREE)
+    settings = {"APP_PORT": "0", "APP_JOURNAL_PATH": str(fifo), **loop_setting(loop)}
+    service = Service(workdir, service_env(**settings), args=["reads_free.py"])
+    chunks: list[bytes] = []
+    with connect(service) as reader, connect(service) as writer:
+        assert ask(reader, b"GET k\n") == b"(none)\n", "a GET waited for the journal"
+        writer.sendall(b"SET k v\n")  # handled at once, but its journal write cannot go out
+        while True:  # until a GET comes after the SET: then it must wait for the SET's write
+            reader.sendall(b"GET k\n")
+            answered, _, _ = select.select([reader, writer], [], [], 1.0)
+            if not answered:
+                break
+            assert reader in answered, "the SET was answered before it was journaled"
+            reply = ask(reader, b"")  # sends nothing: reads the reply to the GET just sent
+            assert reply == b"(none)\n", "a GET revealed a SET not yet journaled"
+        os.set_blocking(journal_end, True)
+
+        def read_journal() -> None:
+            while chunk := os.read(journal_end, 1 << 16):
+                chunks.append(chunk)
+
+        drained = threading.Thread(target=read_journal, daemon=True)
+        drained.start()
+        assert writer.makefile("rb").readline() == b"OK\n"
+        assert reader.makefile("rb").readline() == b"v\n"
+    assert service.stop() == ExitCode.OK, service.log
+    drained.join(HANG_GUARD)
+    os.close(journal_end)
+    journaled = b"".join(chunks)
+    assert b"SET k v" in journaled, journaled[-200:]
+    assert b"GET" not in journaled, "a request that needs no journal was journaled"

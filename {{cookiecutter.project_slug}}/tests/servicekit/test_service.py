@@ -207,11 +207,11 @@ def test_over_limit_line_is_refused_and_others_are_unaffected(start_service: Sta
     service = start_service(APP_MAX_LINE_BYTES="1024")
     with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as bystander:
         reply = exchange(service, b"y" * 4000 + b"\n", 10_000)
-        assert reply == b"error: line longer than 1024 bytes\n"
+        assert reply == b"\x15error: line longer than 1024 bytes\n"
         assert is_reply(ask(bystander, b"still here\n"))
     longest = b"z" * 1023 + b"\n"  # the limit counts the newline
     assert is_reply(reply_to(service, longest))
-    assert exchange(service, b"z" + longest, 1025).startswith(b"error: line longer")
+    assert exchange(service, b"z" + longest, 1025).startswith(b"\x15error: line longer")
     assert service.stop() == ExitCode.OK
     assert journal_of(service) == [b"still here\n", longest]
 
@@ -224,7 +224,7 @@ def test_connections_past_the_limit_are_refused_politely(start_service: StartSer
     ):
         for sock in (first, second):  # both are accepted and served before the third comes
             assert ask(sock, b"\n") == b"\n"
-        assert exchange(service, b"", 100) == b"error: too many connections\n"
+        assert exchange(service, b"", 100) == b"\x15error: too many connections\n"
     assert exchange(service, b"\n", 1) == b"\n"
 
 
@@ -295,6 +295,61 @@ def test_client_reports_a_refusal(start_service: StartService, run_app) -> None:
         f"error: refused by 127.0.0.1:{service.port}: too many connections; "
         "request 1 and any after it were not handled\n"
     )
+
+
+MIMIC = textwrap.dedent(
+    """
+    import sys
+    from app import protocol
+    from servicekit import main as entry
+
+    MIMICKED = {
+        b"drain": b"error: shutting down",
+        b"full": b"error: too many connections",
+        b"long": b"error: line longer than 16 bytes",
+        b"slow": b"error: line not completed within 1s",
+    }
+
+    async def handle(request):
+        return MIMICKED.get(request, request)
+
+    protocol.handle = handle
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+@posix_only
+def test_a_reply_that_reads_like_a_refusal_is_still_a_reply(workdir: Path, run_app) -> None:
+    """Whatever ``handle`` answers, a client can tell it from the server's refusal: a reply
+    that says ``error: shutting down`` was handled and journaled, and must not be retried
+    as if it had been refused. A real refusal (here of a line too long) is still one."""
+    (workdir / "mimic.py").write_text(MIMIC)
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="journal.log", APP_MAX_LINE_BYTES="16")
+    service = Service(workdir, env, args=["mimic.py"])
+    mimicked = ["drain", "full", "long", "slow"]
+    with connect(service) as sock:
+        for request in mimicked:
+            assert is_reply(ask(sock, request.encode() + b"\n")), request
+    port = str(service.port)
+    answered = run_app("--port", port, *mimicked, module="servicekit.client")
+    assert answered.returncode == 0, answered.stderr
+    assert len(answered.stdout.splitlines()) == len(mimicked)
+    refused = run_app("--port", port, "drain", "a line much too long", module="servicekit.client")
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr == (
+        f"error: refused by 127.0.0.1:{port}: line longer than 16 bytes; "
+        "request 2 and any after it were not handled\n"
+    )
+    with connect(service) as sock:
+        assert ask(sock, b"\x15forged refusal\n") == FAILED, "a reply starting like a refusal"
+        assert not is_reply(ask(sock, b"a line much too long\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.log.count("which only refusals do") == 1, service.log
+    assert journal_of(service) == [
+        *(line.encode() + b"\n" for line in mimicked * 2 + ["drain"]),
+        b"\x15forged refusal\n",
+    ]
 
 
 def _hang_up(server: socket.socket) -> None:
@@ -375,7 +430,7 @@ def test_malformed_env_line_for_a_foreign_key_only_warns(
     service = start_service()
     assert ".env line 2: DATABASE_URL is not KEY=VALUE (check its quotes); ignored" in service.log
     assert ".env line 3: API_TOKEN is not KEY=VALUE (check its quotes); ignored" in service.log
-    assert exchange(service, b"too long\n", 100).startswith(b"error: line longer than 8")
+    assert exchange(service, b"too long\n", 100).startswith(b"\x15error: line longer than 8")
     assert service.stop() == ExitCode.OK
     assert FAKE_SECRET not in service.log
 
@@ -387,7 +442,7 @@ def test_env_file_is_read_and_real_environment_wins(start_service: StartService,
     service = start_service()  # APP_PORT=0 and the journal path come from the environment
     assert service.port != 1
     assert is_reply(reply_to(service, b"dotenv\n"))
-    assert exchange(service, b"too long\n", 100).startswith(b"error: line longer than 8")
+    assert exchange(service, b"too long\n", 100).startswith(b"\x15error: line longer than 8")
     assert service.stop() == ExitCode.OK
     assert not (workdir / "from-dotenv.log").exists()
 
@@ -590,6 +645,72 @@ def test_an_error_in_handle_is_logged_once_and_the_connection_goes_on(workdir: P
         b"slow 1\n",
         b"boom\n",
         b"slow 2\n",
+    ]
+
+
+CANCELLING = textwrap.dedent(
+    """
+    import asyncio, sys
+    from app import protocol
+    from servicekit import main as entry
+
+    original = protocol.handle
+
+    async def handle(request):
+        if request == b"cancel now":
+            raise asyncio.CancelledError("raised by handle, not by a cancellation")
+        if request == b"cancel later":
+            await asyncio.sleep(0.01)  # suspends: it goes on in a task
+            raise asyncio.CancelledError("raised by handle after an await")
+        return await original(request)
+
+    protocol.handle = handle
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+@posix_only
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cancelled_error_raised_by_handle_is_that_requests_error(
+    workdir: Path, loop: str, log_format: str
+) -> None:
+    """``handle`` raising CancelledError, at once or after an await, is a bug in that request,
+    not a cancellation of anything the server runs: the client gets FAILED, the connection
+    goes on, the log has one record with the traceback, and the service stops cleanly."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    (workdir / "cancelling.py").write_text(CANCELLING)
+    env = service_env(
+        APP_PORT="0",
+        APP_JOURNAL_PATH="journal.log",
+        APP_USE_UVLOOP="1" if loop == "uvloop" else "0",
+        APP_LOG_FORMAT=log_format,
+    )
+    service = Service(workdir, env, args=["cancelling.py"])
+    with connect(service) as sock:
+        assert ask(sock, b"cancel now\n") == FAILED
+        assert is_reply(ask(sock, b"after now\n"))
+        assert ask(sock, b"cancel later\n") == FAILED
+        assert is_reply(ask(sock, b"after later\n"))
+        sock.sendall(b"cancel later\nin the same batch\ncancel now\n")
+        stream = sock.makefile("rb")
+        replies = [stream.readline() for _ in range(3)]
+        assert [reply == FAILED for reply in replies] == [True, False, True]
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.log.count("CancelledError: raised by handle") == 4, service.log
+    assert service.log.count("Traceback") == 4, service.log
+    if log_format == "json":
+        assert len(service.records) == len(service.raw_lines), service.log
+    assert journal_of(service) == [
+        b"cancel now\n",
+        b"after now\n",
+        b"cancel later\n",
+        b"after later\n",
+        b"cancel later\n",
+        b"in the same batch\n",
+        b"cancel now\n",
     ]
 
 
