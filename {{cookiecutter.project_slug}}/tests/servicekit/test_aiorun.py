@@ -36,6 +36,10 @@ WINDOWS = sys.platform == "win32"
 STOP = signal.SIGBREAK if WINDOWS else signal.SIGTERM
 """The platform's shutdown signal besides SIGINT: Ctrl-Break on Windows, else SIGTERM."""
 POSIX_ONLY = pytest.mark.skipif(WINDOWS, reason="POSIX signal plumbing")
+pytestmark = pytest.mark.usefixtures("signal_defaults")
+"""The runtime runs in this process, and the tests check the handlers it leaves behind
+against those of a process started from a terminal, even when the run was started under
+``nohup`` or in the background."""
 
 
 @pytest.fixture(autouse=True)
