@@ -424,6 +424,18 @@ def run_app(workdir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return run
 
 
+QUICK_FILES = ("test_protocol.py",)
+"""Files whose every test is in the quick run (``pytest -m quick``): yours. The inherited tests
+in it carry ``@pytest.mark.quick``: one or two per guarantee, chosen to take seconds."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in QUICK_FILES:
+            item.add_marker(pytest.mark.quick)
+
+
 BOTH_LOG_FORMATS = ("test_reliability",)
 """Test modules run once with APP_LOG_FORMAT=text and once with json: what the log says
 must not change what the service does, and the tests must read either."""

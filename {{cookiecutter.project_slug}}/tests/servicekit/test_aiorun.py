@@ -932,6 +932,7 @@ def test_previous_signal_handlers_are_restored(previous: Any) -> None:
         signal.signal(signal.SIGINT, old_int)
 
 
+@pytest.mark.quick
 def test_run_twice_in_one_process_and_ctrl_c_still_works() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
