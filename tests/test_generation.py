@@ -327,8 +327,9 @@ def test_workflow_matrix_follows_python_version(bake: Bake, chosen: str, matrix:
     assert workflow["jobs"]["test"]["strategy"]["matrix"]["python"] == matrix
 
 
-def test_workflow_actions_are_pinned_by_sha(bake: Bake) -> None:
-    text = (bake() / ".github/workflows/ci.yml").read_text()
+@pytest.mark.parametrize("name", ["ci.yml", "release.yml"])
+def test_workflow_actions_are_pinned_by_sha(bake: Bake, name: str) -> None:
+    text = (bake() / ".github/workflows" / name).read_text()
     uses = re.findall(r"uses: (\S+)(.*)", text)
     assert uses
     for action, comment in uses:
