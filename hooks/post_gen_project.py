@@ -26,6 +26,7 @@ OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
         "Dockerfile",
         ".dockerignore",
         "compose.yaml",
+        "compose.build.yaml",
         "deploy",
         ".github/workflows/release.yml",
     ),

@@ -28,7 +28,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "python-3.15": {"python_version": "3.15"},
 }
 LEFTOVER_JINJA = re.compile(r"\{\{-?\s*cookiecutter\b|\{%-?\s")
-DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml")
+DOCKER_FILES = ("Dockerfile", ".dockerignore", "compose.yaml", "compose.build.yaml")
 FIGURES = TEMPLATE / "build" / "reliability.jsonl"
 WINDOWS_FILES = ("servicekit/launcher.py", "scripts/windows/run.bat", "scripts/windows/run.ps1")
 
