@@ -41,7 +41,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TEMPLATE, Bake
+from conftest import TEMPLATE, Bake, with_dispositions
 from packaging.markers import Marker
 from test_bake import SUITE_VARIANTS, VARIANTS
 
@@ -110,22 +110,6 @@ def only_off_windows(project: Path) -> list[str]:
                 if marker and not Marker(marker).evaluate(WIN32):
                     names.append(dependency["name"])
     return names
-
-
-def with_dispositions(disposition: signal.Handlers, argv: list[str]) -> list[str]:
-    """``argv`` started with SIGINT and SIGHUP set to ``disposition``, whatever ours are.
-
-    A Python trampoline sets them and execs: an ignored signal stays ignored across exec and a
-    default one stays default, so the command starts as `nohup ... &` (ignored) or a CI runner
-    (default) would start it.
-    """
-    code = (
-        "import os, signal, sys\n"
-        "disposition = signal.Handlers(int(sys.argv[1]))\n"
-        "for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, disposition)\n"
-        "os.execvp(sys.argv[2], sys.argv[2:])\n"
-    )
-    return [str(PYTHON), "-c", code, str(int(disposition)), *argv]
 
 
 def run_step(
