@@ -64,7 +64,9 @@ NOT_STEP_INPUTS = (
     ".python-version",
     "Dockerfile",
     "compose.yaml",
+    "compose.build.yaml",
     "README.md",
+    "docs/",
 )
 """What the Python-version answer changes: read by GitHub, cookiecutter, uv (overridden by
 the job's UV_PYTHON), Docker and people, not by any step."""
