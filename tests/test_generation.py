@@ -321,10 +321,10 @@ def test_python_versions_offered_with_314_default() -> None:
     [("3.14", ["3.11", "3.14", "3.15"]), ("3.11", ["3.11", "3.15"]), ("3.15", ["3.11", "3.15"])],
 )
 def test_workflow_matrix_follows_python_version(bake: Bake, chosen: str, matrix: list[str]):
-    workflow = yaml.safe_load(
-        (bake(python_version=chosen) / ".github/workflows/ci.yml").read_text()
-    )
+    project = bake(python_version=chosen)
+    workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
     assert workflow["jobs"]["test"]["strategy"]["matrix"]["python"] == matrix
+    assert (project / ".python-version").read_text() == f"{chosen}\n", "what uv sync follows"
 
 
 @pytest.mark.parametrize("name", ["ci.yml", "release.yml"])
