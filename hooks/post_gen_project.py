@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 OWNED_BY_ANSWER: Mapping[str, tuple[str, ...]] = {
-    "use_docker": ("Dockerfile", ".dockerignore", "compose.yaml", "deploy"),
+    "use_docker": (
+        "Dockerfile",
+        ".dockerignore",
+        "compose.yaml",
+        "compose.build.yaml",
+        "deploy",
+        ".github/workflows/release.yml",
+    ),
     "windows_scripts": (
         "scripts/windows",
         "scripts/launcher_demo.py",

@@ -2,11 +2,12 @@
 
 The generated project's reliability tests record what they tried and what held (via the
 ``figure`` fixture) into ``build/reliability.jsonl`` when the template's suite runs them
-(tests/test_bake.py). This script turns that file into the table between the
-``reliability:begin`` and ``reliability:end`` markers of docs/reliability.md, so the published
-figures are the measured ones:
+(the all-on project's test step in tests/test_workflow_steps.py). This script turns that file
+into the table between the ``reliability:begin`` and ``reliability:end`` markers of
+docs/reliability.md, so the published figures are the measured ones:
 
-    ./test.sh -k "generated_suite and all-on" && .venv/bin/python scripts/reliability_table.py
+    ./test.sh tests/test_workflow_steps.py -k "all-on and Linux"
+    .venv/bin/python scripts/reliability_table.py
 """
 
 from __future__ import annotations

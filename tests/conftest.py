@@ -6,9 +6,11 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,25 @@ def run(*args: str | Path, cwd: Path, **kwargs: object) -> subprocess.CompletedP
         timeout=600,
         **kwargs,  # type: ignore[call-overload]
     )
+
+
+def with_dispositions(disposition: signal.Handlers, argv: Sequence[str]) -> list[str]:
+    """``argv`` started with SIGINT and SIGHUP set to ``disposition``, whatever ours are.
+
+    The template's suite may itself run under ``nohup`` or as a background job, with both
+    ignored, and a child inherits that. A Python trampoline sets them and execs: an ignored
+    signal stays ignored across exec and a default one stays default (Python then installs its
+    KeyboardInterrupt handler for SIGINT), so the command starts as a terminal (``SIG_DFL``)
+    or ``nohup ... &`` (``SIG_IGN``) would start it.
+    """
+    code = (
+        "import os, signal, sys\n"
+        "disposition = signal.Handlers(int(sys.argv[1]))\n"
+        "for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, disposition)\n"
+        "os.execvp(sys.argv[2], sys.argv[2:])\n"
+    )
+    python = getattr(sys, "_base_executable", sys.executable)
+    return [python, "-c", code, str(int(disposition)), *map(str, argv)]
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import TEMPLATE, Bake
+from conftest import TEMPLATE, Bake, with_dispositions
 
 VERSION = "2025.1.1"
 CACHE = TEMPLATE / ".cache" / f"aiorun-{VERSION}"
@@ -158,7 +159,12 @@ def test_aiorun_own_suite_passes_against_the_vendored_runtime(
     ]
     try:
         result = subprocess.run(
-            command, cwd=suite, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT
+            with_dispositions(signal.SIG_DFL, command),  # its tests expect a terminal's signals
+            cwd=suite,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=SUITE_TIMEOUT,
         )
     except subprocess.TimeoutExpired as hung:
         output = hung.stdout.decode() if isinstance(hung.stdout, bytes) else hung.stdout or ""

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TEMPLATE
+from conftest import TEMPLATE, with_dispositions
 
 RUN = TEMPLATE / "bench" / "run.py"
 VERDICTS = ("met", "**not met**", "not measured", "skipped", "reported")
@@ -37,7 +38,8 @@ def _goal_rows(markdown: str) -> list[list[str]]:
 def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--out", str(out)],
+        # asyncio.run's server is stopped with SIGINT, which it hears only as a terminal gives it
+        with_dispositions(signal.SIG_DFL, [sys.executable, str(RUN), "--quick", "--out", str(out)]),
         capture_output=True,
         text=True,
         timeout=600,

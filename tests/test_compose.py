@@ -1,7 +1,8 @@
 """The generated ``compose.yaml`` run for real: ``up --build``, traffic, ``stop``, exit status.
 
-The baked project's ``compose.yaml`` is used as shipped, with one override file for this
-machine (written by the test): the locally built Python base image instead of the
+The baked project's ``compose.yaml`` is used as shipped, with its ``compose.build.yaml`` (which
+builds the project instead of pulling the release compose.yaml names) and one override file
+for this machine (written by the test): the locally built Python base image instead of the
 registry's, and the host's network for the build and the container (these machines allow no
 bridge, so the port mapping of compose.yaml is taken out; the service binds 127.0.0.1 on a
 free port instead). Everything else -- the build, the environment, ``stop_signal``,
@@ -75,7 +76,7 @@ def test_compose_up_and_stop(
     assert shipped["services"]["app"].pop("ports")
     base_file = tmp_path / "compose.yaml"
     base_file.write_text(yaml.safe_dump(shipped))
-    files = ["-f", str(base_file), "-f", str(override)]
+    files = ["-f", str(base_file), "-f", str(project / "compose.build.yaml"), "-f", str(override)]
 
     def run(*args: str, timeout: float = 600) -> str:
         result = subprocess.run(
@@ -131,7 +132,7 @@ def test_compose_up_and_stop(
         with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
             run("down", "--volumes", "--rmi", "local", timeout=120)
         with contextlib.suppress(Exception):
-            docker_client.images.remove("compose-echo:latest", force=True)
+            docker_client.images.remove("compose-echo:dev", force=True)
     report(
         request.config,
         "compose_stop_seconds",

@@ -263,7 +263,7 @@ def test_answers_flow_into_the_manifests(bake: Bake) -> None:
     kinds = by_kind(render(project / KUBERNETES))
     assert app_container(kinds["Deployment"])["ports"][0]["containerPort"] == 9999
     assert kinds["Service"]["spec"]["ports"][0]["port"] == 9999
-    assert app_container(kinds["Deployment"])["image"] == "ping-pong:latest"
+    assert app_container(kinds["Deployment"])["image"] == release_reference("ping-pong")
     assert {r["metadata"]["name"] for r in kinds.values() if r["kind"] != "ConfigMap"} == {
         "ping-pong"
     }
@@ -299,10 +299,13 @@ def compose() -> Iterator[list[str]]:
     )
 
 
-def run_compose(compose: list[str], folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_compose(
+    compose: list[str], folder: Path, *args: str, files: tuple[str, ...] = ("compose.yaml",)
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "APP_"))}
+    chosen = [option for name in files for option in ("-f", str(folder / name))]
     return subprocess.run(
-        [*compose, "--project-directory", str(folder), "-f", str(folder / "compose.yaml"), *args],
+        [*compose, "--project-directory", str(folder), *chosen, *args],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -319,6 +322,36 @@ def test_compose_file_validates(project: Path, compose: list[str]) -> None:
     timeout = float(service["environment"]["APP_SHUTDOWN_TIMEOUT"])
     grace = seconds(service["stop_grace_period"])
     assert timeout + MARGIN <= grace, f"compose: shutdown {timeout}s vs stop_grace_period {grace}s"
+
+
+def test_compose_build_overlay_builds_this_folder(project: Path, compose: list[str]) -> None:
+    """compose.build.yaml turns the release compose.yaml runs into a build of the project."""
+    files = ("compose.yaml", "compose.build.yaml")
+    result = run_compose(compose, project, "config", files=files)
+    assert result.returncode == 0, result.stderr
+    service = yaml.safe_load(result.stdout)["services"]["app"]
+    assert Path(service["build"]["context"]) == project
+    assert service["image"] == f"{project.name}:dev"
+    assert service["stop_grace_period"], "the rest is compose.yaml's"
+
+
+def release_reference(slug: str) -> str:
+    return f"ghcr.io/owner/{slug}:0.1.0@sha256:{'0' * 64}"
+
+
+def test_every_deployment_names_the_release_by_tag_and_digest(project: Path) -> None:
+    """Compose, Swarm and Kubernetes run one release, named by version and digest: a release
+    is one edit in each (the reference the release notes print), and nothing runs ':latest'."""
+    reference = release_reference(project.name)
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert compose["services"]["app"]["image"] == reference
+    assert "build" not in compose["services"]["app"], "the build is compose.build.yaml's"
+    stack = yaml.safe_load((project / "deploy" / "swarm" / "stack.yaml").read_text())
+    assert stack["services"]["app"]["image"] == "${IMAGE:-" + reference + "}"
+    deployment = by_kind(render(project / KUBERNETES))["Deployment"]
+    assert app_container(deployment)["image"] == reference
+    for path in [project / "compose.yaml", *(project / "deploy").rglob("*.yaml")]:
+        assert ":latest" not in path.read_text(), path
 
 
 def test_compose_validation_can_fail(project: Path, compose: list[str], tmp_path: Path) -> None:

@@ -321,14 +321,15 @@ def test_python_versions_offered_with_314_default() -> None:
     [("3.14", ["3.11", "3.14", "3.15"]), ("3.11", ["3.11", "3.15"]), ("3.15", ["3.11", "3.15"])],
 )
 def test_workflow_matrix_follows_python_version(bake: Bake, chosen: str, matrix: list[str]):
-    workflow = yaml.safe_load(
-        (bake(python_version=chosen) / ".github/workflows/ci.yml").read_text()
-    )
+    project = bake(python_version=chosen)
+    workflow = yaml.safe_load((project / ".github/workflows/ci.yml").read_text())
     assert workflow["jobs"]["test"]["strategy"]["matrix"]["python"] == matrix
+    assert (project / ".python-version").read_text() == f"{chosen}\n", "what uv sync follows"
 
 
-def test_workflow_actions_are_pinned_by_sha(bake: Bake) -> None:
-    text = (bake() / ".github/workflows/ci.yml").read_text()
+@pytest.mark.parametrize("name", ["ci.yml", "release.yml"])
+def test_workflow_actions_are_pinned_by_sha(bake: Bake, name: str) -> None:
+    text = (bake() / ".github/workflows" / name).read_text()
     uses = re.findall(r"uses: (\S+)(.*)", text)
     assert uses
     for action, comment in uses:

@@ -21,7 +21,9 @@ What the test changes in the rendered output, and why (nothing else):
 * the container's ``ports:`` are dropped: podman turns them into port mappings, which a
   host-network pod cannot have;
 * the volumes get unique names: podman 4.3 makes each ``emptyDir`` a named volume called
-  after it (``data``, ``tmp``), and would share or delete someone else's.
+  after it (``data``, ``tmp``), and would share or delete someone else's;
+* the container's image: the release reference the manifests name (a ghcr.io tag with a
+  placeholder digest, filled in per release) becomes the image built here from the project.
 
 Podman before 5.1 SIGKILLs the containers on ``podman kube down`` (podman issue #22397,
 fixed by PR #22398); the stop is therefore ``podman pod stop`` (SIGTERM, then SIGKILL after
@@ -84,8 +86,7 @@ def project(bake: Callable[..., Path]) -> Path:
 def image(
     request: pytest.FixtureRequest, docker_client: Any, podman: str, project: Path
 ) -> Iterator[str]:
-    """The generated image, built by the Docker engine and loaded into podman under the name
-    the manifests use (``<slug>:latest``)."""
+    """The generated image, built by the Docker engine and loaded into podman."""
     tag = f"aiorun-podman-test/app:{uuid.uuid4().hex[:8]}"
     built, _ = build_app_image(request.config, docker_client, project, VERSION, tag)
     try:
@@ -94,13 +95,15 @@ def image(
         docker_client.images.remove(built.id, force=True)
     loaded = _podman("load", stdin=archive)
     assert tag in loaded, loaded
-    name = "podman-echo:latest"
+    name = "podman-echo:dev"
     _podman("tag", tag, name)
     yield name
     _podman("rmi", "--force", name, f"localhost/{tag}", check=False)
 
 
-def _for_this_machine(resources: list[dict[str, Any]], port: int, metrics: int, suffix: str) -> str:
+def _for_this_machine(
+    resources: list[dict[str, Any]], port: int, metrics: int, suffix: str, image: str
+) -> str:
     """The rendered manifests with the changes listed in the module docstring, as YAML."""
     kinds = by_kind(resources)
     config = next(r for r in resources if r["kind"] == "ConfigMap")
@@ -109,6 +112,7 @@ def _for_this_machine(resources: list[dict[str, Any]], port: int, metrics: int, 
     deployment["spec"]["replicas"] = 1
     pod = deployment["spec"]["template"]["spec"]
     container = app_container(deployment)
+    container["image"] = image
     container.pop("ports")
     for probe in ("readinessProbe", "livenessProbe"):
         container[probe]["httpGet"]["port"] = metrics
@@ -141,11 +145,11 @@ def test_kube_play_runs_the_deployment(
 ) -> None:
     resources = render(project / KUBERNETES)
     deployment = by_kind(resources)["Deployment"]
-    assert app_container(deployment)["image"] == image
+    assert app_container(deployment)["image"].startswith("ghcr.io/owner/podman-echo:0.1.0@")
     port, metrics = free_port(), free_port()
     suffix = f"-{uuid.uuid4().hex[:8]}"
     manifest = tmp_path / "kube.yaml"
-    manifest.write_text(_for_this_machine(resources, port, metrics, suffix))
+    manifest.write_text(_for_this_machine(resources, port, metrics, suffix, image))
 
     played = _podman("kube", "play", "--network", "host", str(manifest))
     pod_id = re.search(r"Pod:\s*\n([0-9a-f]{64})", played)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
 import io
 import math
 import os
@@ -38,10 +39,13 @@ class FsyncPolicy(enum.StrEnum):
 
 
 def _uvloop_available() -> bool:
+    """Whether uvloop imports here. Imported by name, not by an import statement: uvloop is
+    optional and absent on Windows, and a type checker would report the statement as a
+    missing module wherever it is not installed. The service imports it next anyway."""
     if sys.platform == "win32":
         return False
     try:
-        import uvloop  # noqa: F401  (the service imports it next anyway)
+        importlib.import_module("uvloop")
     except ImportError:
         return False
     return True

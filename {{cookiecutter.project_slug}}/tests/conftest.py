@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,41 @@ request that got no reply before it was refused, not lost."""
 TOO_MANY = REFUSAL + b"error: too many connections\n"
 
 
+SIGNAL_DEFAULTS = Path(__file__).resolve().parent / "signal_defaults"
+"""Its sitecustomize.py gives each test child the SIGINT and SIGHUP of a process started from
+a terminal, whatever the test run inherited (``nohup``, a background job)."""
+
+
+def child_pythonpath(environ: Mapping[str, str] = os.environ) -> str:
+    """``PYTHONPATH`` for a test child: the signal defaults, the project, then the caller's."""
+    entries = [str(SIGNAL_DEFAULTS), str(PROJECT_ROOT), environ.get("PYTHONPATH")]
+    return os.pathsep.join(filter(None, entries))
+
+
 def service_env(**overrides: str) -> dict[str, str]:
     """The environment of a test child: ours minus every APP_ setting, plus the overrides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("APP_")}
     env["APP_LOG_FORMAT"] = os.environ.get(LOG_FORMAT_VARIABLE, "text")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = child_pythonpath()
     env.update(overrides)
     return env
+
+
+@pytest.fixture
+def signal_defaults() -> Iterator[None]:
+    """SIGINT and SIGHUP as a process started from a terminal has them, for this test only.
+
+    For tests that run the runtime in the test process and check what it restores; the run's
+    own dispositions (ignored under ``nohup`` or in the background) come back afterwards.
+    """
+    names = ["SIGINT", "SIGHUP"] if hasattr(signal, "SIGHUP") else ["SIGINT"]
+    kept = {name: signal.getsignal(getattr(signal, name)) for name in names}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if "SIGHUP" in kept:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    for name, handler in kept.items():
+        signal.signal(getattr(signal, name), handler)
 
 
 LOG_FORMAT_VARIABLE = "TEST_LOG_FORMAT"
@@ -392,6 +420,18 @@ def run_app(workdir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return result
 
     return run
+
+
+QUICK_FILES = ("test_protocol.py",)
+"""Files whose every test is in the quick run (``pytest -m quick``): yours. The inherited tests
+in it carry ``@pytest.mark.quick``: one or two per guarantee, chosen to take seconds."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in QUICK_FILES:
+            item.add_marker(pytest.mark.quick)
 
 
 BOTH_LOG_FORMATS = ("test_reliability",)

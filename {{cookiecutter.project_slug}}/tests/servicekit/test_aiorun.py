@@ -36,6 +36,10 @@ WINDOWS = sys.platform == "win32"
 STOP = signal.SIGBREAK if WINDOWS else signal.SIGTERM
 """The platform's shutdown signal besides SIGINT: Ctrl-Break on Windows, else SIGTERM."""
 POSIX_ONLY = pytest.mark.skipif(WINDOWS, reason="POSIX signal plumbing")
+pytestmark = pytest.mark.usefixtures("signal_defaults")
+"""The runtime runs in this process, and the tests check the handlers it leaves behind
+against those of a process started from a terminal, even when the run was started under
+``nohup`` or in the background."""
 
 
 @pytest.fixture(autouse=True)
@@ -936,6 +940,7 @@ def test_previous_signal_handlers_are_restored(previous: Any) -> None:
         signal.signal(signal.SIGINT, old_int)
 
 
+@pytest.mark.quick
 def test_run_twice_in_one_process_and_ctrl_c_still_works() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

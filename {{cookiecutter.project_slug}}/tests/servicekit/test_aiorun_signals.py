@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import child_pythonpath
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -34,9 +35,7 @@ class Child:
 
     def __init__(self, *args: str, script: Path = CHILD) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
-        )
+        env["PYTHONPATH"] = child_pythonpath()
         self.popen = subprocess.Popen(
             [sys.executable, "-W", "error::DeprecationWarning", str(script), *args],
             cwd=PROJECT_ROOT,
@@ -277,7 +276,7 @@ def test_force_exit_works_while_the_loop_is_wedged(start, name: str, where: str 
 
 
 def test_force_exit_works_while_the_loop_is_wedged_and_stderr_is_unread() -> None:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    env = dict(os.environ, PYTHONPATH=child_pythonpath({}))
     with subprocess.Popen(
         [sys.executable, str(ATTACKS), "wedged-loop-unread-stderr"],
         cwd=PROJECT_ROOT,

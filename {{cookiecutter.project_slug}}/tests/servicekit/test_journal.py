@@ -47,6 +47,7 @@ def journal_file(*requests: bytes) -> bytes:
     return JOURNAL_HEADER + b"".join(map(journal_record, requests))
 
 
+@pytest.mark.quick
 def test_a_torn_last_line_is_fenced_not_fused(start_service: StartService, workdir: Path) -> None:
     """A crash mid-write leaves a partial line; the next run must not glue its first line on."""
     (workdir / "data").mkdir()
@@ -347,6 +348,7 @@ def talk_until_killed(
     assert service.wait() == -signal.SIGKILL
 
 
+@pytest.mark.quick
 @posix_only
 def test_kill_9_under_load_loses_no_acknowledged_request_and_fuses_none(
     start_service: StartService, figure

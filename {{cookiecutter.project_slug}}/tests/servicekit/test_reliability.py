@@ -376,6 +376,7 @@ def test_stuck_task_ends_at_the_shutdown_timeout(workdir: Path, figure) -> None:
     )
 
 
+@pytest.mark.quick
 @posix_only
 def test_second_sigint_forces_exit_130(workdir: Path, figure) -> None:
     (workdir / "stuck.py").write_text(STUBBORN)

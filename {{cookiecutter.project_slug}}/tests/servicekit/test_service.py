@@ -148,6 +148,7 @@ def test_client_reports_nothing_listening(run_app) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.quick
 @posix_only
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_gracefully_with_phases_logged(start_service: StartService, signum) -> None:
@@ -190,6 +191,7 @@ def test_ephemeral_port_is_reported(start_service: StartService) -> None:
     assert exchange(service, b"\n", 1) == b"\n"
 
 
+@pytest.mark.quick
 @posix_only
 def test_journal_holds_exactly_what_was_echoed(start_service: StartService) -> None:
     """Clients keep talking while SIGTERM arrives: every reply is journaled once, no more."""
@@ -203,6 +205,7 @@ def test_journal_holds_exactly_what_was_echoed(start_service: StartService) -> N
     assert len(replies) > clients * 10
 
 
+@pytest.mark.quick
 def test_over_limit_line_is_refused_and_others_are_unaffected(start_service: StartService) -> None:
     service = start_service(APP_MAX_LINE_BYTES="1024")
     with socket.create_connection((service.host, service.port), timeout=HANG_GUARD) as bystander:
@@ -228,6 +231,7 @@ def test_connections_past_the_limit_are_refused_politely(start_service: StartSer
     assert exchange(service, b"\n", 1) == b"\n"
 
 
+@pytest.mark.quick
 def test_health_probe(start_service: StartService, run_app) -> None:
     service = start_service()
     assert run_app("--port", str(service.port), module="servicekit.health").returncode == 0
@@ -364,6 +368,7 @@ def test_client_refuses_a_message_with_a_line_break(run_app) -> None:
     assert "a message is one line" in result.stderr
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(
     ("settings", "names"),
     [
