@@ -133,6 +133,11 @@ class Settings:
         what="With workers: seconds a worker's event loop may miss its heartbeat before the"
         " supervisor kills and replaces it",
     )
+    state_per_worker: bool = _setting(
+        False,
+        what="With workers and a protocol with state: each worker holds its own state (rebuilt"
+        " from its own journal); without it such a start is refused",
+    )
     log_format: str = _setting(
         "text", what="text (for people) or json (one JSON object per line, for log pipelines)"
     )
@@ -240,6 +245,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
     "heartbeat_timeout": _parse_seconds,
+    "state_per_worker": _parse_bool,
     "log_format": _parse_log_format,
     "reuse_port": _parse_bool,
     "metrics_port": _parse_int(0, 65535),

@@ -24,7 +24,7 @@ from servicekit import logs
 from servicekit.aiorun import _signal_name, _this_platform, run
 from servicekit.config import ConfigError, load_settings, shown_value
 from servicekit.exitcodes import SIGNAL_BASE, ExitCode, StartupError
-from servicekit.service import DRAIN_SHARE, Service, ServiceProtocol
+from servicekit.service import DRAIN_SHARE, Service, ServiceProtocol, check_workers_and_state
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ def main(protocol: ServiceProtocol, argv: Sequence[str] | None = None) -> int:
 def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
     try:
         settings, warnings = load_settings()
+        if notice := check_workers_and_state(settings, protocol):
+            warnings.append(notice)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG

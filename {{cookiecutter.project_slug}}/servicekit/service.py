@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from servicekit import notify
-from servicekit.config import Settings
+from servicekit.config import ConfigError, Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
 from servicekit.journal import Journal, JournalInUse, SnapshotFailed, Unfinished, adopt_orphans
 from servicekit.server import Server
@@ -342,6 +342,39 @@ def _forget_in_forked_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
+def has_state(protocol: ServiceProtocol) -> bool:
+    """True if the protocol keeps state: it has a ``recover`` that does something."""
+    recover = getattr(protocol, "recover", None)
+    return recover is not None and not does_nothing(recover)
+
+
+def check_workers_and_state(settings: Settings, protocol: ServiceProtocol) -> str | None:
+    """Refuse several workers for a protocol with state, unless that was chosen; say so.
+
+    Each worker journals only the requests it answered and rebuilds its state from those
+    alone, so with a counter under two workers each answers with its own share of the count:
+    wrong answers, and nothing says so. Nothing can make the workers agree (they share no
+    memory, and each writes its own journal), so the service refuses to start (ConfigError,
+    exit status 2) unless ``APP_STATE_PER_WORKER`` says that state held by each worker on its
+    own is meant, e.g. because clients are routed so that a key always reaches one worker.
+    Returns the warning to log when it was chosen, else None.
+    """
+    if settings.workers <= 1 or not has_state(protocol):
+        return None
+    workers = f"APP_WORKERS={settings.workers}"
+    if settings.state_per_worker:
+        return (
+            f"{workers} with APP_STATE_PER_WORKER=1: each worker holds its own state, rebuilt"
+            " from its own journal; a client sees the state of the worker its connection reached"
+        )
+    raise ConfigError(
+        f"{workers} with a protocol that keeps state (its recover() does something): each"
+        " worker would hold and answer from its own part of the state; use APP_WORKERS=1 and"
+        " scale out with a shared database or by routing each key to one instance, or set"
+        " APP_STATE_PER_WORKER=1 if each worker holding its own state is what you want"
+    )
 
 
 def does_nothing(function: Callable[[bytes], None]) -> bool:
