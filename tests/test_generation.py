@@ -236,7 +236,9 @@ def test_cruft_update_across_the_split_keeps_the_users_protocol(tmp_path: Path) 
     assert sorted(p.name for p in (project / "app").glob("*.py")) == [
         "__init__.py",
         "__main__.py",
+        "lifespan.py",
         "protocol.py",
+        "settings.py",
     ]
     assert (project / "servicekit" / "server.py").is_file()
     # The template's own edit of the protocol's docstring cannot apply to the user's rewrite:
