@@ -61,10 +61,13 @@ def counter(workdir: Path) -> Path:
 
 
 def start_counter(folder: Path, **settings: str) -> Process:
-    env = service_env(
-        APP_HOST="127.0.0.1", APP_PORT="0", APP_JOURNAL_PATH="data/journal.log", **settings
-    )
-    return Process([sys.executable, "-m", "counter"], folder, env)
+    defaults = {
+        "APP_HOST": "127.0.0.1",
+        "APP_PORT": "0",
+        "APP_JOURNAL_PATH": "data/journal.log",
+        "APP_STATE_PER_WORKER": "0",  # service_env turns it on for the other tests
+    }
+    return Process([sys.executable, "-m", "counter"], folder, service_env(**defaults | settings))
 
 
 def on_a_new_connection(address: tuple[str, int], command: bytes) -> bytes:
