@@ -33,7 +33,7 @@ it, so this one only yields. A service with a resource and two background tasks:
         await flusher         # protected work: its last flush runs to the end
         await pool.close()
 
-``docs/examples/`` has a whole service written this way.
+``docs/examples/notes/`` is a whole service written this way.
 """
 
 from __future__ import annotations
