@@ -37,7 +37,7 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file sema
 
 KEY_VALUE = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, runpy, signal, sys
     from app import protocol
     from servicekit import journal, main as entry
 
@@ -100,7 +100,7 @@ KEY_VALUE = textwrap.dedent(
         owner = journal.Journal if kill_in == "_compact" else journal
         setattr(owner, kill_in, watch(getattr(owner, kill_in)))
         journal.os = KillingOs()
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 
