@@ -24,7 +24,8 @@ class Settings:
     """Read from APP_NOTES_DATABASE and APP_NOTES_REPORT_EVERY (or .env)."""
 
     notes_database: Path = setting(
-        Path("data/notes.sqlite3"), what="The SQLite file that holds the notes"
+        Path("notes.sqlite3"),
+        what="The SQLite file that holds the notes (not in data/, the journal's)",
     )
     notes_report_every: float = setting(
         60.0, what="Seconds between two 'notes: served N' log lines", parse=_positive_seconds
