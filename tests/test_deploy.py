@@ -362,3 +362,112 @@ def test_compose_validation_can_fail(project: Path, compose: list[str], tmp_path
     result = run_compose(compose, tmp_path, "config", "--quiet")
     assert result.returncode != 0
     assert "stop_signals" in result.stderr
+
+
+# --------------------------------------------------------------------------- with state
+
+STATEFUL_SWITCH = "# components:\n#   - stateful\n"
+"""The two commented lines in kustomization.yaml that switch the stateful component on."""
+STATEFUL_FILES = (
+    "deploy/kubernetes/stateful/kustomization.yaml",
+    "deploy/kubernetes/stateful/statefulset.yaml",
+    "deploy/kubernetes/stateful/service-pods.yaml",
+    "deploy/kubernetes/stateful/pod-template/kustomization.yaml",
+)
+
+
+def switch_to_stateful(project: Path, destination: Path) -> Path:
+    """deploy/kubernetes with the stateful component switched on, as its comment says."""
+    folder = destination / "kubernetes"
+    shutil.copytree(project / KUBERNETES, folder)
+    kustomization = folder / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert STATEFUL_SWITCH in text, "the documented switch is not in kustomization.yaml"
+    kustomization.write_text(text.replace(STATEFUL_SWITCH, "components:\n  - stateful\n"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stateful(project: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Resource]:
+    return render(switch_to_stateful(project, tmp_path_factory.mktemp("stateful")))
+
+
+def one(resources: list[Resource], kind: str) -> Resource:
+    [resource] = [r for r in resources if r["kind"] == kind]
+    return resource
+
+
+def test_the_stateful_variant_replaces_the_deployment_with_a_statefulset(
+    stateful: list[Resource],
+) -> None:
+    assert sorted(r["kind"] for r in stateful) == [
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "Service",
+        "Service",
+        "StatefulSet",
+    ]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_stateful_variant_validates_against_the_kubernetes_schemas(
+    project: Path, stateful: list[Resource], version: str
+) -> None:
+    for name in STATEFUL_FILES:
+        assert (project / name).is_file(), name
+    for resource in stateful:
+        name = f"{resource['kind']}/{resource['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{name} is invalid for Kubernetes {version}: {exc.message}")
+
+
+def test_a_replaced_pod_gets_its_journal_back(stateful: list[Resource]) -> None:
+    """One pod, whose /data is a claim of its own that outlives it, and a scale-down."""
+    statefulset = one(stateful, "StatefulSet")
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 1
+    [claim] = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    mounts = {m["mountPath"]: m["name"] for m in app_container(statefulset)["volumeMounts"]}
+    assert mounts["/data"] == claim["metadata"]["name"]
+    volumes = {v["name"] for v in spec["template"]["spec"]["volumes"]}
+    assert claim["metadata"]["name"] not in volumes, "an emptyDir would shadow the claim"
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    config = one(stateful, "ConfigMap")["data"]
+    assert config["APP_JOURNAL_PATH"].startswith("/data/")
+    assert config["APP_WORKERS"] == "1", "several workers would each hold their own state"
+    headless = [s for s in stateful if s["kind"] == "Service" and s["spec"].get("clusterIP")]
+    assert [s["metadata"]["name"] for s in headless] == [spec["serviceName"]]
+    assert headless[0]["spec"]["clusterIP"] == "None"
+
+
+def test_the_stateful_pod_is_the_deployments_pod(
+    rendered: list[Resource], stateful: list[Resource]
+) -> None:
+    """Probes, security, resources and budget are written once: only /data differs."""
+    deployment = by_kind(rendered)["Deployment"]["spec"]["template"]
+    statefulset = one(stateful, "StatefulSet")["spec"]["template"]
+    without_data = yaml.safe_load(yaml.safe_dump(deployment))
+    without_data["spec"]["volumes"] = [
+        v for v in without_data["spec"]["volumes"] if v["name"] != "data"
+    ]
+    assert statefulset == without_data
+
+
+def test_the_stateful_budget_comes_from_the_one_place_and_fits(
+    project: Path, tmp_path: Path
+) -> None:
+    folder = switch_to_stateful(project, tmp_path)
+    kustomization = folder / "kustomization.yaml"
+    text = kustomization.read_text()
+    edited = re.sub(r"terminationGracePeriodSeconds=\d+", "terminationGracePeriodSeconds=12", text)
+    kustomization.write_text(re.sub(r"preStopSeconds=\d+", "preStopSeconds=3", edited))
+    statefulset = one(render(folder), "StatefulSet")
+    pod = statefulset["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 12
+    assert app_container(statefulset)["lifecycle"]["preStop"]["sleep"]["seconds"] == 3

@@ -236,7 +236,9 @@ def test_cruft_update_across_the_split_keeps_the_users_protocol(tmp_path: Path) 
     assert sorted(p.name for p in (project / "app").glob("*.py")) == [
         "__init__.py",
         "__main__.py",
+        "lifespan.py",
         "protocol.py",
+        "settings.py",
     ]
     assert (project / "servicekit" / "server.py").is_file()
     # The template's own edit of the protocol's docstring cannot apply to the user's rewrite:
@@ -272,6 +274,31 @@ def test_readme_documents_the_cruft_round_trip(bake: Bake) -> None:
 
 
 # --------------------------------------------------------------------------- licences
+
+
+def test_each_fsync_policy_says_what_it_survives(bake: Bake) -> None:
+    """A reply's promise depends on what fails: a process crash, a kernel crash, a power loss
+    each get a column, and each policy the service accepts a row (issue: "loses nothing, ever"
+    overclaimed for the default, which a power loss can take a second of)."""
+    project = bake()
+    doc = (project / "docs" / "reliability.md").read_text()
+    header = next(line for line in doc.splitlines() if line.startswith("| `APP_JOURNAL_FSYNC`"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert [c.split(" (")[0] for c in columns[1:4]] == [
+        "Process crash",
+        "Kernel crash",
+        "Power loss",
+    ]
+    config = (project / "servicekit" / "config.py").read_text()
+    policies = re.findall(r'^    \w+ = "(\w+)"$', config.split("class FsyncPolicy")[1], re.M)
+    assert policies == ["always", "interval", "never"]
+    for policy in policies:
+        [row] = [line for line in doc.splitlines() if line.startswith(f"| `{policy}`")]
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == len(columns) and all(cells), row
+    readme = (project / "README.md").read_text()
+    assert "loses nothing" not in readme
+    assert "APP_JOURNAL_FSYNC=interval" in readme.split("## Make it yours")[0]
 
 
 def test_template_repo_has_an_mit_licence() -> None:

@@ -310,10 +310,19 @@ def _wait_until(what: str, check: Callable[[], bool], limit: float = CONVERGE_LI
 class Stack:
     """The shipped stack file deployed under a test name, removed (volume too) at the end."""
 
-    def __init__(self, client: Any, cli: str, project: Path, image: str, port: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        cli: str,
+        project: Path,
+        image: str,
+        port: int,
+        stack_file: str = "stack.yaml",
+    ) -> None:
         self.client = client
         self.cli = cli
         self.project = project
+        self.stack_file = stack_file
         self.name = f"aiorunswarm{uuid.uuid4().hex[:6]}"
         self.service_name = f"{self.name}_app"
         self.env = {
@@ -336,7 +345,7 @@ class Stack:
         return result.stdout
 
     def deploy(self) -> None:
-        stack_file = self.project / "deploy" / "swarm" / "stack.yaml"
+        stack_file = self.project / "deploy" / "swarm" / self.stack_file
         self.docker("stack", "deploy", "--resolve-image", "never", "-c", str(stack_file), self.name)
 
     @property
@@ -508,3 +517,187 @@ def test_negative_control_without_migration_queued_connections_are_reset(
     if not resets:
         pytest.skip("no connection waited in a closing accept queue this time: nothing to show")
     assert len(tally.answered) == tally.requests, "a reset request was not answered on retry"
+
+
+# --------------------------------------------------------------------------- with state
+
+STATEFUL_STACK = "stack-stateful.yaml"
+WRITERS = 4
+WRITES_AROUND_THE_UPDATE = 100
+"""Acknowledged SETs before the update, and again after it, before the writers stop."""
+
+
+@pytest.fixture(scope="module")
+def key_value_images(
+    request: pytest.FixtureRequest,
+    docker_client: Any,
+    bake: Callable[..., Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, str, str]]:
+    """A project whose protocol is test_protocol_swap's key-value store, as two images."""
+    from test_protocol_swap import KEY_VALUE
+
+    baked = bake(project_name="Swarm Echo", use_docker=True)
+    project = tmp_path_factory.mktemp("swarm-kv") / baked.name  # the name the stack says
+    shutil.copytree(baked, project)
+    (project / "app" / "protocol.py").write_text(KEY_VALUE)
+    suffix = uuid.uuid4().hex[:8]
+    old_tag = f"aiorun-swarm-test/kv:v1-{suffix}"
+    new_tag = f"aiorun-swarm-test/kv:v2-{suffix}"
+    old, _ = build_app_image(request.config, docker_client, project, VERSION, old_tag)
+    dockerfile = f"FROM {old_tag}\nLABEL org.aiorun-template.test-version=2\n"
+    new, _, _ = build(docker_client, new_tag, fileobj=_tar_of(dockerfile), custom_context=True)
+    yield project, old_tag, new_tag
+    for image in (new, old):
+        with contextlib.suppress(docker.errors.APIError):
+            docker_client.images.remove(image.id, force=True)
+
+
+def _label_the_journal_node(docker_client: Any, project: Path) -> None:
+    """What the stack's README asks for once: say which node holds the journal."""
+    [node] = docker_client.nodes.list()
+    spec = node.attrs["Spec"]
+    spec.setdefault("Labels", {})[f"{project.name}.journal"] = "true"
+    node.update(spec)
+
+
+def _set(port: int, key: str, value: str) -> bool:
+    """One SET on a connection of its own; True once it was acknowledged."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"SET {key} {value}\n".encode())
+            return sock.makefile("rb").readline() == b"OK\n"
+    except OSError:  # refused while no task listens (stop-first), reset, timed out
+        return False
+
+
+def _writer(number: int, port: int, acknowledged: dict[str, str], stop: threading.Event) -> None:
+    """SET key after key; a SET that was not acknowledged is sent again until it is."""
+    n = 0
+    while not stop.is_set():
+        key, value = f"w{number}-k{n}", uuid.uuid4().hex[:8]
+        while not _set(port, key, value):
+            if stop.is_set():
+                return
+            time.sleep(0.05)  # a client's back-off while the service is being replaced
+        acknowledged[key] = value
+        n += 1
+
+
+def _get_all(port: int, keys: list[str]) -> list[str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall("".join(f"GET {key}\n" for key in keys).encode())
+        stream = sock.makefile("rb")
+        return [stream.readline().decode().rstrip("\n") for _ in keys]
+
+
+def _update_a_stateful_service(
+    docker_client: Any, cli: str, project: Path, images: tuple[str, str], stack_file: str
+) -> tuple[dict[str, str], list[str], dict[str, int], list[str]]:
+    """Deploy, SET while ``docker service update --image`` replaces the task, GET it all.
+
+    Returns what was acknowledged, what the new task answers for those keys, the exit
+    statuses of the tasks that ended, and the journal files on the volume.
+    """
+    old, new = images
+    port = free_port()
+    stack = Stack(docker_client, cli, project, old, port, stack_file=stack_file)
+    acknowledged: dict[str, str] = {}
+    stop = threading.Event()
+    writers = [
+        threading.Thread(target=_writer, args=(n, port, acknowledged, stop), daemon=True)
+        for n in range(WRITERS)
+    ]
+    since = time.time()
+    try:
+        stack.deploy()
+        _wait_until("a healthy task", lambda: stack.running(old) == 1)
+        for thread in writers:
+            thread.start()
+        try:
+            _wait_until("writes before the update", lambda: len(acknowledged) >= 100, 60)
+            stack.docker("service", "update", "--quiet", "--image", new, stack.service_name)
+            _wait_until(
+                "the new task", lambda: stack.running(new) == 1 and stack.running(old) == 0, 60
+            )
+            before = len(acknowledged)
+            _wait_until(
+                "writes after the update",
+                lambda: len(acknowledged) >= before + WRITES_AROUND_THE_UPDATE,
+                60,
+            )
+        finally:
+            stop.set()
+            for thread in writers:
+                thread.join(timeout=60)
+        assert not any(t.is_alive() for t in writers), "a writer hangs"
+        keys = sorted(acknowledged)
+        answers = _get_all(port, keys)
+        stack.docker("service", "rm", stack.service_name)
+        _wait_until(
+            "the last task to exit",
+            lambda: (
+                not docker_client.containers.list(
+                    filters={"label": f"com.docker.swarm.service.name={stack.service_name}"}
+                )
+            ),
+            60,
+        )
+        exits = stack.exits(since)
+        journals = sorted(path.name for path in stack.journal_dir().glob("journal*.log"))
+    finally:
+        stack.remove()
+    return acknowledged, answers, exits, journals
+
+
+def test_rolling_update_of_a_stateful_service_keeps_every_acknowledged_write(
+    docker_client: Any,
+    cli: str,
+    swarm: None,
+    key_value_images: tuple[Path, str, str],
+) -> None:
+    """stack-stateful.yaml as shipped: the new task replays the old task's journal."""
+    project, old, new = key_value_images
+    _label_the_journal_node(docker_client, project)
+    acknowledged, answers, exits, journals = _update_a_stateful_service(
+        docker_client, cli, project, (old, new), STATEFUL_STACK
+    )
+    lost = [
+        key
+        for key, answer in zip(sorted(acknowledged), answers, strict=True)
+        if answer != acknowledged[key]
+    ]
+    assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged SETs lost: {lost[:3]}"
+    assert journals == ["journal-1.log"], journals
+    assert len(exits) == 2 and set(exits.values()) == {0}, f"task exits: {exits}"
+
+
+def test_negative_control_a_journal_keyed_by_task_id_loses_the_state(
+    docker_client: Any,
+    cli: str,
+    swarm: None,
+    key_value_images: tuple[Path, str, str],
+    tmp_path: Path,
+) -> None:
+    """The same update with the journal keyed as stack.yaml keys it: the new task starts
+    empty, so the check above does see lost writes when there are any."""
+    project, old, new = key_value_images
+    _label_the_journal_node(docker_client, project)
+    swarm_folder = project / "deploy" / "swarm"
+    text = (swarm_folder / STATEFUL_STACK).read_text()
+    keyed_by_id = text.replace("{{.Task.Slot}}", "{{.Task.ID}}")
+    assert keyed_by_id != text
+    (swarm_folder / "stack-task-id.yaml").write_text(keyed_by_id)
+    try:
+        acknowledged, answers, _, journals = _update_a_stateful_service(
+            docker_client, cli, project, (old, new), "stack-task-id.yaml"
+        )
+    finally:
+        (swarm_folder / "stack-task-id.yaml").unlink()
+    assert len(journals) == 2, journals
+    lost = [
+        key
+        for key, answer in zip(sorted(acknowledged), answers, strict=True)
+        if answer != acknowledged[key]
+    ]
+    assert lost, "a replaced task with a journal of its own still knew the old task's writes"

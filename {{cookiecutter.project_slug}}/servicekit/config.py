@@ -16,9 +16,9 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast, get_type_hints
 
 PREFIX = "APP_"
 DEFAULT_PORT = {{ cookiecutter.port | int }}
@@ -137,6 +137,11 @@ class Settings:
         what="With workers: seconds a worker's event loop may miss its heartbeat before the"
         " supervisor kills and replaces it",
     )
+    state_per_worker: bool = _setting(
+        False,
+        what="With workers and a protocol with state: each worker holds its own state (rebuilt"
+        " from its own journal); without it such a start is refused",
+    )
     log_format: str = _setting(
         "text", what="text (for people) or json (one JSON object per line, for log pipelines)"
     )
@@ -244,6 +249,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "workers": _parse_int(1, 64),
     "worker_index": _parse_int(0, 64),
     "heartbeat_timeout": _parse_seconds,
+    "state_per_worker": _parse_bool,
     "log_format": _parse_log_format,
     "reuse_port": _parse_bool,
     "metrics_port": _parse_int(0, 65535),
@@ -255,13 +261,16 @@ _ASSIGNMENT = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=")
 """The key at the start of a ``.env`` statement, found without reading its value."""
 
 
-def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+def read_env_file(
+    path: Path, known: Collection[str] = KNOWN_VARIABLES
+) -> tuple[dict[str, str], list[str]]:
     """Return the ``.env`` assignments and warnings, or refuse the file.
 
     python-dotenv skips a statement it cannot parse with a warning; a half-read configuration
-    is worse than none, so a broken statement for one of our settings is an error. One for a
-    key the service does not read (a shared file, someone else's secret) is only a warning.
-    Neither message shows the value: ``.env`` files hold passwords.
+    is worse than none, so a broken statement for one of our settings (``known``: the
+    service's, and those of the user's settings class) is an error. One for a key the service
+    does not read (a shared file, someone else's secret) is only a warning. Neither message
+    shows the value: ``.env`` files hold passwords.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -282,7 +291,7 @@ def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
                 # A bare word: a setting's name with its value missing, or a password pasted
                 # on a line of its own. Only a name the service knows is safe to repeat.
                 where = f"{path} line {binding.original.line}"
-                if binding.key in KNOWN_VARIABLES:
+                if binding.key in known:
                     raise ConfigError(f"{where}: {binding.key} has no value (KEY=VALUE)")
                 raise ConfigError(f"{where}: not KEY=VALUE")
             continue
@@ -295,9 +304,9 @@ def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
             raise ConfigError(f"{path} line {line}: not KEY=VALUE")
         name = keys[0] if showable(keys[0]) else shown_value(keys[0])
         message = f"{path} line {line}: {name} is not KEY=VALUE (check its quotes)"
-        if keys[0] in KNOWN_VARIABLES:
+        if keys[0] in known:
             raise ConfigError(message)
-        if hidden := [key for key in keys[1:] if key in KNOWN_VARIABLES]:
+        if hidden := [key for key in keys[1:] if key in known]:
             raise ConfigError(f"{message}, which hides {', '.join(hidden)}")
         warnings.append(message + "; ignored")
     values = dotenv_values(stream=io.StringIO("".join(kept)))
@@ -331,17 +340,45 @@ def _assigned(raw: str) -> str:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: Path = Path(".env")
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = Path(".env"),
+    also_known: Collection[str] = (),
 ) -> tuple[Settings, list[str]]:
     """Build the settings; return them with warnings about unknown ``APP_`` variables.
 
-    Raises ConfigError for the first bad value, naming the variable.
+    ``also_known`` are the variables of the user's own settings (``app_variables``): read
+    by ``load_app_settings``, so neither unknown nor to be warned about here. With
+    ``env_file=None`` no file is read (``environ`` already holds it). Raises ConfigError for
+    the first bad value, naming the variable.
     """
     environ = os.environ if environ is None else environ
-    from_file, warnings = read_env_file(env_file)
+    from_file, warnings = (
+        ({}, []) if env_file is None else read_env_file(env_file, (*KNOWN_VARIABLES, *also_known))
+    )
     merged = {**from_file, **environ}
+    values = _parse_values(_PARSERS, merged)
+    if values.get("use_uvloop") and not _uvloop_available():
+        raise ConfigError("APP_USE_UVLOOP is on but uvloop is not installed: pip install uvloop")
+    warnings += [
+        _unknown_variable_warning(name)
+        for name in sorted(merged)
+        if name.startswith(PREFIX) and name not in KNOWN_VARIABLES and name not in also_known
+    ]
+    return Settings(**values), warnings
+
+
+def _parse_values(
+    parsers: Mapping[str, Callable[[str], Any]],
+    merged: Mapping[str, str],
+    secret: Collection[str] = (),
+) -> dict[str, Any]:
+    """Parse each field that is set (``APP_<FIELD>``); ConfigError names the first bad one.
+
+    The service's settings and the user's go through here, so a bad value reads the same
+    for both. A field in ``secret`` is named without its value.
+    """
     values: dict[str, Any] = {}
-    for field, parse in _PARSERS.items():
+    for field, parse in parsers.items():
         name = PREFIX + field.upper()
         raw = merged.get(name)
         if raw is None:
@@ -349,15 +386,9 @@ def load_settings(
         try:
             values[field] = parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}{_assigned(raw)}: {exc}") from None
-    if values.get("use_uvloop") and not _uvloop_available():
-        raise ConfigError("APP_USE_UVLOOP is on but uvloop is not installed: pip install uvloop")
-    warnings += [
-        _unknown_variable_warning(name)
-        for name in sorted(merged)
-        if name.startswith(PREFIX) and name not in KNOWN_VARIABLES
-    ]
-    return Settings(**values), warnings
+            shown = f"{name} (value not shown)" if field in secret else f"{name}{_assigned(raw)}"
+            raise ConfigError(f"{shown}: {exc}") from None
+    return values
 
 
 def client_port() -> str:
@@ -400,11 +431,20 @@ def _client_setting(name: str) -> str | None:
     return os.environ.get(name) or from_file.get(name)
 
 
-def settings_help() -> str:
-    """Every setting with its default and what it does: the settings part of ``--help``."""
+def settings_help(app_settings_class: type | None = None) -> str:
+    """Every setting with its default and what it does: the settings part of ``--help``.
+
+    The user's own settings (``app_settings_class``) follow the service's, in the same form.
+    """
     rows = []
-    for field in dataclasses.fields(Settings):
-        shown = field.metadata.get("shown") or _shown(field.default)
+    classes = (Settings,) if app_settings_class is None else (Settings, app_settings_class)
+    for field in (field for cls in classes for field in dataclasses.fields(cls)):
+        if field.metadata.get("shown"):
+            shown = field.metadata["shown"]
+        elif field.default is not dataclasses.MISSING:
+            shown = "(secret)" if field.metadata.get("secret") else _shown(field.default)
+        else:
+            shown = "required" if field.default_factory is dataclasses.MISSING else "computed"
         rows.append((f"{PREFIX}{field.name.upper()}", shown, field.metadata.get("what", "")))
     import textwrap
 
@@ -436,3 +476,180 @@ def _unknown_variable_warning(name: str) -> str:
     hint = f" (did you mean {close[0]}?)" if close else ""
     shown = name if showable(name) else shown_value(name)
     return f"unknown setting {shown} ignored{hint}"
+
+
+# --- The user's own settings ----------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    what: str,
+    parse: Callable[[str], Any] | None = None,
+    secret: bool = False,
+) -> Any:
+    """A field of your own settings class, read from ``APP_<FIELD>`` like the service's own.
+
+    ``what`` is its line in ``python -m app --help``. Without ``parse``, the field's type
+    says how to read it: ``str``, ``int``, ``float``, ``bool`` (1/0, true/false, yes/no,
+    on/off), ``Path`` or an ``enum.Enum`` of string values. ``parse`` takes the raw text and
+    returns the value, or raises ``ValueError`` with what was expected: the service then stops
+    before it starts, with ``error: APP_X='...': <that message>`` and exit status 2. A
+    ``secret`` field's value is never shown, neither in that line nor in ``--help``. Without
+    a default the variable must be set. Example (``app/settings.py``)::
+
+        import dataclasses
+
+        from servicekit.config import setting, whole_number
+
+
+        @dataclasses.dataclass(frozen=True)
+        class Settings:
+            greeting: str = setting("hello", what="The first word of every reply")
+            repeat: int = setting(1, what="Replies per request", parse=whole_number(1, 5))
+            token: str = setting(what="The upstream's API token", secret=True)
+
+    ``app/__main__.py`` passes the class to ``main(protocol, settings=Settings)``, and your
+    code reads the values with ``app_settings(Settings).greeting``.
+    """
+    metadata = {"what": what, "parse": parse, "secret": secret}
+    # Keyword-only, so a required field may follow fields with defaults.
+    return dataclasses.field(default=default, metadata=metadata, kw_only=True)
+
+
+def whole_number(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """A ``parse`` for ``setting()``: a whole number, within ``low``..``high`` if given."""
+    if low is not None and high is not None:
+        return _parse_int(low, high)
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+        if low is not None and value < low:
+            raise ValueError(f"expected a whole number of at least {low}")
+        if high is not None and value > high:
+            raise ValueError(f"expected a whole number of at most {high}")
+        return value
+
+    return parse
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _parse_enum(choices: type[enum.Enum]) -> Callable[[str], enum.Enum]:
+    values = [str(member.value) for member in choices]
+
+    def parse(raw: str) -> enum.Enum:
+        word = raw.strip()
+        for member in choices:
+            if str(member.value) == word:
+                return member
+        raise ValueError(f"expected one of {', '.join(values)}")
+
+    return parse
+
+
+_PARSERS_BY_TYPE: dict[object, Callable[[str], Any]] = {
+    str: str,
+    int: whole_number(),
+    float: _parse_float,
+    bool: _parse_bool,
+    Path: _parse_path,
+}
+
+
+def app_variables(cls: type) -> tuple[str, ...]:
+    """The ``APP_`` variables a settings class of the user's reads."""
+    return tuple(PREFIX + field.name.upper() for field in dataclasses.fields(cls))
+
+
+def _app_parsers(cls: type) -> dict[str, Callable[[str], Any]]:
+    """How to read each field of the user's class; ConfigError for one that cannot be read."""
+    if not dataclasses.is_dataclass(cls):
+        raise ConfigError(f"settings={cls!r}: expected a dataclass")
+    hints = get_type_hints(cls)
+    parsers = {}
+    for field in dataclasses.fields(cls):
+        name = PREFIX + field.name.upper()
+        where = f"{cls.__qualname__}.{field.name}"
+        if name in KNOWN_VARIABLES:
+            raise ConfigError(f"{where}: {name} is a setting of the service's own; rename it")
+        hint = hints.get(field.name)
+        parse = field.metadata.get("parse")
+        if parse is None and isinstance(hint, type) and issubclass(hint, enum.Enum):
+            parse = _parse_enum(hint)
+        parse = parse or _PARSERS_BY_TYPE.get(hint)
+        if parse is None:
+            raise ConfigError(f"{where}: no reader for {hint!r}: give setting() a parse=")
+        parsers[field.name] = parse
+    return parsers
+
+
+def load_app_settings(
+    cls: type[T], environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")
+) -> T:
+    """Read the user's settings class from the environment and ``.env``, like ``load_settings``.
+
+    Raises ConfigError for a bad or missing value, naming the variable (never a secret's
+    value), and for a field that cannot be read from text at all.
+    """
+    parsers = _app_parsers(cls)
+    environ = os.environ if environ is None else environ
+    known = (*KNOWN_VARIABLES, *app_variables(cls))
+    from_file, _ = ({}, []) if env_file is None else read_env_file(env_file, known)
+    merged = {**from_file, **environ}
+    fields = dataclasses.fields(cast(Any, cls))
+    secret = [field.name for field in fields if field.metadata.get("secret")]
+    values = _parse_values(parsers, merged, secret)
+    for field in fields:
+        required = field.default is field.default_factory is dataclasses.MISSING
+        if required and field.name not in values:
+            what = field.metadata.get("what", "")
+            raise ConfigError(
+                f"{PREFIX}{field.name.upper()} is not set{': ' if what else ''}{what}"
+            )
+    return cls(**values)
+
+
+def load_settings_and_app_settings(
+    cls: type, env_file: Path = Path(".env")
+) -> tuple[Settings, list[str]]:
+    """The service's settings and warnings, and the user's settings kept for ``app_settings``.
+
+    ``.env`` is read once for both: it may be a pipe that can be read only once. Raises
+    ConfigError for the first bad value, the service's first.
+    """
+    variables = app_variables(cls)
+    from_file, warnings = read_env_file(env_file, (*KNOWN_VARIABLES, *variables))
+    merged = {**from_file, **os.environ}
+    settings, unknown = load_settings(merged, None, variables)
+    _loaded[cls] = load_app_settings(cls, merged, None)
+    return settings, warnings + unknown
+
+
+_loaded: dict[type, Any] = {}
+"""The user's settings, per class, as read the first time ``app_settings`` was asked for them:
+by ``main()`` at start, so a bad value stops the service before anything runs."""
+
+
+def app_settings(cls: type[T]) -> T:
+    """Your settings, read once (at start, by ``main()``) and the same object ever after.
+
+    Anywhere in your code: ``app_settings(Settings).greeting``. Outside a service started by
+    ``main()`` (a unit test that calls ``handle``), the first call reads them.
+    """
+    if cls not in _loaded:
+        _loaded[cls] = load_app_settings(cls)
+    return cast(T, _loaded[cls])

@@ -22,9 +22,21 @@ from typing import Any, cast
 
 from servicekit import logs
 from servicekit.aiorun import _signal_name, _this_platform, run
-from servicekit.config import ConfigError, load_settings, shown_value
+from servicekit.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    load_settings_and_app_settings,
+    shown_value,
+)
 from servicekit.exitcodes import SIGNAL_BASE, ExitCode, StartupError
-from servicekit.service import DRAIN_SHARE, Service, ServiceProtocol
+from servicekit.service import (
+    DRAIN_SHARE,
+    Lifespan,
+    Service,
+    ServiceProtocol,
+    check_workers_and_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +55,26 @@ exit statuses:
 """
 
 
-def main(protocol: ServiceProtocol, argv: Sequence[str] | None = None) -> int:
-    """Run the service with this protocol until it is stopped; return the exit status."""
+def main(
+    protocol: ServiceProtocol,
+    argv: Sequence[str] | None = None,
+    *,
+    lifespan: Lifespan | None = None,
+    settings: type | None = None,
+) -> int:
+    """Run the service with this protocol until it is stopped; return the exit status.
+
+    ``lifespan`` (``app/lifespan.py``) opens your resources before the first client and
+    closes them after the drain; ``settings`` (``app/settings.py``) is your settings class,
+    read and checked here, before anything starts, like the service's own.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if argv:
-        return _arguments(argv)
+        return _arguments(argv, settings)
     signals = _StartSignals()
     signals.install()
     try:
-        return _start_and_run(protocol, signals)
+        return _start_and_run(protocol, signals, lifespan, settings)
     except _Interrupted as stop:
         logger.warning(
             "%s received while %s: stopped before serving anything",
@@ -63,9 +86,15 @@ def main(protocol: ServiceProtocol, argv: Sequence[str] | None = None) -> int:
         signals.restore()
 
 
-def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
+def _start_and_run(
+    protocol: ServiceProtocol,
+    signals: _StartSignals,
+    lifespan: Lifespan | None,
+    app_settings_class: type | None,
+) -> int:
     try:
-        settings, warnings = load_settings()
+        settings, warnings = _read_settings(app_settings_class)
+        check_workers_and_state(settings, protocol)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
@@ -89,7 +118,7 @@ def _start_and_run(protocol: ServiceProtocol, signals: _StartSignals) -> int:
         from servicekit import supervisor
 
         on_ready = supervisor.beat_to_supervisor(loop, settings.heartbeat_timeout / 4)
-    service = Service(settings, protocol, on_ready=on_ready)
+    service = Service(settings, protocol, on_ready=on_ready, lifespan=lifespan)
     serving = _serve(service, signals)
     try:
         _start_threads(executor)
@@ -322,13 +351,27 @@ def _cancel_everything(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
-def _arguments(argv: Sequence[str]) -> int:
+def _read_settings(app_settings_class: type | None) -> tuple[Settings, list[str]]:
+    """The service's settings with their warnings; the user's are read and checked too.
+
+    Raises ConfigError for the first bad value of either. The user's are kept by
+    ``app_settings()``, where their code reads them.
+    """
+    if app_settings_class is None:
+        return load_settings()
+    return load_settings_and_app_settings(app_settings_class)
+
+
+def _arguments(argv: Sequence[str], app_settings_class: type | None = None) -> int:
     """``--help``: print the settings and exit statuses. Anything else: one line, status 2."""
     if list(argv) in (["--help"], ["-h"]):
         from servicekit.config import settings_help
         from servicekit.exitcodes import exit_statuses_help
 
-        print(HELP.format(settings=settings_help(), statuses=exit_statuses_help()), end="")
+        print(
+            HELP.format(settings=settings_help(app_settings_class), statuses=exit_statuses_help()),
+            end="",
+        )
         return ExitCode.OK
     unknown = next((arg for arg in argv if arg not in ("--help", "-h")), argv[-1])
     option, equals, _ = unknown.partition("=")  # --name=value: the name helps, not the value

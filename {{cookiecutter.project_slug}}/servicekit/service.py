@@ -5,12 +5,17 @@ coroutine handed to ``run()``, and ``stop()`` is its ``shutdown_callback``, whic
 calls after the loop stopped and before it cancels anything. Doing the drain there, rather
 than in a cancelled task, is what makes the order deterministic:
 
-    signal -> stop accepting -> drain connections -> journal flush (protected)
-           -> runtime cancels what is left -> executor -> exit
+    signal -> stop accepting -> drain connections -> close the lifespan
+           -> journal flush (protected) -> runtime cancels what is left, waits for
+              protected work -> executor -> exit
 
 Before it listens, ``open()`` replays the journal through ``protocol.recover``, so a stateful
 protocol has rebuilt its state before the first client arrives. A ``recover`` whose body is
 empty is recognised (``does_nothing``) and the journal is not read at all.
+
+The user's lifespan (``app/lifespan.py``, see ``Lifespan``) is entered in ``serve()``, after
+the replay and before the first client is accepted, and exited in ``stop()`` once the drain
+is over (no ``handle`` runs any more) and before the journal closes.
 
 A failure at start (port taken, no permission, journal unwritable) raises StartupError with
 its exit status: nothing is running yet, so there is nothing to shut down, and the user sees
@@ -25,10 +30,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from servicekit import notify
-from servicekit.config import Settings
+from servicekit.config import ConfigError, Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
 from servicekit.journal import Journal, JournalInUse, SnapshotFailed, Unfinished, adopt_orphans
 from servicekit.server import Server
@@ -57,6 +63,43 @@ class ServiceProtocol(Protocol):
     def recover(self, request: bytes) -> None: ...
 
 
+Lifespan = Callable[["Service"], AbstractAsyncContextManager[object]]
+"""What opens your resources before the first client and closes them after the last reply.
+
+A function that takes the service and returns an async context manager, such as one written
+with ``contextlib.asynccontextmanager``; ``app/__main__.py`` passes it to
+``main(protocol, lifespan=...)``. What runs before its ``yield`` runs once the journal is
+replayed and before the first client is accepted: open a database pool, a client session,
+start background tasks. What runs after it runs once the drain is over, so no ``handle``
+runs any more, and before the journal is flushed and closed, within what is left of the
+drain's half of ``APP_SHUTDOWN_TIMEOUT`` (past that it is cancelled, and the exit status
+is 75). The order your background tasks stop in:
+
+1. Your lifespan's exit: stop your tasks there, before you close what they use. Cancel a
+   plain task (``asyncio.create_task``); ask work that must finish, started with
+   ``shutdown_waits_for()``, to finish (an ``asyncio.Event``) and await it.
+2. The journal is flushed and closed.
+3. The runtime cancels every task still running, except work started with
+   ``shutdown_waits_for()``, which it waits for within the other half of the budget.
+
+If the lifespan raises on the way in, the service stops (exit status 1, the traceback in the
+log) without accepting anyone; if it raises on the way out, the error is logged and the exit
+status is 1, and the journal is still flushed. With ``APP_WORKERS`` above 1 each worker runs
+its own lifespan. Example (``app/lifespan.py``)::
+
+    @contextlib.asynccontextmanager
+    async def lifespan(service: Service) -> AsyncIterator[None]:
+        pool = await open_pool(app_settings(Settings).database_url)
+        protocol.pool = pool                       # what handle() uses
+        done = asyncio.Event()
+        flusher = shutdown_waits_for(flush_until(done))  # finishes, never cancelled
+        yield
+        done.set()
+        await flusher                              # its last flush, then
+        await pool.close()
+"""
+
+
 class Service:
     """Wires the user's protocol, the journal, the server and systemd notification together."""
 
@@ -70,9 +113,13 @@ class Service:
         protocol: ServiceProtocol,
         *,
         on_ready: Callable[[], None] | None = None,
+        lifespan: Lifespan | None = None,
     ) -> None:
         self.settings = settings
         self.protocol = protocol
+        self._lifespan = lifespan
+        self._lifespan_open: AbstractAsyncContextManager[object] | None = None
+        """The lifespan's context while it is entered: set in serve(), cleared in stop()."""
         self.exit_code = ExitCode.OK
         self.journal = Journal(
             settings.journal_path,
@@ -245,6 +292,7 @@ class Service:
         which announces the whole service once; anyone else logs ``listening on``.
         """
         self.journal.start()
+        await self._enter_lifespan()
         self.server.start()
         if self.metrics is not None:
             await self.metrics.start()
@@ -270,8 +318,9 @@ class Service:
         self.drain_aborted = await self.server.drain(grace=budget)
         if self.drain_aborted:
             self._set_exit_code(ExitCode.SHUTDOWN_TIMEOUT)
+        self.drain_seconds = time.monotonic() - began
+        await self._exit_lifespan(deadline)
         flush_began = time.monotonic()
-        self.drain_seconds = flush_began - began
         notify.status("flushing the journal")
         # A flush that takes longer stays protected; the runtime waits for it in its own half
         # of the budget and names it if even that is not enough.
@@ -297,6 +346,35 @@ class Service:
     def _every_request_handled(self) -> bool:
         """No ``handle`` is suspended: the protocol's state reflects every journaled request."""
         return all(connection.task is None for connection in self.server.connections)
+
+    async def _enter_lifespan(self) -> None:
+        """Open the user's resources; an error stops the service before anyone is accepted."""
+        if self._lifespan is None:
+            return
+        context = self._lifespan(self)
+        await context.__aenter__()
+        self._lifespan_open = context
+
+    async def _exit_lifespan(self, deadline: float) -> None:
+        """Close the user's resources, within what is left of the drain's half of the budget.
+
+        The journal is flushed after this whatever happens here: an error is logged (exit
+        status 1), a lifespan still closing at the deadline is cancelled (exit status 75).
+        """
+        context, self._lifespan_open = self._lifespan_open, None
+        if context is None:
+            return
+        notify.status("closing the lifespan")
+        left = max(deadline - time.monotonic(), 0.0)
+        try:
+            async with asyncio.timeout(left):
+                await context.__aexit__(None, None, None)
+        except TimeoutError:
+            logger.error("the lifespan did not close within %.1fs: cancelled", left)
+            self._set_exit_code(ExitCode.SHUTDOWN_TIMEOUT)
+        except Exception:
+            logger.exception("the lifespan failed while closing")
+            self._set_exit_code(ExitCode.ERROR)
 
     def _journal_failed(self, error: OSError) -> None:
         self._fail(ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {error}")
@@ -342,6 +420,33 @@ def _forget_in_forked_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_in_forked_child)
+
+
+def has_state(protocol: ServiceProtocol) -> bool:
+    """True if the protocol keeps state: it has a ``recover`` that does something."""
+    recover = getattr(protocol, "recover", None)
+    return recover is not None and not does_nothing(recover)
+
+
+def check_workers_and_state(settings: Settings, protocol: ServiceProtocol) -> None:
+    """Refuse several workers for a protocol with state, unless that was chosen.
+
+    Each worker journals only the requests it answered and rebuilds its state from those
+    alone, so with a counter under two workers each answers with its own share of the count:
+    wrong answers, and nothing says so. Nothing can make the workers agree (they share no
+    memory, and each writes its own journal), so the service refuses to start (ConfigError,
+    exit status 2) unless ``APP_STATE_PER_WORKER`` says that state held by each worker on its
+    own is meant, e.g. because clients are routed so that a key always reaches one worker.
+    """
+    if settings.workers <= 1 or settings.state_per_worker or not has_state(protocol):
+        return
+    raise ConfigError(
+        f"APP_WORKERS={settings.workers} with a protocol that keeps state (its recover() does"
+        " something): each worker would hold and answer from its own part of the state; use"
+        " APP_WORKERS=1 and scale out with a shared database or by routing each key to one"
+        " instance, or set APP_STATE_PER_WORKER=1 if each worker holding its own state is"
+        " what you want"
+    )
 
 
 def does_nothing(function: Callable[[bytes], None]) -> bool:

@@ -58,6 +58,10 @@ def service_env(**overrides: str) -> dict[str, str]:
     """The environment of a test child: ours minus every APP_ setting, plus the overrides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("APP_")}
     env["APP_LOG_FORMAT"] = os.environ.get(LOG_FORMAT_VARIABLE, "text")
+    # The tests run workers to test what holds for any protocol; with one that keeps state,
+    # each worker holding its own is what they accept (tests/servicekit/test_state.py turns
+    # it off to see the refusal).
+    env["APP_STATE_PER_WORKER"] = "1"
     env["PYTHONPATH"] = child_pythonpath()
     env.update(overrides)
     return env

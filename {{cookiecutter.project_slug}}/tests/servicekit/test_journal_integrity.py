@@ -41,7 +41,7 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file sema
 
 RECORDING = textwrap.dedent(
     """
-    import resource, sys
+    import resource, runpy, sys
     from app import protocol
     from servicekit import main as entry
 
@@ -59,7 +59,7 @@ RECORDING = textwrap.dedent(
     entry.Service.serve = (lambda serve: lambda self: (report(), serve(self))[1])(
         entry.Service.serve
     )
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 

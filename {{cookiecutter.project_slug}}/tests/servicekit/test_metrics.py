@@ -183,7 +183,7 @@ def read_line_count(sock: socket.socket, lines: int) -> bool:
 
 FAILING_PROTOCOL = textwrap.dedent(
     """
-    import sys
+    import runpy, sys
     from app import protocol
     from servicekit import main as entry
 
@@ -195,7 +195,7 @@ FAILING_PROTOCOL = textwrap.dedent(
         return request
 
     protocol.handle = handle
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 
@@ -222,7 +222,7 @@ def test_failed_requests_are_counted_by_outcome(workdir: Path) -> None:
 
 BROKEN_COLLECTOR = textwrap.dedent(
     """
-    import sys
+    import runpy, sys
     from prometheus_client import REGISTRY
     from app import protocol
     from servicekit import main as entry
@@ -235,7 +235,7 @@ BROKEN_COLLECTOR = textwrap.dedent(
             raise RuntimeError("a collector's bug")
 
     REGISTRY.register(Broken())  # as the user's own code may, in the default registry
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 

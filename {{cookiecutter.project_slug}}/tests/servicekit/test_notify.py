@@ -40,6 +40,9 @@ def test_no_watchdog(environ: dict[str, str]) -> None:
     assert watchdog_interval(environ) is None
 
 
+LIFESPAN = b"STATUS=closing the lifespan"
+
+
 @linux_only
 def test_ready_watchdog_pings_and_drain_status(start_service: StartService, tmp_path: Path) -> None:
     """READY=1, then WATCHDOG=1 again and again from the loop, then STOPPING=1 and STATUS=."""
@@ -58,9 +61,11 @@ def test_ready_watchdog_pings_and_drain_status(start_service: StartService, tmp_
             message = systemd.recv(100)
             if message != b"WATCHDOG=1":
                 messages.append(message)
+        lifespan = [b"STATUS=closing the lifespan"] if LIFESPAN in messages else []
         assert messages == [
             b"STOPPING=1",
             b"STATUS=draining connections",
+            *lifespan,  # between the two, where a project has a lifespan (app/lifespan.py)
             b"STATUS=flushing the journal",
         ]
         assert service.wait() == ExitCode.OK

@@ -336,7 +336,7 @@ def test_abrupt_resets_mid_line_do_not_disturb_others(start_service: StartServic
 
 STUBBORN = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, runpy, sys
     from app import protocol
     from servicekit import main as entry
     from servicekit.service import Service
@@ -354,7 +354,7 @@ STUBBORN = textwrap.dedent(
             asyncio.get_running_loop().create_task(stubborn_worker(), name="stubborn-worker")
 
     entry.Service = ServiceWithStuckWork
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 
@@ -396,7 +396,7 @@ def test_second_sigint_forces_exit_130(workdir: Path, figure) -> None:
 
 CRASHING = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, runpy, sys
     from app import protocol
     from servicekit import main as entry
     from servicekit.service import Service
@@ -411,7 +411,7 @@ CRASHING = textwrap.dedent(
             asyncio.get_running_loop().create_task(crashing_worker(), name="crashing-worker")
 
     entry.Service = ServiceWithABug
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 

@@ -585,7 +585,7 @@ def test_startup_imports_only_what_this_start_needs(start_service: StartService)
 
 PROTOCOL_SWAP = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, runpy, sys
     from app import protocol
     from servicekit import main as entry
 
@@ -614,7 +614,7 @@ PROTOCOL_SWAP = textwrap.dedent(
     entry.Service.serve = (lambda serve: lambda self: (report(), serve(self))[1])(
         entry.Service.serve
     )
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 
@@ -779,7 +779,7 @@ def test_an_empty_recover_is_recognised() -> None:
 
 NO_REPLAY = textwrap.dedent(
     """
-    import sys
+    import runpy, sys
     from app import protocol
     from servicekit import main as entry
     from servicekit.journal import Journal
@@ -792,7 +792,7 @@ NO_REPLAY = textwrap.dedent(
 
     Journal.replay = replay
     protocol.recover = recover
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 

@@ -31,9 +31,8 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 RECOVERING = textwrap.dedent(
     """
-    import sys, time
+    import runpy, sys, time
     from app import protocol
-    from servicekit import main as entry
 
     def recover(request):
         print("recover() saw", request.decode(), file=sys.stderr, flush=True)
@@ -43,7 +42,7 @@ RECOVERING = textwrap.dedent(
             time.sleep(600)  # a replay far longer than anyone waits: only a signal ends it
 
     protocol.recover = recover
-    sys.exit(entry.main(protocol))
+    runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
     """
 )
 """``python -m recovering``: the service with a ``recover`` that fails on ``boom`` and takes
