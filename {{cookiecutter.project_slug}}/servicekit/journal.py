@@ -269,14 +269,6 @@ class Journal:
                     self._size,
                 )
             self._needs_header = True  # with the first write: a start that fails changes nothing
-        if not self.stateful or self.snapshot is not None or not self.max_bytes:
-            return
-        logger.warning(
-            "journal: APP_JOURNAL_MAX_BYTES=%d cannot bound %s: the protocol has state (its"
-            " recover does work) but no snapshot() to compact it with",
-            self.max_bytes,
-            self.path,
-        )
 
     def _adopt(self, fd: int) -> None:
         """Make ``fd`` the file written from now on; remember which file it is."""
@@ -456,7 +448,19 @@ class Journal:
             self._fd = None
 
     def start(self) -> None:
-        """Start the writer, protected from the shutdown's cancellation."""
+        """Start the writer, protected from the shutdown's cancellation.
+
+        Says here, once the service is sure to run, and not in ``open()``, that a protocol with
+        state but no ``snapshot()`` leaves the journal unbounded: a start that fails (a port in
+        use) then stays one line.
+        """
+        if self.stateful and self.snapshot is None and self.max_bytes:
+            logger.warning(
+                "journal: APP_JOURNAL_MAX_BYTES=%d cannot bound %s: the protocol has state (its"
+                " recover does work) but no snapshot() to compact it with",
+                self.max_bytes,
+                self.path,
+            )
         self._writer = asyncio.ensure_future(shutdown_waits_for(self._write_until_closed()))
         self._writer.add_done_callback(self._check_failure)
 

@@ -54,6 +54,22 @@ def child_pythonpath(environ: Mapping[str, str] = os.environ) -> str:
     return os.pathsep.join(filter(None, entries))
 
 
+def _project_protocol_keeps_state() -> bool:
+    """True if this project's ``app/protocol.py`` rebuilds state in ``recover``."""
+    from app import protocol
+    from servicekit.service import has_state
+
+    return has_state(protocol)
+
+
+stateless_protocol_only = pytest.mark.skipif(
+    _project_protocol_keeps_state(),
+    reason="about a protocol without state; this project's protocol keeps state (a protocol"
+    " with state is tested by its own tests with a key-value store)",
+)
+"""For the few inherited tests whose subject is what a protocol without state gets."""
+
+
 def service_env(**overrides: str) -> dict[str, str]:
     """The environment of a test child: ours minus every APP_ setting, plus the overrides."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("APP_")}

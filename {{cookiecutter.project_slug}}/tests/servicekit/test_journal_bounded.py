@@ -30,6 +30,7 @@ from conftest import (
     journal_record,
     journal_requests,
     service_env,
+    stateless_protocol_only,
 )
 
 from servicekit.exitcodes import ExitCode
@@ -262,6 +263,7 @@ def folder_bytes(folder: Path) -> int:
 
 
 @posix_only
+@stateless_protocol_only
 def test_disk_use_stays_bounded_for_the_echo(
     start_service: StartService, workdir: Path, figure
 ) -> None:

@@ -33,6 +33,7 @@ from conftest import (
     journal_record,
     journal_requests,
     service_env,
+    stateless_protocol_only,
 )
 
 from servicekit.exitcodes import ExitCode
@@ -250,6 +251,7 @@ def ask_until_logged(service: Service, sock: socket.socket, tag: bytes, pattern:
 
 
 @posix_only
+@stateless_protocol_only
 def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
     start_service: StartService, workdir: Path, figure
 ) -> None:
