@@ -9,5 +9,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-. scripts/venv.sh
+. scripts/venv.sh -r requirements-dev.txt  # explicit: a sourced script sees our own arguments
 exec .venv/bin/python -m pytest "$@"
