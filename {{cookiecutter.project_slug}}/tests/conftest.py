@@ -54,20 +54,20 @@ def child_pythonpath(environ: Mapping[str, str] = os.environ) -> str:
     return os.pathsep.join(filter(None, entries))
 
 
-def _project_protocol_keeps_state() -> bool:
-    """True if this project's ``app/protocol.py`` rebuilds state in ``recover``."""
+def skip_if_the_protocol_keeps_state() -> None:
+    """For the few inherited tests whose subject is what a protocol without state gets.
+
+    Called in the test, not at import: the template's own suite loads this file too, where
+    there is no ``app`` to import.
+    """
     from app import protocol
     from servicekit.service import has_state
 
-    return has_state(protocol)
-
-
-stateless_protocol_only = pytest.mark.skipif(
-    _project_protocol_keeps_state(),
-    reason="about a protocol without state; this project's protocol keeps state (a protocol"
-    " with state is tested by its own tests with a key-value store)",
-)
-"""For the few inherited tests whose subject is what a protocol without state gets."""
+    if has_state(protocol):
+        pytest.skip(
+            "about a protocol without state; this project's protocol keeps state (one with"
+            " state is tested by its own tests with a key-value store)"
+        )
 
 
 def service_env(**overrides: str) -> dict[str, str]:

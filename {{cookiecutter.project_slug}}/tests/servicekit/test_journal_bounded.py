@@ -30,7 +30,7 @@ from conftest import (
     journal_record,
     journal_requests,
     service_env,
-    stateless_protocol_only,
+    skip_if_the_protocol_keeps_state,
 )
 
 from servicekit.exitcodes import ExitCode
@@ -263,12 +263,12 @@ def folder_bytes(folder: Path) -> int:
 
 
 @posix_only
-@stateless_protocol_only
 def test_disk_use_stays_bounded_for_the_echo(
     start_service: StartService, workdir: Path, figure
 ) -> None:
     """A protocol without state: past APP_JOURNAL_MAX_BYTES the journal is rotated, and only
     two old files are kept, however much is sent."""
+    skip_if_the_protocol_keeps_state()
     limit = 64 * 1024
     service = start_service(APP_JOURNAL_MAX_BYTES=str(limit))
     folder = service.journal.parent

@@ -33,7 +33,7 @@ from conftest import (
     journal_record,
     journal_requests,
     service_env,
-    stateless_protocol_only,
+    skip_if_the_protocol_keeps_state,
 )
 
 from servicekit.exitcodes import ExitCode
@@ -251,12 +251,12 @@ def ask_until_logged(service: Service, sock: socket.socket, tag: bytes, pattern:
 
 
 @posix_only
-@stateless_protocol_only
 def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
     start_service: StartService, workdir: Path, figure
 ) -> None:
     """``mv``, ``rm`` and copytruncate while the echo runs are each noticed, said once in the
     log, and what follows goes to a new file at the path, never to one nobody will find."""
+    skip_if_the_protocol_keeps_state()
     service = start_service()
     journal = service.journal
     moved = journal.with_name("journal.log.1")
