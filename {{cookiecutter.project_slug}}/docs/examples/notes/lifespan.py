@@ -24,11 +24,26 @@ from servicekit.service import Service
 logger = logging.getLogger(__name__)
 
 
-def open_database(settings: Settings) -> sqlite3.Connection:
-    """The notes database, created on first use."""
+def open_database(settings: Settings, patience: float = 10.0) -> sqlite3.Connection:
+    """The notes database, created on first use.
+
+    Several workers may open the file at the same moment. SQLite waits up to ``timeout``
+    for most locks, but not for the one that switches a new file to WAL: there it answers
+    'database is locked' at once. So the switch is tried again until ``patience`` runs out.
+    """
     settings.notes_database.parent.mkdir(parents=True, exist_ok=True)
-    database = sqlite3.connect(settings.notes_database, timeout=10)
-    database.execute("PRAGMA journal_mode = WAL")  # several workers may share the file
+    database = sqlite3.connect(settings.notes_database, timeout=patience)
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            database.execute("PRAGMA journal_mode = WAL")  # workers share the file
+            break
+        except sqlite3.OperationalError as error:
+            busy = error.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() > give_up:
+                database.close()
+                raise
+            time.sleep(0.01)  # another worker holds the switch for a moment
     database.execute("CREATE TABLE IF NOT EXISTS notes (key BLOB PRIMARY KEY, text BLOB)")
     database.execute("CREATE TABLE IF NOT EXISTS reports (at REAL, served INTEGER)")
     return database

@@ -10,11 +10,15 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 from conftest import StartService, ask, connect
 
 from app import protocol
+from app.lifespan import open_database
+from app.settings import Settings
 from servicekit.service import does_nothing
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -64,6 +68,29 @@ def test_a_restarted_service_still_has_its_notes(start_service: StartService) ->
     with connect(second) as sock:
         assert ask(sock, b"GET kept\n") == b"yes\n"
     assert second.stop() == 0, second.log
+
+
+def test_workers_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching to WAL takes a lock SQLite does not wait for: two workers starting together
+    used to fail one of them with 'database is locked'."""
+    failures: list[BaseException] = []
+    for attempt in range(50):
+        settings = Settings(notes_database=tmp_path / f"race-{attempt}.sqlite3")
+        start = threading.Barrier(6)
+
+        def open_together(settings: Settings = settings, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                open_database(settings).close()
+            except sqlite3.Error as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=open_together) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
 
 
 @pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="workers need SO_REUSEPORT")
