@@ -10,6 +10,7 @@ one record. Both go to stderr, which is where containers and systemd collect fro
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
@@ -67,3 +68,17 @@ def iso_time(created: float) -> str:
 
     seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
     return f"{seconds}.{int(created * 1000) % 1000:03d}Z"
+
+
+def json_record(line: str) -> dict[str, Any] | None:
+    """The record if ``line`` is one JSON object, as JsonFormatter writes, else None.
+
+    The supervisor reads its workers' stderr with it, and the tests read the service's.
+    """
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None

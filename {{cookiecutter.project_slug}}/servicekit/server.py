@@ -633,12 +633,8 @@ class _Connection(asyncio.BufferedProtocol):
                 continue
             try:
                 answer: object = await self.server.handle(line)
-            except Exception as exc:
-                answer = _failed(exc)
-            except asyncio.CancelledError as exc:
-                if _cancelling():
-                    raise
-                answer = _failed(exc)
+            except (Exception, asyncio.CancelledError) as exc:
+                answer = _failed_unless_cancelled(exc)
             replies.append(_checked(answer))
         self.task = None
         self._reply(batch)
@@ -872,13 +868,19 @@ def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
     return "too_long" if last_line.startswith(LINE_TOO_LONG[:25]) else "line_timeout"
 
 
-def _cancelling() -> bool:
-    """Whether someone cancelled the task running ``handle`` (its connection was lost, or
-    the service is stopping): a CancelledError is then that cancellation, to pass on. One
-    that ``handle`` raised itself, or let out of something it awaited, while nobody
-    cancelled it (or outside any task) is an error in that request like any other."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+def _failed_unless_cancelled(error: Exception | asyncio.CancelledError) -> bytes:
+    """FAILED for an error ``handle`` raised, or re-raise a cancellation of its task.
+
+    Someone cancelled the task running ``handle`` (its connection was lost, or the service is
+    stopping): the CancelledError is that cancellation, to pass on. One that ``handle`` raised
+    itself, or let out of something it awaited, while nobody cancelled it (or outside any
+    task) is an error in that request like any other.
+    """
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling() > 0:
+            raise error
+    return _failed(error)
 
 
 _NAK = REFUSAL[0]
@@ -903,12 +905,8 @@ def _inline_runner(handle: Handler) -> Generator[Any, bytes, None]:
         request = yield reply
         try:
             reply = yield from handle(request)
-        except Exception as exc:
-            reply = _failed(exc)
-        except asyncio.CancelledError as exc:
-            if _cancelling():
-                raise
-            reply = _failed(exc)
+        except (Exception, asyncio.CancelledError) as exc:
+            reply = _failed_unless_cancelled(exc)
         else:
             if type(reply) is not bytes or NEWLINE in reply:
                 reply = _checked(reply)

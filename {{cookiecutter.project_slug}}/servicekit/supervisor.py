@@ -102,7 +102,7 @@ from servicekit.journal import (
     open_private,
     worker_journal,
 )
-from servicekit.logs import iso_time
+from servicekit.logs import iso_time, json_record
 
 if TYPE_CHECKING:
     from servicekit.metrics import Aggregate, Endpoint
@@ -795,7 +795,7 @@ class _Supervisor:
                 return
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if self._settings.log_format == "json":
-                record = _json_record(line)
+                record = json_record(line)
                 # Still one object per line: the worker's own, or its stray output wrapped.
                 if record is None:
                     record = {"time": iso_time(time.time()), "level": "WARNING"}
@@ -838,17 +838,6 @@ class _Supervisor:
         if not worker.ready and (by_our_signal or returncode == ExitCode.STARTUP_INTERRUPTED):
             return ExitCode.OK if self._announced else ExitCode.STARTUP_INTERRUPTED
         return exit_status(returncode)
-
-
-def _json_record(line: str) -> dict[str, Any] | None:
-    """The worker's log record if ``line`` is one JSON object, else None."""
-    if not line.startswith("{"):
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _entry_module() -> str:

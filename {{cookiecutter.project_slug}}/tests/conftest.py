@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from servicekit.logs import json_record
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 SECOND_SIGNAL_GAP = 0.15
@@ -104,15 +106,10 @@ LOG_FORMAT_VARIABLE = "TEST_LOG_FORMAT"
 """Set to ``json`` to run the service tests with APP_LOG_FORMAT=json (default: text)."""
 
 
-def json_record(line: str) -> dict[str, Any] | None:
+def log_record(line: str) -> dict[str, Any] | None:
     """The record if ``line`` is a JSON log object (APP_LOG_FORMAT=json), else None."""
-    if not line.startswith("{"):
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and "message" in record else None
+    record = json_record(line)
+    return record if record is not None and "message" in record else None
 
 
 def as_text(record: dict[str, Any]) -> str:
@@ -134,7 +131,7 @@ def log_as_text(stderr: str) -> str:
     """A whole stderr with its JSON records rendered as text (see as_text)."""
     lines = stderr.splitlines(keepends=True)
     return "".join(
-        line if (record := json_record(line.rstrip("\n"))) is None else as_text(record) + "\n"
+        line if (record := log_record(line.rstrip("\n"))) is None else as_text(record) + "\n"
         for line in lines
     )
 
@@ -180,7 +177,7 @@ class Process:
         assert self.popen.stderr is not None
         for raw in self.popen.stderr:
             line = raw.rstrip("\n")
-            record = json_record(line)
+            record = log_record(line)
             with self._changed:
                 self.raw_lines.append(line)
                 if record is not None:
