@@ -278,7 +278,8 @@ def run(
     2. every task not protected by ``shutdown_waits_for()`` is cancelled;
     3. all tasks get up to ``timeout_task_shutdown`` seconds (None: no limit); the stacks of
        those still running then are logged, and the executor gets what is left of it;
-    4. a loop that ``run()`` created has its async generators closed and is closed;
+    4. async generators still suspended are closed, within that budget; a loop that ``run()``
+       created is closed too (one handed in is the caller's to close);
     5. the signal handlers that were there before are restored, where ours are still in place;
     6. an unhandled error that stopped the loop (``stop_on_unhandled_errors``), or a
        SystemExit or KeyboardInterrupt raised by code, is re-raised.
@@ -333,8 +334,7 @@ def run(
         unfinished = tuple(task.get_name() for task in stuck)
         del stuck
         busy_threads = shutdown.drive(_stop_executor(executor, deadline))
-        if owns_loop:
-            shutdown.drive(_close_async_generators(deadline))
+        shutdown.drive(_close_async_generators(deadline))
         duration = time.monotonic() - shutdown.requested_at
         shutdown.drive(shutdown.hear_duplicates())
     finally:
@@ -755,10 +755,19 @@ class _Shutdown:
         self._quieten_exception_handler()
 
     def _raised(self, exc: BaseException) -> None:
-        """SystemExit or KeyboardInterrupt out of the loop: re-raised after the shutdown."""
-        logger.info(
+        """SystemExit or KeyboardInterrupt out of the loop: re-raised after the shutdown.
+
+        A KeyboardInterrupt here was raised by code, not by Ctrl-C (ours is a signal the
+        runtime handles): an error, logged with its traceback. A SystemExit is a request.
+        """
+        if exc is self.pending:
+            return  # stop_on_error has logged it, traceback and all (uvloop reports it there)
+        by_code = isinstance(exc, KeyboardInterrupt)
+        logger.log(
+            logging.ERROR if by_code else logging.INFO,
             "shutdown: %s raised; re-raised after the shutdown",
             type(exc).__name__,
+            exc_info=exc if by_code else None,
             extra={"phase": "signal", "error": repr(exc)},
         )
         self.pending = self.pending or exc

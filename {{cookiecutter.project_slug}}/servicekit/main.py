@@ -8,7 +8,6 @@ arguments to take.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 import os
@@ -18,10 +17,10 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 from servicekit import logs
-from servicekit.aiorun import _signal_name, _this_platform, run
+from servicekit.aiorun import _new_loop, _signal_name, _this_platform, run
 from servicekit.config import (
     ConfigError,
     Settings,
@@ -110,7 +109,7 @@ def _start_and_run(
         signals.before_run()  # SIGHUP as the user left it: the supervisor applies the same rule
         return supervisor.main(settings)
 
-    loop = _new_loop(settings.use_uvloop)
+    loop = _new_loop(settings.use_uvloop, _this_platform())  # the one run() would make
     executor = ThreadPoolExecutor(thread_name_prefix="aiorun")
     loop.set_default_executor(executor)  # the one run() gets: no second pool for the start
     on_ready = None
@@ -147,9 +146,18 @@ def _start_and_run(
     except Exception as exc:  # the runtime has logged it with its traceback
         logger.error("stopped by an unhandled error: %s", exc)
         return ExitCode.ERROR
+    except KeyboardInterrupt as exc:
+        # Raised by code (handle calling a library that raises it), not by a signal: the
+        # runtime handles SIGINT itself, and has logged it with its traceback. An error like
+        # any other, not "a second SIGINT" (130).
+        logger.error("stopped by a KeyboardInterrupt raised in the service: %r", exc)
+        return ExitCode.ERROR
     finally:
         serving.close()  # a no-op once run() has run it; else no "never awaited" warning
         executor.shutdown(wait=False)  # run() did, unless the start failed before it
+        # run() closed the async generators within its budget: a no-op then, needed only
+        # when the start failed before run(). The loop is ours to close: we made it, so
+        # that service.open() could run on it before run() took over.
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     if report.busy_threads:
@@ -382,11 +390,3 @@ def _arguments(argv: Sequence[str], app_settings_class: type | None = None) -> i
         file=sys.stderr,
     )
     return ExitCode.CONFIG
-
-
-def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's if asked (the settings checked it is installed)."""
-    if use_uvloop:
-        uvloop = importlib.import_module("uvloop")
-        return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
-    return asyncio.new_event_loop()
