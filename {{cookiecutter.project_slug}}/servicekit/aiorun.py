@@ -64,7 +64,7 @@ _GC_THRESHOLD = 100_000
 """Allocations between two collections while the cancelled tasks end (the default is 700
 or 2,000): few enough collections to be cheap, and a bound on uncollected garbage."""
 
-_EXIT_WATCHDOG = 1.0
+_EXIT_BACKSTOP = 1.0
 """Seconds the force exit may spend logging before it exits regardless."""
 
 _DEADLINE_STATUS = 75
@@ -307,7 +307,7 @@ def run(
     factory_before = loop.get_task_factory()
     if executor is None:
         executor = ThreadPoolExecutor(max_workers=executor_workers, thread_name_prefix="aiorun")
-    shutdown = _Shutdown(loop, shutdown_handler, force_exit_on_second_signal, force_exit_after)
+    shutdown = _Lifecycle(loop, shutdown_handler, force_exit_on_second_signal, force_exit_after)
     hooks = _SignalHooks(platform, loop, shutdown.on_signal)
     shutdown.on_loop_start = hooks.resume
     unfinished: tuple[str, ...] = ()
@@ -505,8 +505,9 @@ class _State(enum.Enum):
     """A second signal with force exit: the process is leaving without waiting."""
 
 
-class _Shutdown:
-    """One run()'s shutdown: its state, who asked for it and when, the error to re-raise.
+class _Lifecycle:
+    """One run(), from its start to the end of its shutdown: its state, who asked it to stop
+    and when, the error to re-raise.
 
     Read in order: starting the caller's coroutine; the requests to stop (a signal, a
     duplicate or a second signal, an unhandled error, ``loop.stop()``); then the tools the
@@ -687,7 +688,7 @@ class _Shutdown:
         self.state = _State.EXITING
         frame = sys._current_frames().get(threading.main_thread().ident or 0)
         where = "".join(traceback.format_stack(frame)) if frame is not None else "(unknown)\n"
-        _start_exit_watchdog(_DEADLINE_STATUS)
+        _exit_even_if_blocked(_DEADLINE_STATUS)
         asked = "the stop was asked for"
         if self.first_heard is not None:
             asked = f"{_signal_name(self.first_heard[0])} received"
@@ -705,11 +706,11 @@ class _Shutdown:
     def _exit_now(self, signum: int) -> None:
         """The second signal: say what is still running, then leave without waiting.
 
-        Runs in a thread of its own. A watchdog exits anyway if a log handler blocks, for
+        Runs in a thread of its own. A backstop timer exits anyway if a log handler blocks, for
         instance on a stderr pipe that nobody reads.
         """
         status = 128 + signum
-        _start_exit_watchdog(status)
+        _exit_even_if_blocked(status)
         running = [task for task in asyncio.all_tasks(self.loop) if task is not self.phase]
         name = _signal_name(signum)
         logger.warning(
@@ -1160,12 +1161,12 @@ def _warn_once(message: str, *args: object) -> None:
         logger.warning(message, *args)
 
 
-def _start_exit_watchdog(status: int) -> None:
+def _exit_even_if_blocked(status: int) -> None:
     """Exit with ``status`` in a moment whatever happens: a force exit logs first, and a log
     handler may block (on a stderr pipe that nobody reads, say)."""
-    watchdog = threading.Timer(_EXIT_WATCHDOG, os._exit, (status,))
-    watchdog.daemon = True
-    watchdog.start()
+    backstop = threading.Timer(_EXIT_BACKSTOP, os._exit, (status,))
+    backstop.daemon = True
+    backstop.start()
 
 
 def _flush_and_exit(status: int) -> None:

@@ -183,7 +183,7 @@ class Journal:
         self,
         path: Path,
         *,
-        fsync: FsyncPolicy = FsyncPolicy.INTERVAL,
+        fsync_policy: FsyncPolicy = FsyncPolicy.INTERVAL,
         on_failure: Callable[[OSError], None],
         max_line_bytes: int = 1 << 16,
         stateful: bool = True,
@@ -192,7 +192,7 @@ class Journal:
         unfinished: Unfinished | None = None,
     ) -> None:
         self.path = path
-        self.fsync = fsync
+        self.fsync_policy = fsync_policy
         self.max_line_bytes = max_line_bytes
         """The longest request line, newline included, as ``APP_MAX_LINE_BYTES`` says."""
         self.stateful = stateful
@@ -506,7 +506,7 @@ class Journal:
                         self._write(batch, lines)
                     else:  # a device or FIFO can block until its reader catches up
                         await loop.run_in_executor(None, self._write, batch, lines)
-                    if self.fsync is FsyncPolicy.ALWAYS or self._sync_due():
+                    if self.fsync_policy is FsyncPolicy.ALWAYS or self._sync_due():
                         await loop.run_in_executor(None, self._sync)
                     if self._compaction_due():
                         lines += self._queued_lines  # answered with the new file
@@ -526,7 +526,7 @@ class Journal:
 
     async def _next_wakeup(self) -> None:
         """Wait for new requests, or for the moment the interval policy owes an fsync."""
-        if not self._unsynced or self.fsync is not FsyncPolicy.INTERVAL:
+        if not self._unsynced or self.fsync_policy is not FsyncPolicy.INTERVAL:
             await self._wakeup.wait()
         else:
             due = self._last_sync + SYNC_INTERVAL - time.monotonic()
@@ -538,7 +538,7 @@ class Journal:
     def _sync_due(self) -> bool:
         """Under the interval policy: written data has waited for its fsync long enough."""
         return (
-            self.fsync is FsyncPolicy.INTERVAL
+            self.fsync_policy is FsyncPolicy.INTERVAL
             and self._unsynced
             and time.monotonic() - self._last_sync >= SYNC_INTERVAL
         )
@@ -637,7 +637,7 @@ class Journal:
         journal at the path or at ``.1``, both replayed by nobody (nothing is rebuilt from them).
         """
         assert self._fd is not None
-        if self._unsynced and self.fsync is not FsyncPolicy.NEVER:
+        if self._unsynced and self.fsync_policy is not FsyncPolicy.NEVER:
             os.fsync(self._fd)
         for n in range(KEPT_FILES, 1, -1):
             with contextlib.suppress(FileNotFoundError):

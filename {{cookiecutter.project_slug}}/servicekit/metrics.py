@@ -271,7 +271,7 @@ class ServiceCollector:
             "APP_JOURNAL_FSYNC: 1 for the policy in force.",
             labels=["policy"],
         )
-        policy.add_metric([str(journal.fsync)], 1)
+        policy.add_metric([str(journal.fsync_policy)], 1)
         yield policy
         yield _gauge(
             "journal_failed", "1 once a journal write failed (the service stops).", journal.failed

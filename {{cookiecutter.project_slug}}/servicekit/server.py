@@ -443,8 +443,8 @@ class _Connection(asyncio.BufferedProtocol):
         "server",
         "state",
         "task",
+        "timeout_timer",
         "transport",
-        "watchdog",
     )
 
     def __init__(self, server: Server) -> None:
@@ -473,7 +473,7 @@ class _Connection(asyncio.BufferedProtocol):
         """ENDING only: when the connection is aborted if it has not closed by then."""
         self.last_input = 0.0
         """ENDING only: when input last arrived (thrown away); quiet after QUIET_SECONDS."""
-        self.watchdog: asyncio.TimerHandle | None = None
+        self.timeout_timer: asyncio.TimerHandle | None = None
         """The one timer watching the deadlines; it fires at ``armed_at``."""
         self.armed_at = 0.0
         self.reason = "reset"
@@ -538,8 +538,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
-        if self.watchdog is not None:
-            self.watchdog.cancel()
+        if self.timeout_timer is not None:
+            self.timeout_timer.cancel()
         if self.task is not None:
             self.task.cancel()  # nobody is left to read its reply
         if not self.refused:
@@ -726,14 +726,14 @@ class _Connection(asyncio.BufferedProtocol):
             self._arm(self.line_deadline)
 
     def _arm(self, when: float) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
+        if self.timeout_timer is not None:
+            self.timeout_timer.cancel()
         self.armed_at = when
-        self.watchdog = self.server.loop.call_at(when, self._watch)
+        self.timeout_timer = self.server.loop.call_at(when, self._watch)
 
     def _watch(self) -> None:
         """Fired at ``armed_at``: end the connection if a deadline passed, else re-arm."""
-        self.watchdog = None
+        self.timeout_timer = None
         now = self._now()
         if self.state is ENDING:
             if now >= self.end_deadline:

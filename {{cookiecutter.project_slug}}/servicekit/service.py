@@ -123,7 +123,7 @@ class Service:
         self.exit_code = ExitCode.OK
         self.journal = Journal(
             settings.journal_path,
-            fsync=settings.journal_fsync,
+            fsync_policy=settings.journal_fsync,
             on_failure=self._journal_failed,
             max_line_bytes=settings.max_line_bytes,
             stateful=not does_nothing(getattr(protocol, "recover", _empty)),

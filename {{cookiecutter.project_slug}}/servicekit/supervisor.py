@@ -557,9 +557,9 @@ class _Supervisor:
                 return bind_exit_code(exc)
         notify.start_watchdog()  # systemd watches the supervisor; it watches the workers
         tasks = [asyncio.create_task(self._keep_running(worker)) for worker in self._workers]
-        watchdog = asyncio.create_task(self._watch_heartbeats())
+        heartbeat_watch = asyncio.create_task(self._watch_heartbeats())
         await self._stopping.wait()
-        watchdog.cancel()
+        heartbeat_watch.cancel()
         began = time.monotonic()
         budget = self._settings.shutdown_timeout + STOP_MARGIN
         _, late = await asyncio.wait(tasks, timeout=budget)

@@ -145,7 +145,7 @@ FULL_DISK = textwrap.dedent(
     failures = []
 
     async def main():
-        journal = Journal(Path(sys.argv[1]), fsync=FsyncPolicy.NEVER, on_failure=failures.append)
+        journal = Journal(Path(sys.argv[1]), fsync_policy=FsyncPolicy.NEVER, on_failure=failures.append)
         journal.open()
         journal.start()
         acknowledged = 0
@@ -219,7 +219,7 @@ def run_journal(
     failures: list[OSError] = []
 
     async def main() -> None:
-        journal = Journal(tmp_path / "journal.log", fsync=policy, on_failure=failures.append)
+        journal = Journal(tmp_path / "journal.log", fsync_policy=policy, on_failure=failures.append)
         journal.open()
         journal.start()
         await scenario(journal)
