@@ -28,8 +28,6 @@ from typing import Any
 
 import pytest
 
-from servicekit.logs import json_record
-
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 SECOND_SIGNAL_GAP = 0.15
@@ -108,6 +106,10 @@ LOG_FORMAT_VARIABLE = "TEST_LOG_FORMAT"
 
 def log_record(line: str) -> dict[str, Any] | None:
     """The record if ``line`` is a JSON log object (APP_LOG_FORMAT=json), else None."""
+    # Imported here: the template's own suite loads this file for LISTENING without the
+    # generated packages on its path.
+    from servicekit.logs import json_record
+
     record = json_record(line)
     return record if record is not None and "message" in record else None
 

@@ -145,7 +145,8 @@ FULL_DISK = textwrap.dedent(
     failures = []
 
     async def main():
-        journal = Journal(Path(sys.argv[1]), fsync_policy=FsyncPolicy.NEVER, on_failure=failures.append)
+        path = Path(sys.argv[1])
+        journal = Journal(path, fsync_policy=FsyncPolicy.NEVER, on_failure=failures.append)
         journal.open()
         journal.start()
         acknowledged = 0
