@@ -106,12 +106,15 @@ LOG_FORMAT_VARIABLE = "TEST_LOG_FORMAT"
 
 def log_record(line: str) -> dict[str, Any] | None:
     """The record if ``line`` is a JSON log object (APP_LOG_FORMAT=json), else None."""
-    # Imported here: the template's own suite loads this file for LISTENING without the
-    # generated packages on its path.
-    from servicekit.logs import json_record
-
-    record = json_record(line)
-    return record if record is not None and "message" in record else None
+    # Not servicekit.logs.json_record: the template's own suite uses this file (Process,
+    # LISTENING) without the generated packages on its path.
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "message" in record else None
 
 
 def as_text(record: dict[str, Any]) -> str:
