@@ -73,7 +73,8 @@ def iso_time(created: float) -> str:
 def json_record(line: str) -> dict[str, Any] | None:
     """The record if ``line`` is one JSON object, as JsonFormatter writes, else None.
 
-    The supervisor reads its workers' stderr with it, and the tests read the service's.
+    The supervisor reads its workers' stderr with it. ``tests/conftest.py`` keeps its own
+    copy: the template's suite loads that file without this package on the path.
     """
     if not line.startswith("{"):
         return None

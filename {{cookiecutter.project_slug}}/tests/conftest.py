@@ -104,7 +104,7 @@ LOG_FORMAT_VARIABLE = "TEST_LOG_FORMAT"
 """Set to ``json`` to run the service tests with APP_LOG_FORMAT=json (default: text)."""
 
 
-def log_record(line: str) -> dict[str, Any] | None:
+def json_record(line: str) -> dict[str, Any] | None:
     """The record if ``line`` is a JSON log object (APP_LOG_FORMAT=json), else None."""
     # Not servicekit.logs.json_record: the template's own suite uses this file (Process,
     # LISTENING) without the generated packages on its path.
@@ -136,7 +136,7 @@ def log_as_text(stderr: str) -> str:
     """A whole stderr with its JSON records rendered as text (see as_text)."""
     lines = stderr.splitlines(keepends=True)
     return "".join(
-        line if (record := log_record(line.rstrip("\n"))) is None else as_text(record) + "\n"
+        line if (record := json_record(line.rstrip("\n"))) is None else as_text(record) + "\n"
         for line in lines
     )
 
@@ -182,7 +182,7 @@ class Process:
         assert self.popen.stderr is not None
         for raw in self.popen.stderr:
             line = raw.rstrip("\n")
-            record = log_record(line)
+            record = json_record(line)
             with self._changed:
                 self.raw_lines.append(line)
                 if record is not None:
