@@ -36,6 +36,51 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+ENGINE_LANE = frozenset(
+    {
+        "test_compose.py",
+        "test_docker.py",
+        "test_podman.py",
+        "test_prometheus.py",
+        "test_release.py",
+        "test_swarm.py",
+        "test_systemd.py",
+        "test_wine.py",
+    }
+)
+"""Files that drive an engine (Docker, podman, systemd in a container, Prometheus, Wine)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Two lanes for ``-n 2 --dist loadgroup`` (how ``.ci/run`` runs the suite on 2 cores).
+
+    The suite is mostly waiting (a generated suite uses about 0.7 of a core), so two lanes
+    take CI from about 40 to about 25 minutes. The split is by file and fixed, not left to
+    xdist's balancing: the engine tests keep one engine's images, containers and swarm to one
+    worker, and every other file (bakes, their generated suites, the workflow steps) goes to
+    the other; each lane is about half of the time. Without xdist the mark does nothing.
+    """
+    for item in items:
+        lane = "engines" if item.path.name in ENGINE_LANE else "bakes"
+        item.add_marker(pytest.mark.xdist_group(lane))
+
+
+FIGURES_FROM_WORKERS: list[str] = []
+"""``[docker] ...`` lines that xdist workers measured (dockerlib.report), printed at the end."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    FIGURES_FROM_WORKERS.extend(node.workeroutput.get("figures", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES_FROM_WORKERS:
+        terminalreporter.section("figures measured by the lanes")
+        for line in FIGURES_FROM_WORKERS:
+            terminalreporter.write_line(line)
+
+
 TEMPLATE = Path(__file__).resolve().parent.parent
 Bake = Callable[..., Path]
 

@@ -60,6 +60,10 @@ def report(config: pytest.Config, key: str, value: Any, text: str, tag: str = "d
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     line = f"[{tag}] {text}"
+    lines_for_controller = getattr(config, "workeroutput", None)
+    if lines_for_controller is not None:  # an xdist worker's terminal is nobody's
+        lines_for_controller.setdefault("figures", []).append(line)  # conftest prints them
+        return
     if reporter is None or capture is None:
         print(line, file=sys.stderr)
         return
