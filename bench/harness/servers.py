@@ -21,6 +21,7 @@ SCRIPT_READY = r"^ready (?P<port>\d+)$"
 CEILING_NAME = "bare uvloop Protocol echo"
 CEILING_WAL_NAME = "bare echo + WAL"
 JOURNAL_FREE_NAME = "service (uvloop), journal-free requests"
+UNCHECKED_NAME = "service (uvloop), records without CRC-32"
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,20 @@ def journal_free_service(project: Path, journal: Path) -> ServerSpec:
     return ServerSpec(
         name=JOURNAL_FREE_NAME,
         argv=[sys.executable, str(PROCS / "journal_free_service.py"), str(project)],
+        cwd=project,
+        env=service_env(journal, APP_USE_UVLOOP="1"),
+        journal=journal,
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
+    )
+
+
+def unchecked_journal_service(project: Path, journal: Path) -> ServerSpec:
+    """The service on uvloop with its journal records written without their CRC-32
+    (procs/unchecked_journal_service.py): the checksum's cost is the difference."""
+    return ServerSpec(
+        name=UNCHECKED_NAME,
+        argv=[sys.executable, str(PROCS / "unchecked_journal_service.py"), str(project)],
         cwd=project,
         env=service_env(journal, APP_USE_UVLOOP="1"),
         journal=journal,

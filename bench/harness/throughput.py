@@ -220,6 +220,11 @@ def specs(
             servers.journal_free_service(project, scratch / "j-free.log"), modes=both
         )
     )
+    out.append(
+        dataclasses.replace(
+            servers.unchecked_journal_service(project, scratch / "j-unchecked.log"), modes=both
+        )
+    )
     for policy in ("always", "never") if full else ():
         out.append(
             dataclasses.replace(
