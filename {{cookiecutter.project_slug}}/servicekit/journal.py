@@ -66,9 +66,10 @@ to ``<journal>.removed``. The supported way to bound the journal is ``APP_JOURNA
 **Bounded.** With ``APP_JOURNAL_MAX_BYTES`` set, a journal past that size is rotated (a
 protocol without state: ``<journal>.1`` ... ``<journal>.<KEPT_FILES>`` are kept, the oldest
 dropped) or compacted (a protocol with ``snapshot()``: its requests, which rebuild today's
-state, then the requests still in ``handle`` (``Unfinished``), are written to
-``<journal>.compact``, fsynced, renamed over the journal, and the folder fsynced; a ``kill -9``
-at any point leaves either the old journal or the new one, whole).
+state, are written to ``<journal>.compact``, fsynced, renamed over the journal, and the folder
+fsynced; a ``kill -9`` at any point leaves either the old journal or the new one, whole). The
+server appends a request only once its ``handle`` has returned, so the snapshot holds the
+effect of every request journaled, and of no other.
 
 A crash can leave the last line cut short. On open, such a torn tail is moved to
 ``<journal>.torn`` and cut off, so the next request starts on a line of its own. A write
@@ -89,10 +90,10 @@ import stat
 import sys
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from servicekit.aiorun import shutdown_waits_for
 from servicekit.config import FsyncPolicy
@@ -189,7 +190,6 @@ class Journal:
         stateful: bool = True,
         max_bytes: int = 0,
         snapshot: Callable[[], Iterable[bytes]] | None = None,
-        unfinished: Unfinished | None = None,
     ) -> None:
         self.path = path
         self.fsync_policy = fsync_policy
@@ -200,9 +200,6 @@ class Journal:
         self.max_bytes = max_bytes
         """Rotate or compact past this size; 0 = never."""
         self.snapshot = snapshot
-        self.unfinished = unfinished
-        """Which journaled requests ``handle`` has not finished: a compaction writes them after
-        the snapshot. None: every request is finished by the time the writer runs."""
         self.lines_written = 0
         self.failed = False
         self.report = ReplayReport()
@@ -475,8 +472,6 @@ class Journal:
             return done
         self._queued.append(encode(requests))
         self._queued_lines += len(requests)
-        if self.unfinished is not None:
-            self.unfinished.appended(requests)
         self._waiters.append(done)
         self._wakeup.set()
         return done
@@ -687,25 +682,19 @@ class Journal:
     async def _compact_while_serving(
         self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]]
     ) -> None:
-        """Rewrite the journal as the snapshot, taken now, between two batches, followed by
-        the requests ``handle`` has not finished yet.
+        """Rewrite the journal as the snapshot, taken now, between two batches.
 
-        The snapshot holds the effect of every request whose ``handle`` returned; the others
-        (suspended in ``handle``, a long poll, or queued behind one on their connection) are
-        written after it, in journal order, so ``recover`` applies them after the state the
-        snapshot rebuilds. Nothing waits for a moment with no ``handle`` suspended, which may
-        never come. Both are taken at once, with no await between, so every journaled request
-        is in one or the other, including those queued but not written yet: those are not
-        written again, and their waiters (moved into ``waiters``) are released with the new
-        file. Requests queued while it is written come after it.
+        The server appends a request only once its ``handle`` has returned (a request still
+        suspended in ``handle``, a long poll, is not journaled yet), so the snapshot holds the
+        effect of every request journaled so far, including those queued but not written
+        yet: those are not written again, and their waiters (moved into ``waiters``) are
+        released with the new file. Requests queued while it is written come after it.
         """
         try:
             records = self._snapshot_records()
         except SnapshotFailed as exc:
             self._compaction_off(exc)
             return
-        if self.unfinished is not None:
-            records += encode(self.unfinished.requests())
         covered = self._queued_lines
         waiters += self._waiters
         self._queued, self._queued_lines, self._waiters = [], 0, []
@@ -826,78 +815,6 @@ class Journal:
                 os.close(self._fd)
             self._fd = None
         self._on_failure(error)
-
-
-class Unfinished:
-    """The journaled requests whose ``handle`` has not returned yet, oldest first.
-
-    The journal adds each batch it is given (``appended``); ``track`` wraps ``handle`` so that
-    a request leaves when its ``handle`` returns or raises. A request is known by identity:
-    the server hands ``handle`` the very bytes object it journaled (the same object twice,
-    as CPython shares one-byte strings, is counted twice). A request whose ``handle`` is never
-    called (its connection was lost while an earlier request of its batch was suspended) is
-    dropped at the first moment no ``handle`` is suspended (``quiet``); until then it is
-    written again after each snapshot, as it was in the journal before.
-
-    Invariant: every request journaled and not finished is in ``_pending``, so a compaction
-    that writes the snapshot followed by ``requests()`` loses none.
-    """
-
-    def __init__(self, quiet: Callable[[], bool]) -> None:
-        self._pending: dict[int, bytes] = {}
-        """``id(request)`` -> request, in journal order (one entry per object)."""
-        self._again: dict[int, int] = {}
-        """How many more times an object in ``_pending`` is pending (rare: see above)."""
-        self._quiet = quiet
-        """True when no ``handle`` is suspended: nothing journaled is unfinished then."""
-
-    def appended(self, requests: Sequence[bytes]) -> None:
-        pending = self._pending
-        if pending.keys().isdisjoint(map(id, requests)):  # the common case, all in C
-            before = len(pending)
-            pending.update(zip(map(id, requests), requests, strict=True))
-            if len(pending) - before == len(requests):
-                return
-            for request in requests:  # an object twice in the batch: undo, then count
-                pending.pop(id(request), None)
-        again = self._again
-        for request in requests:
-            key = id(request)
-            if key in pending:
-                again[key] = again.get(key, 0) + 1
-            else:
-                pending[key] = request
-
-    def track(
-        self, handle: Callable[[bytes], Awaitable[bytes]]
-    ) -> Callable[[bytes], Coroutine[Any, Any, bytes]]:
-        """``handle``, wrapped so that a request is pending until it returns."""
-        pending, again = self._pending, self._again
-
-        async def tracked(request: bytes) -> bytes:
-            try:
-                return await handle(request)
-            finally:
-                key = id(request)
-                # Not there: not journaled (a request needs_journal let by).
-                if pending.pop(key, None) is not None and again and key in again:
-                    pending[key] = request  # one more of it is pending
-                    if again[key] == 1:
-                        del again[key]
-                    else:
-                        again[key] -= 1
-
-        return tracked
-
-    def requests(self) -> list[bytes]:
-        """The unfinished requests, oldest first (called between two batches)."""
-        if self._quiet():
-            self._pending.clear()  # what is left was never handed to handle (see above)
-            self._again.clear()
-            return []
-        again = self._again
-        pending = self._pending.items()
-        return [request for key, request in pending for _ in range(1 + again.get(key, 0))]
 
 
 def _bad_record(record: object, max_line_bytes: int) -> str | None:

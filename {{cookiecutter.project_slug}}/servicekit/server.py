@@ -77,7 +77,7 @@ import socket
 import sys
 import time
 import types
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, cast
 
 from servicekit.journal import Journal
@@ -216,6 +216,12 @@ class Server:
         """Closed connections by why they ended (``_end_reason``), refused ones included."""
         self.handling: Histogram | None = None
         """Seconds from a batch's read to its replies' write; timed only while metrics are on."""
+
+    def to_journal(self, lines: Sequence[bytes]) -> list[bytes]:
+        """The requests among ``lines`` that the journal takes: not the health pings (empty
+        lines), nor what ``needs_journal`` says changes nothing."""
+        needs = self.needs_journal
+        return [line for line in lines if line and (needs is None or needs(line))]
 
     def new_runner(self) -> None:
         """A fresh inline runner: the current one left with a request that suspended, or died."""
@@ -550,8 +556,12 @@ class _Connection(asyncio.BufferedProtocol):
     # --- batches ------------------------------------------------------------------------
 
     def _batch(self) -> None:
-        """Handle the complete lines in ``pending`` (at most TURN_LINES), journal first.
+        """Handle the complete lines in ``pending`` (at most TURN_LINES) and journal them.
 
+        Each request is journaled once its ``handle`` has returned, in the same step of the
+        loop, so the journal's order is the order requests took effect, whatever each
+        ``handle`` awaited (replay then rebuilds what clients read), and a request whose
+        ``handle`` never finished is never replayed. The replies wait for the journal.
         Called in READING (a read) or QUEUED (its turn); leaves HANDLING for ``_next()``.
         """
         server = self.server
@@ -588,8 +598,6 @@ class _Connection(asyncio.BufferedProtocol):
         batch.too_long = too_long
         if requests and server.needs_journal is not None:
             requests = [line for line in requests if server.needs_journal(line)]
-        if requests:  # journaled before handle sees them: write-ahead
-            server.last_written = server.journal.append(requests)
         reply = replies.append
         run_inline = server.run_inline
         for n, line in enumerate(parts):
@@ -604,14 +612,20 @@ class _Connection(asyncio.BufferedProtocol):
             if type(step) is bytes:  # the reply: anything else comes from inside handle
                 reply(step)
                 continue
-            # It suspended: finish this batch in a task, which takes the runner along.
+            # It suspended: what took effect before it is journaled now, before any other
+            # connection's request can; the rest of the batch is finished in a task, which
+            # takes the runner along.
+            if done := server.to_journal(parts[:n]):
+                server.last_written = server.journal.append(done)
             self.line_deadline = 0.0
             self._pause_reading()
             self.task = server.loop.create_task(
-                self._finish(batch, server.runner, step, parts[n + 1 :])
+                self._finish(batch, server.runner, step, parts[n], parts[n + 1 :])
             )
             server.new_runner()
             return
+        if requests:
+            server.last_written = server.journal.append(requests)
         self._reply(batch)
 
     async def _finish(
@@ -619,22 +633,29 @@ class _Connection(asyncio.BufferedProtocol):
         batch: _Batch,
         runner: Generator[Any, bytes, None],
         step: Any,
+        suspended: bytes,
         lines: list[bytes],
     ) -> None:
-        """The rest of a batch whose ``handle`` suspended, now inside a task."""
+        """The rest of a batch whose ``handle`` suspended, now inside a task: each request is
+        journaled as soon as its ``handle`` has returned, with no await in between."""
+        server = self.server
         replies = batch.replies
         try:
             replies.append(await _finish_in_task(runner, step))
         finally:
             runner.close()  # it served its last request
+        if server.to_journal((suspended,)):
+            server.last_written = server.journal.append((suspended,))
         for line in lines:
             if not line:
                 replies.append(b"")
                 continue
             try:
-                answer: object = await self.server.handle(line)
+                answer: object = await server.handle(line)
             except (Exception, asyncio.CancelledError) as exc:
                 answer = _failed_unless_cancelled(exc)
+            if server.to_journal((line,)):
+                server.last_written = server.journal.append((line,))
             replies.append(_checked(answer))
         self.task = None
         self._reply(batch)

@@ -29,14 +29,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from servicekit import notify
 from servicekit.config import ConfigError, Settings
 from servicekit.exitcodes import ExitCode, StartupError, bind_exit_code, os_reason
-from servicekit.journal import Journal, JournalInUse, SnapshotFailed, Unfinished, adopt_orphans
+from servicekit.journal import Journal, JournalInUse, SnapshotFailed, adopt_orphans
 from servicekit.server import Server
 
 if TYPE_CHECKING:
@@ -129,7 +129,6 @@ class Service:
             stateful=not does_nothing(getattr(protocol, "recover", _empty)),
             max_bytes=settings.journal_max_bytes,
             snapshot=getattr(protocol, "snapshot", None),
-            unfinished=self._unfinished(protocol, settings),
         )
         self.server = Server(
             self.journal,
@@ -137,7 +136,7 @@ class Service:
             max_line_bytes=settings.max_line_bytes,
             idle_timeout=settings.idle_timeout,
             line_timeout=settings.line_timeout,
-            handle=self._handle(protocol),
+            handle=protocol.handle,
             needs_journal=getattr(protocol, "needs_journal", None),
         )
         self._on_ready = on_ready
@@ -330,22 +329,6 @@ class Service:
             self.metrics.close()
         if Service.running is self:
             Service.running = None
-
-    def _unfinished(self, protocol: ServiceProtocol, settings: Settings) -> Unfinished | None:
-        """What compaction needs to know of requests still in ``handle``: only when a
-        ``snapshot()`` may compact the journal while serving (it costs a little per request)."""
-        if getattr(protocol, "snapshot", None) is None or not settings.journal_max_bytes:
-            return None
-        return Unfinished(quiet=self._every_request_handled)
-
-    def _handle(self, protocol: ServiceProtocol) -> Callable[[bytes], Coroutine[Any, Any, bytes]]:
-        """The protocol's ``handle``, tracked if compaction needs it (``_unfinished``)."""
-        unfinished = self.journal.unfinished
-        return protocol.handle if unfinished is None else unfinished.track(protocol.handle)
-
-    def _every_request_handled(self) -> bool:
-        """No ``handle`` is suspended: the protocol's state reflects every journaled request."""
-        return all(connection.task is None for connection in self.server.connections)
 
     async def _enter_lifespan(self) -> None:
         """Open the user's resources; an error stops the service before anyone is accepted."""

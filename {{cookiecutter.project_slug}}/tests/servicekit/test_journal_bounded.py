@@ -27,6 +27,7 @@ from conftest import (
     ask,
     connect,
     is_reply,
+    journal_lines,
     journal_record,
     journal_requests,
     service_env,
@@ -409,49 +410,66 @@ def test_kill_9_at_every_step_of_a_merge_keeps_every_request_once(workdir: Path)
     assert steps >= 20, f"only {steps} kill points in two merges"
 
 
-# --- Requests still in handle at a compaction ---------------------------------------------------
+# --- Replay order is the order requests took effect ---------------------------------------------
 
+GATED_KEY_VALUE = textwrap.dedent(
+    """
+    import asyncio, logging, runpy
+    from app import protocol
 
-def test_unfinished_keeps_what_handle_has_not_returned_in_journal_order() -> None:
-    """What a compaction writes after the snapshot: a request leaves when its ``handle``
-    returns or raises; one object journaled twice (CPython shares one-byte strings) is
-    pending twice; a request never journaled (``needs_journal``) changes nothing; with no
-    ``handle`` suspended, what is left was never handed to ``handle`` and is dropped."""
-    from servicekit.journal import Unfinished
-
-    suspended = [True]
-    unfinished = Unfinished(quiet=lambda: not suspended[0])
+    store = {}
     gate = asyncio.Event()
 
-    async def handle(request: bytes) -> bytes:
-        if request.startswith(b"wait"):
+    def apply(request):
+        parts = request.split(b" ", 2)
+        if parts[0] in (b"SET", b"GATED-SET") and len(parts) == 3:
+            store[parts[1]] = parts[2]
+
+    async def handle(request):
+        parts = request.split(b" ", 2)
+        if parts[0] == b"GET":
+            return store.get(parts[1], b"(none)")
+        if parts[0] == b"OPEN":
+            gate.set()
+            return b"OK"
+        if parts[0] == b"GATED-SET":
+            logging.getLogger("gated").warning("gated: waiting for OPEN")
             await gate.wait()
-        if request == b"raise":
-            raise ValueError(request)
-        return request
+        apply(request)  # after the last await, as docs/protocol.md asks
+        return b"OK"
 
-    tracked = unfinished.track(handle)
-    first, second, shared = b"wait 1", b"set 2", b"x"
-    raising, unjournaled = b"raise", b"get 3"
-    unfinished.appended([first, second, shared, shared])
-    unfinished.appended([raising])
-    assert unfinished.requests() == [first, second, shared, shared, raising]
+    def recover(request):
+        apply(request)
 
-    async def scenario() -> None:
-        waiting = asyncio.ensure_future(tracked(first))
-        await asyncio.sleep(0)  # it is suspended in handle now
-        assert await tracked(second) == second
-        assert await tracked(shared) == shared
-        assert await tracked(unjournaled) == unjournaled
-        with pytest.raises(ValueError, match="raise"):
-            await tracked(raising)
-        assert unfinished.requests() == [first, shared]
-        gate.set()
-        assert await waiting == first
+    def needs_journal(request):
+        return not request.startswith((b"GET", b"OPEN"))
 
-    asyncio.run(scenario())
-    assert unfinished.requests() == [shared]  # journaled twice, handled once: never again
-    suspended[0] = False
-    assert unfinished.requests() == []
-    suspended[0] = True
-    assert unfinished.requests() == []
+    protocol.handle, protocol.recover = handle, recover
+    protocol.needs_journal = needs_journal
+    runpy.run_module("app", run_name="__main__")
+    """
+)
+
+
+def test_a_restart_rebuilds_what_clients_read_when_handle_awaits_before_it_writes(
+    workdir: Path,
+) -> None:
+    """Two clients set one key; the first to arrive awaits in ``handle`` and takes effect
+    last. A client read the later value before a ``kill -9``: the restart must rebuild that
+    value, so the journal must hold the two in the order they took effect, not arrived."""
+    (workdir / "gated").mkdir()
+    (workdir / "gated" / "__main__.py").write_text(GATED_KEY_VALUE)
+    env = service_env(APP_PORT="0", APP_JOURNAL_PATH="data/journal.log")
+    STARTED.append(service := Service(workdir, env, args=["-m", "gated"]))
+    with connect(service) as first, connect(service) as second:
+        first.sendall(b"GATED-SET k from-first\n")
+        service.wait_for("gated: waiting for OPEN")  # it arrived first, and waits
+        assert ask(second, b"SET k from-second\n") == b"OK\n"
+        assert ask(second, b"OPEN\n") == b"OK\n"
+        assert ask(first, b"") == b"OK\n"  # the gated SET's reply: it took effect last
+        assert ask(second, b"GET k\n") == b"from-first\n"  # what a client read
+    service.popen.kill()
+    service.wait()
+    STARTED.append(after := Service(workdir, env, args=["-m", "gated"]))
+    assert read_store(after, [b"k"]) == {b"k": b"from-first"}, journal_lines(service.journal)
+    assert after.stop() == ExitCode.OK, after.log
