@@ -452,7 +452,7 @@ GATED_KEY_VALUE = textwrap.dedent(
 
 
 def test_a_restart_rebuilds_what_clients_read_when_handle_awaits_before_it_writes(
-    workdir: Path,
+    workdir: Path, figure
 ) -> None:
     """Two clients set one key; the first to arrive awaits in ``handle`` and takes effect
     last. A client read the later value before a ``kill -9``: the restart must rebuild that
@@ -473,3 +473,8 @@ def test_a_restart_rebuilds_what_clients_read_when_handle_awaits_before_it_write
     STARTED.append(after := Service(workdir, env, args=["-m", "gated"]))
     assert read_store(after, [b"k"]) == {b"k": b"from-first"}, journal_lines(service.journal)
     assert after.stop() == ExitCode.OK, after.log
+    figure(
+        "replay-order",
+        "a handle that awaits before it writes, overtaken by another client's SET: after"
+        " kill -9 the restart rebuilds the value clients read (journal in effect order)",
+    )

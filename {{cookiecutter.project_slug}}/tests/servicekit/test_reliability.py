@@ -790,7 +790,7 @@ def test_a_client_that_reads_slowly_but_steadily_gets_every_reply(
 @posix_only
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_half_a_line_is_not_late_while_the_journal_holds_its_batch(
-    start_service: StartService, workdir: Path, loop: str
+    start_service: StartService, workdir: Path, loop: str, figure
 ) -> None:
     """Two lines and half a third arrive in one read; the journal cannot take the two yet (a
     FIFO nobody reads, already full). While their batch waits, the service reads nothing, so
@@ -832,6 +832,11 @@ def test_half_a_line_is_not_late_while_the_journal_holds_its_batch(
     assert b"first" in journaled, journaled[-200:]
     assert b"second" in journaled, journaled[-200:]
     assert "Traceback" not in service.log, service.log
+    figure(
+        "journal-wait",
+        "half a line while the journal held its batch (a full FIFO): no line timeout until"
+        " the service reads again; both replies, then the refusal",
+    )
 
 
 READS_FREE = textwrap.dedent(

@@ -324,7 +324,7 @@ MIMIC = textwrap.dedent(
 
 
 @posix_only
-def test_a_reply_that_reads_like_a_refusal_is_still_a_reply(workdir: Path, run_app) -> None:
+def test_a_reply_that_reads_like_a_refusal_is_still_a_reply(workdir: Path, run_app, figure) -> None:
     """Whatever ``handle`` answers, a client can tell it from the server's refusal: a reply
     that says ``error: shutting down`` was handled and journaled, and must not be retried
     as if it had been refused. A real refusal (here of a line too long) is still one."""
@@ -354,6 +354,11 @@ def test_a_reply_that_reads_like_a_refusal_is_still_a_reply(workdir: Path, run_a
         *(line.encode() + b"\n" for line in mimicked * 2 + ["drain"]),
         b"\x15forged refusal\n",
     ]
+    figure(
+        "refusal-marked",
+        "replies that read like refusals (error: shutting down, ...) stay replies and are"
+        " journaled; real refusals start with 0x15 (NAK), which no reply may",
+    )
 
 
 def _hang_up(server: socket.socket) -> None:
@@ -677,7 +682,7 @@ CANCELLING = textwrap.dedent(
 @pytest.mark.parametrize("log_format", ["text", "json"])
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_cancelled_error_raised_by_handle_is_that_requests_error(
-    workdir: Path, loop: str, log_format: str
+    workdir: Path, loop: str, log_format: str, figure
 ) -> None:
     """``handle`` raising CancelledError, at once or after an await, is a bug in that request,
     not a cancellation of anything the server runs: the client gets FAILED, the connection
@@ -715,6 +720,11 @@ def test_a_cancelled_error_raised_by_handle_is_that_requests_error(
         b"in the same batch\n",
         b"cancel now\n",
     ]
+    figure(
+        "cancelled-error",
+        "CancelledError raised by handle, at once or after an await: that request's error,"
+        " the connection goes on, one traceback each, exit 0 at SIGTERM",
+    )
 
 
 @posix_only
