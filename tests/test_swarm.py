@@ -397,10 +397,15 @@ class Stack:
         )
         deadline = time.monotonic() + 60
         label = f"com.docker.stack.namespace={self.name}"
-        while self.client.containers.list(all=True, filters={"label": label}):
+        # sparse: a full list inspects each container it found, and one that swarm removes in
+        # between fails the whole call with NotFound (seen in CI).
+        while self.client.containers.list(all=True, sparse=True, filters={"label": label}):
             if time.monotonic() > deadline:
-                for container in self.client.containers.list(all=True, filters={"label": label}):
-                    container.remove(force=True)
+                for container in self.client.containers.list(
+                    all=True, sparse=True, filters={"label": label}
+                ):
+                    with contextlib.suppress(docker.errors.NotFound):
+                        container.remove(force=True)
                 break
             time.sleep(0.2)
         with contextlib.suppress(docker.errors.APIError):
@@ -423,7 +428,7 @@ def _rolling_update(
     label = f"com.docker.swarm.service.name={stack.service_name}"
 
     def containers_running() -> int:
-        return len(docker_client.containers.list(filters={"label": label}))
+        return len(docker_client.containers.list(sparse=True, filters={"label": label}))
 
     try:
         stack.deploy()
@@ -638,7 +643,8 @@ def _update_a_stateful_service(
             "the last task to exit",
             lambda: (
                 not docker_client.containers.list(
-                    filters={"label": f"com.docker.swarm.service.name={stack.service_name}"}
+                    sparse=True,
+                    filters={"label": f"com.docker.swarm.service.name={stack.service_name}"},
                 )
             ),
             60,
