@@ -52,8 +52,8 @@ FIRST_LANE = frozenset(
 """The files of the first lane: every file that drives an engine (Docker, podman, systemd in a
 container, Prometheus, Wine), so that one engine's images, containers and swarm are used by
 one worker at a time, and the examples' generated suites, which even out the lanes. Measured
-in one CI run (seconds of test time): the engine files 913, test_examples 434; the second
-lane's generated suites (the workflow steps 511, the protocol swap 350-670) and the rest 180."""
+in CI (seconds of test time, two runs): the engine files 830-913, test_examples 286-434; the
+second lane's workflow steps 511-554, the protocol swap 275-669 and the rest about 180."""
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -61,10 +61,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Two lanes for ``-n 2`` (how ``.ci/run`` runs the suite on 2 cores).
 
     The suite is mostly waiting (a generated suite uses about 0.7 of a core), so two lanes
-    cut CI's time by about a third. The split is by file and fixed, not left to xdist's
-    balancing, which could run two engine files at once: ``FIRST_LANE`` on one worker, every
-    other file on the other. (xdist's own ``xdist_group`` marks would say the same, but its
-    ``loadgroup`` mode does not take effect under pytest 9.)
+    take about half the time of one (18:46 of tests instead of 34-37 minutes). The split is
+    by file and fixed, not left to xdist's balancing, which could run two engine files at
+    once: ``FIRST_LANE`` on one worker, every other file on the other. (xdist's own
+    ``xdist_group`` marks would say the same, but its ``loadgroup`` mode does not take effect
+    under pytest 9.)
     """
     from xdist.scheduler import LoadScopeScheduling
 

@@ -479,6 +479,22 @@ def wal_summary(results: dict[str, Any]) -> Row | None:
     )
 
 
+def _side_by_side(
+    results: dict[str, Any], variant: str, reference: str, mode: str
+) -> tuple[float, float] | None:
+    """``variant`` over ``reference`` in ``mode``: by rate and per server CPU-second; None if
+    either did not run."""
+    if not (tp(results, variant, mode) and tp(results, reference, mode)):
+        return None
+    return (
+        ratio(tp(results, variant, mode), tp(results, reference, mode)),
+        ratio(
+            tp(results, variant, mode, "per_cpu_second"),
+            tp(results, reference, mode, "per_cpu_second"),
+        ),
+    )
+
+
 def metrics_cost(results: dict[str, Any]) -> Row | None:
     """The rate with APP_METRICS_PORT on over the same service with it off, both modes.
 
@@ -487,12 +503,10 @@ def metrics_cost(results: dict[str, Any]) -> Row | None:
     """
     parts, ratios = [], []
     for mode in ("pingpong", "pipeline"):
-        on, off = tp(results, METRICS_ON, mode), tp(results, SERVICE_UVLOOP, mode)
-        if not (on and off):
+        if (pair := _side_by_side(results, METRICS_ON, SERVICE_UVLOOP, mode)) is None:
             continue
-        cpu_on = tp(results, METRICS_ON, mode, "per_cpu_second")
-        cpu_off = tp(results, SERVICE_UVLOOP, mode, "per_cpu_second")
-        rate, per_cpu = ratio(on, off), ratio(cpu_on, cpu_off)
+        rate, per_cpu = pair
+        on, off = tp(results, METRICS_ON, mode), tp(results, SERVICE_UVLOOP, mode)
         ratios.append(min(rate, per_cpu))
         parts.append(
             f"{mode} **{rate:.2f}** ({median(on):,.0f} vs {median(off):,.0f} lines/s), "
@@ -520,14 +534,9 @@ def checksum_cost(results: dict[str, Any]) -> Row | None:
     size = results.get("meta", {}).get("tp_size", 1024)
     parts, ratios = [], []
     for mode in ("pingpong", "pipeline"):
-        checked, plain = tp(results, SERVICE_UVLOOP, mode), tp(results, UNCHECKED, mode)
-        if not (checked and plain):
+        if (pair := _side_by_side(results, SERVICE_UVLOOP, UNCHECKED, mode)) is None:
             continue
-        rate = ratio(checked, plain)
-        per_cpu = ratio(
-            tp(results, SERVICE_UVLOOP, mode, "per_cpu_second"),
-            tp(results, UNCHECKED, mode, "per_cpu_second"),
-        )
+        rate, per_cpu = pair
         extra = us_per_line(results, SERVICE_UVLOOP, mode) - us_per_line(results, UNCHECKED, mode)
         ratios.append(min(rate, per_cpu))
         parts.append(

@@ -167,23 +167,20 @@ def seam_service(project: Path, journal: Path) -> ServerSpec:
 def journal_free_service(project: Path, journal: Path) -> ServerSpec:
     """The service on uvloop answering every request without journalling it, if the build
     knows ``needs_journal`` (procs/journal_free_service.py)."""
-    return ServerSpec(
-        name=JOURNAL_FREE_NAME,
-        argv=[sys.executable, str(PROCS / "journal_free_service.py"), str(project)],
-        cwd=project,
-        env=service_env(journal, APP_USE_UVLOOP="1"),
-        journal=journal,
-        ready_stream="stderr",
-        ready_pattern=SERVICE_READY,
-    )
+    return _service_variant(JOURNAL_FREE_NAME, "journal_free_service.py", project, journal)
 
 
 def unchecked_journal_service(project: Path, journal: Path) -> ServerSpec:
     """The service on uvloop with its journal records written without their CRC-32
     (procs/unchecked_journal_service.py): the checksum's cost is the difference."""
+    return _service_variant(UNCHECKED_NAME, "unchecked_journal_service.py", project, journal)
+
+
+def _service_variant(name: str, script: str, project: Path, journal: Path) -> ServerSpec:
+    """The baked service on uvloop, started by one of procs/ with one thing changed."""
     return ServerSpec(
-        name=UNCHECKED_NAME,
-        argv=[sys.executable, str(PROCS / "unchecked_journal_service.py"), str(project)],
+        name=name,
+        argv=[sys.executable, str(PROCS / script), str(project)],
         cwd=project,
         env=service_env(journal, APP_USE_UVLOOP="1"),
         journal=journal,
