@@ -38,8 +38,10 @@ RECOVERING = textwrap.dedent(
         print("recover() saw", request.decode(), file=sys.stderr, flush=True)
         if request == b"boom":
             raise ValueError("recover cannot take this request")
-        if request == b"slow":
-            time.sleep(600)  # a replay far longer than anyone waits: only a signal ends it
+        if request == b"slow":  # a replay far longer than anyone waits: only a signal ends
+            for _ in range(60_000):  # it. Short steps, as a real replay's work is: one long C
+                time.sleep(0.01)  # call hears a signal the kernel gave another thread only
+                # when it returns (docs/protocol.md, "recover")
 
     protocol.recover = recover
     runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
