@@ -597,7 +597,7 @@ class _Connection(asyncio.BufferedProtocol):
         batch.pings_only = not requests
         batch.too_long = too_long
         if requests and server.needs_journal is not None:
-            requests = [line for line in requests if server.needs_journal(line)]
+            requests = server.to_journal(requests)
         reply = replies.append
         run_inline = server.run_inline
         for n, line in enumerate(parts):

@@ -38,10 +38,12 @@ RECOVERING = textwrap.dedent(
         print("recover() saw", request.decode(), file=sys.stderr, flush=True)
         if request == b"boom":
             raise ValueError("recover cannot take this request")
-        if request == b"slow":  # a replay far longer than anyone waits: only a signal ends
-            for _ in range(60_000):  # it. Short steps, as a real replay's work is: one long C
-                time.sleep(0.01)  # call hears a signal the kernel gave another thread only
-                # when it returns (docs/protocol.md, "recover")
+        if request == b"slow":
+            # A replay far longer than anyone waits: only a signal ends it. In short steps,
+            # as a real replay works: one long C call hears a signal that the kernel gave
+            # another thread only when it returns (docs/protocol.md, "Protocol").
+            for _ in range(60_000):
+                time.sleep(0.01)
 
     protocol.recover = recover
     runpy.run_module("app", run_name="__main__")  # app/__main__.py: lifespan, settings
