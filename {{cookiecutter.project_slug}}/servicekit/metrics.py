@@ -224,8 +224,9 @@ class ServiceCollector:
         )
         closed = CounterMetricFamily(
             PREFIX + "connections_closed",
-            "Served connections closed, by why: client, idle, line_timeout, too_long, drain,"
-            " journal (a batch not journaled), reset (lost before it could end).",
+            "Served connections closed, by why: client, idle, line_timeout, too_long,"
+            " unread_pushes, drain, journal (a batch not journaled), reset (lost before it"
+            " could end).",
             labels=["reason"],
         )
         for reason in END_REASONS:

@@ -31,6 +31,13 @@ Limits keep one client from hurting the others or the memory:
   re-arming itself lazily when they move;
 - connections past ``max_connections`` are turned away politely with TOO_MANY.
 
+Lines pushed to a client outside any reply (``servicekit.connection``: ``push()``) follow the
+same rules as replies: held until the journal has what caused them (``Server.hold_push``),
+written after the replies of a batch in progress, never moving a connection's state under
+its batch; a client that lets more than PUSH_LIMIT bytes wait is ended with UNREAD_PUSHES.
+``handle`` finds its connection through a context variable set once per batch, and the
+public view of it is made only when asked for.
+
 Accepting is the server's own loop (``sock_accept``), so running out of file descriptors
 pauses accepting briefly and is logged once per ACCEPT_LOG_INTERVAL with a count, instead of
 going to the loop's exception handler (which stops the service).
@@ -80,6 +87,7 @@ import types
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, cast
 
+from servicekit.connection import CURRENT, PUSH_LIMIT, Connection
 from servicekit.journal import Journal
 from servicekit.tally import Histogram
 
@@ -93,6 +101,7 @@ TOO_MANY = REFUSAL + b"error: too many connections\n"
 SHUTTING_DOWN = REFUSAL + b"error: shutting down\n"
 LINE_TOO_LONG = REFUSAL + b"error: line longer than %d bytes\n"
 LINE_TOO_SLOW = REFUSAL + b"error: line not completed within %gs\n"
+UNREAD_PUSHES = REFUSAL + b"error: too many unread pushes\n"
 FAILED = b"error: internal error"
 """The reply to a request whose ``handle`` raised; the log has the traceback. A reply, not a
 refusal: the request was journaled and handled."""
@@ -216,6 +225,26 @@ class Server:
         """Closed connections by why they ended (``_end_reason``), refused ones included."""
         self.handling: Histogram | None = None
         """Seconds from a batch's read to its replies' write; timed only while metrics are on."""
+        self.held: list[tuple[_Connection, bytes]] = []
+        """Pushes made in this step of the loop, held until the journal has what caused them
+        (``hold_push``); a release is scheduled whenever it is not empty."""
+
+    def hold_push(self, connection: _Connection, line: bytes) -> None:
+        """Send ``line`` to ``connection`` once the journal's writes under way at the end of
+        this step of the loop are done: the request that made the push (journaled when its
+        ``handle`` returns, in this step) is then in the journal, as for a reply."""
+        held = self.held
+        held.append((connection, line))
+        if len(held) == 1:
+            self.loop.call_soon(self._release_held)
+
+    def _release_held(self) -> None:
+        held, self.held = self.held, []
+        written = self.last_written
+        if written is None or written.done():
+            _deliver(held, written)
+        else:
+            written.add_done_callback(functools.partial(_deliver, held))
 
     def to_journal(self, lines: Sequence[bytes]) -> list[bytes]:
         """The requests among ``lines`` that the journal takes: not the health pings (empty
@@ -364,6 +393,17 @@ class Server:
             self._accept_logged_at = now
 
 
+def _deliver(held: list[tuple[_Connection, bytes]], written: asyncio.Future[None] | None) -> None:
+    """Hand held pushes to their connections, unless the journal failed to write what made
+    them (the service is stopping, and has said why): then they are dropped, as replies are."""
+    if written is not None and (written.cancelled() or written.exception() is not None):
+        for connection, line in held:
+            connection.pushed -= len(line) + 1
+        return
+    for connection, line in held:
+        connection.deliver(line)
+
+
 def _report_failure(acceptor: asyncio.Task[None]) -> None:
     """An accept loop that ended by an error: raise it to the loop's handler (which stops the
     service under APP_STOP_ON_ERROR) instead of accepting nothing, silently, from now on."""
@@ -438,12 +478,16 @@ class _Connection(asyncio.BufferedProtocol):
         "began",
         "buffer",
         "deadline",
+        "deferred",
         "end_deadline",
         "eof",
         "last_input",
         "line_deadline",
+        "overrun",
         "paused",
         "pending",
+        "public",
+        "pushed",
         "reason",
         "refused",
         "server",
@@ -486,6 +530,16 @@ class _Connection(asyncio.BufferedProtocol):
         """Why it ended, for the metrics: set by ``_end``; "reset" if it was lost before."""
         self.began = 0.0
         """When the batch in progress was read (``_clock``), if metrics time batches."""
+        self.public: Connection | None = None
+        """What ``servicekit.connection.current()`` gives ``handle``: made on first use."""
+        self.pushed = 0
+        """Bytes of pushes held or deferred, not yet in the transport (with their newlines)."""
+        self.deferred: list[bytes] | None = None
+        """Pushes released while a batch was in progress (HANDLING): ``_send`` writes them
+        after its replies, so that a push's write never moves the state under the batch."""
+        self.overrun = False
+        """More than PUSH_LIMIT bytes waited for the client during a batch: once its replies
+        are sent, the connection ends with UNREAD_PUSHES."""
 
     # --- the transport's callbacks ------------------------------------------------------
 
@@ -552,6 +606,54 @@ class _Connection(asyncio.BufferedProtocol):
             self.server.serving -= 1
         self.server.ended[self.reason] += 1
         self.server.forget(self)
+        if self.public is not None:
+            self.public.closing()
+
+    # --- what the protocol sees: servicekit.connection ------------------------------------
+
+    def view(self) -> Connection:
+        if self.public is None:
+            peer = self.transport.get_extra_info("peername")
+            if isinstance(peer, tuple):
+                host, port = str(peer[0]), peer[1]
+                peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self.public = Connection(self, str(peer))
+        return self.public
+
+    def is_open(self) -> bool:
+        return self.state is not ENDING and self.state is not CLOSED
+
+    def push_line(self, line: bytes) -> bool:
+        """Hold ``line`` for the client (``Server.hold_push``), or end the connection if more
+        than PUSH_LIMIT bytes already wait for it; see ``servicekit.connection``."""
+        if type(line) is not bytes or NEWLINE in line or line.startswith(REFUSAL):
+            raise ValueError(
+                f"a push must be one line of bytes, not starting with 0x15: {line!r:.40}"
+            )
+        if not self.is_open() or self.overrun:
+            return False
+        size = len(line) + 1
+        if self.transport.get_write_buffer_size() + self.pushed + size > PUSH_LIMIT:
+            if self.state is HANDLING:
+                self.overrun = True  # its replies go out first: they answer handled requests
+            else:
+                self._end(UNREAD_PUSHES)
+            return False
+        self.pushed += size
+        self.server.hold_push(self, line)
+        return True
+
+    def deliver(self, line: bytes) -> None:
+        """Write a released push now, or after the batch in progress (``deferred``)."""
+        state = self.state
+        if state is HANDLING:
+            if self.deferred is None:
+                self.deferred = []
+            self.deferred.append(line)
+            return
+        self.pushed -= len(line) + 1
+        if state is not ENDING and state is not CLOSED:
+            self.transport.write(line + b"\n")  # may call pause_writing(): BLOCKED
 
     # --- batches ------------------------------------------------------------------------
 
@@ -585,6 +687,7 @@ class _Connection(asyncio.BufferedProtocol):
         if not parts:
             self._after(too_long)
             return
+        _set_current(self)  # servicekit.connection.current(), for handle
         requests = parts if all(parts) else [line for line in parts if line]
         if requests is not parts:  # health pings are rare: not counted on the common path
             server.pings += len(parts) - len(requests)
@@ -687,6 +790,11 @@ class _Connection(asyncio.BufferedProtocol):
             return
         if self.state is not HANDLING:  # closed meanwhile
             return
+        if self.deferred is not None:  # pushes released during the batch: after its replies
+            pushes, self.deferred = self.deferred, None
+            pushes.append(b"")
+            data += b"\n".join(pushes)
+            self.pushed -= len(pushes) - 1 + sum(map(len, pushes))
         self.transport.write(data)  # may call pause_writing(): BLOCKED
         if self.server.handling is not None:
             self.server.handling.observe(_clock() - self.began)
@@ -696,6 +804,8 @@ class _Connection(asyncio.BufferedProtocol):
         """A batch is over: refuse the line too long that followed it, else go on."""
         if too_long:
             self._end(LINE_TOO_LONG % self.server.max_line_bytes)
+        elif self.overrun:
+            self._end(UNREAD_PUSHES)
         else:
             self._next()
 
@@ -871,10 +981,12 @@ class Replies:
 
 
 END_REASONS = (
-    "client", "idle", "line_timeout", "too_long", "drain", "journal", "full", "draining", "reset"
+    "client", "idle", "line_timeout", "too_long", "unread_pushes", "drain", "journal", "full",
+    "draining", "reset",
 )  # fmt: skip
 """Why a connection ended: the metrics' ``reason`` label, a fixed set (see ``_end_reason``)."""
 _clock = time.perf_counter
+_set_current = CURRENT.set
 """Times batches: the loop's own clock has 1 ms steps under uvloop."""
 
 
@@ -886,6 +998,8 @@ def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
         return "client" if connection.eof else "idle"
     if last_line == SHUTTING_DOWN:  # the drain, or a journal that could not write the batch
         return "drain" if connection.server.phase is DRAINING else "journal"
+    if last_line == UNREAD_PUSHES:
+        return "unread_pushes"
     return "too_long" if last_line.startswith(LINE_TOO_LONG[:25]) else "line_timeout"
 
 
