@@ -44,6 +44,7 @@ PROTOCOL = textwrap.dedent(
 
     log = logging.getLogger("pushy")
     topics: dict[bytes, set[Connection]] = {}
+    go = asyncio.Event()
 
 
     def unsubscribe(connection: Connection) -> None:
@@ -78,6 +79,14 @@ PROTOCOL = textwrap.dedent(
             return b"OK"
         if command == b"KEPT":
             return connection.data.get("kept", b"nothing")
+        if command == b"WAIT":  # suspends until GO: its batch stays in progress
+            log.info("waiting for GO")
+            await go.wait()
+            go.clear()
+            return b"WAITED"
+        if command == b"GO":
+            go.set()
+            return b"OK"
         if command == b"BAD-PUSH":
             connection.push(b"two\\nlines")
         return b"?"
@@ -228,6 +237,30 @@ def test_pushes_during_a_batch_leave_its_replies_whole_and_in_order(
     assert [line for line in got if line.startswith(b"MSG")] == [
         b"MSG m%d" % n for n in range(lines)
     ]
+
+
+def test_pushes_to_a_connection_whose_handle_is_suspended_wait_for_its_reply(
+    start_pushy: StartService,
+) -> None:
+    """The subscriber's batch is in progress (its WAIT is suspended) and it does not read,
+    while more is pushed to it than the 64 KiB after which a connection stops reading: those
+    pushes wait for its reply, which must still be sent, then go out behind it."""
+    service = start_pushy()
+    text = b"y" * 1000
+    count = 150  # 150 KB: past the 64 KiB mark, below the 256 KiB limit
+    with socket.socket() as slow, connect(service) as publisher:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
+        slow.settimeout(HANG_GUARD)
+        slow.connect((service.host, service.port))
+        assert ask(slow, b"SUB t\n") == b"OK\n"
+        slow.sendall(b"WAIT\n")
+        service.wait_for("waiting for GO")
+        for _ in range(count):
+            assert ask(publisher, b"PUB t " + text + b"\n") == b"1\n"
+        assert ask(publisher, b"GO\n") == b"OK\n"
+        lines = [read_line(slow) for _ in range(count + 1)]
+    assert lines[0] == b"WAITED\n"
+    assert lines[1:] == [b"MSG " + text + b"\n"] * count
 
 
 def test_a_subscriber_that_does_not_read_is_bounded_and_told(start_pushy: StartService) -> None:
