@@ -406,7 +406,12 @@ if hasattr(os, "register_at_fork"):
 
 
 def has_state(protocol: ServiceProtocol) -> bool:
-    """True if the protocol keeps state: it has a ``recover`` that does something."""
+    """True if the protocol keeps state: it has a ``recover`` that does something, or says
+    so with ``KEEPS_STATE = True`` (state that lives only in the process, like a chat's
+    subscribers, which no journal rebuilds but which workers would split all the same)."""
+    declared = getattr(protocol, "KEEPS_STATE", None)
+    if isinstance(declared, bool):
+        return declared
     recover = getattr(protocol, "recover", None)
     return recover is not None and not does_nothing(recover)
 
@@ -425,10 +430,10 @@ def check_workers_and_state(settings: Settings, protocol: ServiceProtocol) -> No
         return
     raise ConfigError(
         f"APP_WORKERS={settings.workers} with a protocol that keeps state (its recover() does"
-        " something): each worker would hold and answer from its own part of the state; use"
-        " APP_WORKERS=1 and scale out with a shared database or by routing each key to one"
-        " instance, or set APP_STATE_PER_WORKER=1 if each worker holding its own state is"
-        " what you want"
+        " something, or KEEPS_STATE is True): each worker would hold and answer from its own"
+        " part of the state; use APP_WORKERS=1 and scale out with a shared database or by"
+        " routing each key to one instance, or set APP_STATE_PER_WORKER=1 if each worker"
+        " holding its own state is what you want"
     )
 
 

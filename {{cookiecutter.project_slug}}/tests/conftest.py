@@ -54,19 +54,20 @@ def child_pythonpath(environ: Mapping[str, str] = os.environ) -> str:
     return os.pathsep.join(filter(None, entries))
 
 
-def skip_if_the_protocol_keeps_state() -> None:
-    """For the few inherited tests whose subject is what a protocol without state gets.
+def skip_if_the_journal_rebuilds_state() -> None:
+    """For the few inherited tests whose subject is the journal of a protocol whose
+    ``recover`` does nothing (it is rotated, not compacted, and may move under the service).
 
     Called in the test, not at import: the template's own suite loads this file too, where
     there is no ``app`` to import.
     """
     from app import protocol
-    from servicekit.service import has_state
+    from servicekit.service import does_nothing
 
-    if has_state(protocol):
+    if not does_nothing(protocol.recover):
         pytest.skip(
-            "about a protocol without state; this project's protocol keeps state (one with"
-            " state is tested by its own tests with a key-value store)"
+            "about a journal nothing is rebuilt from; this project's recover rebuilds state"
+            " from it (such a journal is tested by its own tests with a key-value store)"
         )
 
 

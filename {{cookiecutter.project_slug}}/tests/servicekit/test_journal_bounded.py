@@ -31,7 +31,7 @@ from conftest import (
     journal_record,
     journal_requests,
     service_env,
-    skip_if_the_protocol_keeps_state,
+    skip_if_the_journal_rebuilds_state,
 )
 
 from servicekit.exitcodes import ExitCode
@@ -269,7 +269,7 @@ def test_disk_use_stays_bounded_for_the_echo(
 ) -> None:
     """A protocol without state: past APP_JOURNAL_MAX_BYTES the journal is rotated, and only
     two old files are kept, however much is sent."""
-    skip_if_the_protocol_keeps_state()
+    skip_if_the_journal_rebuilds_state()
     limit = 64 * 1024
     service = start_service(APP_JOURNAL_MAX_BYTES=str(limit))
     folder = service.journal.parent

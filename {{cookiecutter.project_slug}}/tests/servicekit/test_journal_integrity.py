@@ -33,7 +33,7 @@ from conftest import (
     journal_record,
     journal_requests,
     service_env,
-    skip_if_the_protocol_keeps_state,
+    skip_if_the_journal_rebuilds_state,
 )
 
 from servicekit.exitcodes import ExitCode
@@ -256,7 +256,7 @@ def test_a_journal_rotated_under_a_protocol_without_state_goes_on_in_a_new_file(
 ) -> None:
     """``mv``, ``rm`` and copytruncate while the echo runs are each noticed, said once in the
     log, and what follows goes to a new file at the path, never to one nobody will find."""
-    skip_if_the_protocol_keeps_state()
+    skip_if_the_journal_rebuilds_state()
     service = start_service()
     journal = service.journal
     moved = journal.with_name("journal.log.1")

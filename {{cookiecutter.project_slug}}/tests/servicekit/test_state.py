@@ -127,3 +127,19 @@ def test_a_protocol_without_state_needs_no_choice(counter: Path) -> None:
     process = start_counter(counter, APP_WORKERS="2")
     process.wait_for(r"listening on \S+:\d+")
     assert process.stop() == ExitCode.OK, process.log
+
+
+@reuse_port_only
+def test_state_only_in_the_process_is_refused_too_when_the_protocol_says_so(
+    counter: Path,
+) -> None:
+    """A chat keeps its subscribers in the process and journals nothing to rebuild: its
+    recover is empty, yet two workers would split the subscribers; KEEPS_STATE says so."""
+    (counter / "counter" / "protocol.py").write_text(
+        "KEEPS_STATE = True\n\n\nasync def handle(request: bytes) -> bytes:\n"
+        "    return request\n\n\ndef recover(request: bytes) -> None:\n    pass\n"
+    )
+    process = start_counter(counter, APP_WORKERS="2")
+    assert process.wait() == ExitCode.CONFIG, process.log
+    [line] = process.lines
+    assert "KEEPS_STATE" in line, line
