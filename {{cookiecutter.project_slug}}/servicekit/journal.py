@@ -11,16 +11,20 @@ round trip, so ``APP_JOURNAL_FSYNC`` chooses, like Redis's ``appendfsync``:
   last second of acknowledged requests;
 - ``never``: fsync only when the service stops.
 
-Group commit keeps this fast: requests appended from every connection while a write or an
-fsync is under way go out together in the next single write, and their replies are released
-together. A write to a regular file only copies the batch into the OS's page cache, which
-takes microseconds, less than handing it to a thread and back; so regular files are written on
-the event loop, and only fsync, which waits for the disk, runs in the runtime's executor, where
-a slow disk stalls the connections waiting on it, never the loop. (A write can still wait
-when the OS throttles a process that has too much unwritten data.) A device or a FIFO can
-block until its reader catches up, so those are written in the executor too. The writer is a
-task protected by ``shutdown_waits_for``: the runtime does not cancel it, and the shutdown
-waits for its last write and fsync. It is this service's example of protected work.
+Group commit keeps this fast: requests appended by every connection in one turn of the event
+loop go out together in one write (``os.writev`` of their chunks, no copy into one buffer),
+and their replies are released together. A write to a regular file only copies the batch into
+the OS's page cache, which takes microseconds, less than handing it to a thread and back; so
+regular files are written on the event loop, by ``_flush``, scheduled once per turn with
+``call_soon`` (which runs after the turn's reads), and only fsync, which waits for the disk,
+runs in the runtime's executor, where a slow disk stalls the connections waiting on it, never
+the loop. (A write can still wait when the OS throttles a process that has too much unwritten
+data.) Everything else is the writer's, a task: fsync, compaction, rotation, the writes under
+``always`` (each waits for its fsync) and to a device or a FIFO (which can block until its
+reader catches up, so they go through the executor too); while it works (``_busy``), appends
+wait for it in order, and the next write takes them all. The writer is protected by
+``shutdown_waits_for``: the runtime does not cancel it, and the shutdown waits for its last
+write and fsync. It is this service's example of protected work.
 
 **Format.** A journal file starts with the line ``HEADER``; then each record is one line: the
 request, a space, and the CRC-32 of the request as 8 lowercase hex digits, so ``cat``,
@@ -219,6 +223,11 @@ class Journal:
         self._queued: list[bytes] = []
         self._queued_lines = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        """A ``_flush`` is queued with ``call_soon``: appends of this turn join it."""
+        self._busy = False
+        """The writer task is at work (it may be awaiting the executor with the file): only
+        it writes until it is done, so ``_flush`` hands the queue to it instead."""
         self._wakeup = asyncio.Event()
         self._closing = False
         self._unsynced = False
@@ -466,15 +475,58 @@ class Journal:
 
         Only then may their replies be sent. Fails with the OSError if the journal failed.
         """
-        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
         if self._error is not None:
             _fail_quietly(done, self._error)
             return done
         self._queued.append(encode(requests))
         self._queued_lines += len(requests)
         self._waiters.append(done)
-        self._wakeup.set()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         return done
+
+    def _flush(self) -> None:
+        """Write what this turn appended, on the loop, unless the writer task must.
+
+        The writer does it when it is at work (it owns the file until it is done), for the
+        ``always`` policy (the fsync waits in the executor), for a file that may block, and
+        once closing began; it is woken here for what only it does: the first fsync due
+        under ``interval`` after a write, a compaction or a rotation.
+        """
+        self._flush_scheduled = False
+        if not self._queued:
+            return
+        if (
+            self._busy
+            or self._closing
+            or not self._syncable
+            or self.fsync_policy is FsyncPolicy.ALWAYS
+            or self._fd is None
+        ):
+            self._wakeup.set()
+            return
+        was_unsynced = self._unsynced
+        chunks, lines, waiters = self._take()
+        try:
+            if time.monotonic() >= self._next_path_check:
+                self._check_still_ours()
+            self._write(chunks, lines)
+        except OSError as error:
+            self._fail(error, lines, waiters)
+            self._wakeup.set()  # the writer ends with the error, which reports it
+            return
+        _release(waiters)
+        if not was_unsynced or self._compaction_due() or self._rotation_due():
+            self._wakeup.set()
+
+    def _take(self) -> tuple[list[bytes], int, list[asyncio.Future[None]]]:
+        """The queued chunks, their line count and their waiters; the queue is empty after."""
+        taken = self._queued, self._queued_lines, self._waiters
+        self._queued, self._queued_lines, self._waiters = [], 0, []
+        return taken
 
     async def close(self, grace: float) -> None:
         """Write everything queued, fsync and close; wait for that at most ``grace`` seconds.
@@ -491,33 +543,38 @@ class Journal:
         loop = asyncio.get_running_loop()
         while not (self._closing and not self._queued):
             await self._next_wakeup()
-            if self._queued:
-                batch, lines, waiters = b"".join(self._queued), self._queued_lines, self._waiters
-                self._queued, self._queued_lines, self._waiters = [], 0, []
-                try:
-                    if self._syncable:  # a regular file: the page cache takes it at once
-                        if time.monotonic() >= self._next_path_check:
-                            self._check_still_ours()
-                        self._write(batch, lines)
-                    else:  # a device or FIFO can block until its reader catches up
-                        await loop.run_in_executor(None, self._write, batch, lines)
-                    if self.fsync_policy is FsyncPolicy.ALWAYS or self._sync_due():
-                        await loop.run_in_executor(None, self._sync)
-                    if self._compaction_due():
-                        lines += self._queued_lines  # answered with the new file
-                        await self._compact_while_serving(loop, waiters)
-                    elif self._rotation_due():
-                        await loop.run_in_executor(None, self._rotate)
-                except OSError as error:
-                    self._fail(error, lines, waiters)
-                    raise
-                for waiter in waiters:
-                    if not waiter.done():  # a connection that was aborted stopped waiting
-                        waiter.set_result(None)
-            elif self._sync_due():
-                await loop.run_in_executor(None, self._sync)
+            if self._error is not None:
+                raise self._error  # a write by _flush failed: end with it, which reports it
+            self._busy = True
+            try:
+                await self._work(loop)
+            finally:
+                self._busy = False
         await loop.run_in_executor(None, self._sync_and_close)
         logger.info("journal flushed: %d line(s) in %s", self.lines_written, self.path)
+
+    async def _work(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One round of the writer: what is queued, then the fsync, compaction or rotation due."""
+        chunks, lines, waiters = self._take()
+        try:
+            if chunks:
+                if self._syncable:  # a regular file: the page cache takes it at once
+                    if time.monotonic() >= self._next_path_check:
+                        self._check_still_ours()
+                    self._write(chunks, lines)
+                else:  # a device or FIFO can block until its reader catches up
+                    await loop.run_in_executor(None, self._write, chunks, lines)
+            if (chunks and self.fsync_policy is FsyncPolicy.ALWAYS) or self._sync_due():
+                await loop.run_in_executor(None, self._sync)
+            if self._compaction_due():
+                lines += self._queued_lines  # answered with the new file
+                await self._compact_while_serving(loop, waiters)
+            elif self._rotation_due():
+                await loop.run_in_executor(None, self._rotate)
+        except OSError as error:
+            self._fail(error, lines, waiters)
+            raise
+        _release(waiters)
 
     async def _next_wakeup(self) -> None:
         """Wait for new requests, or for the moment the interval policy owes an fsync."""
@@ -746,22 +803,23 @@ class Journal:
         _fsync_folder(self.path.parent)
         logger.info("journal: compacted %s from %d to %d bytes", self.path, before, self._size)
 
-    def _write(self, batch: bytes, lines: int) -> None:
+    def _write(self, chunks: list[bytes], lines: int) -> None:
         """One write for the whole batch; a failed one is cut back to the last whole line."""
         assert self._fd is not None, "open() the journal before start()"
         if self._needs_header:
-            batch = HEADER + batch
+            chunks = [HEADER, *chunks]
+        size = sum(map(len, chunks))
         began = time.perf_counter()
         try:
-            _write_all(self._fd, batch)
+            _write_chunks(self._fd, chunks, size)
         except OSError:
             self._cut_back()
             raise
         self.write_seconds.observe(time.perf_counter() - began)
         self.batch_lines.observe(lines)
-        self.bytes_written += len(batch)
+        self.bytes_written += size
         self._needs_header = False
-        self._size += len(batch)
+        self._size += size
         self.lines_written += lines
         self._unsynced = True
 
@@ -1052,6 +1110,32 @@ def _read_at(fd: int, size: int, offset: int) -> bytes:
         chunks.append(chunk)
         size -= len(chunk)
     return b"".join(chunks)
+
+
+def _release(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # a connection that was aborted stopped waiting
+            waiter.set_result(None)
+
+
+if sys.platform == "win32":
+    _IOV_MAX = 1
+else:
+    _IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16)
+"""Most buffers one ``os.writev`` takes (1024 on Linux); Windows has no ``writev``."""
+
+
+def _write_chunks(fd: int, chunks: list[bytes], size: int) -> None:
+    """Write ``chunks`` (``size`` bytes in all) in order: one ``os.writev`` when it can take
+    them all, which spares joining them into one more copy of every byte."""
+    if sys.platform != "win32" and 1 < len(chunks) <= _IOV_MAX:
+        written = os.writev(fd, chunks)
+        if written == size:
+            return
+        data = b"".join(chunks)[written:]  # a short write, rare on a regular file
+    else:
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    _write_all(fd, data)
 
 
 def _write_all(fd: int, data: bytes) -> None:

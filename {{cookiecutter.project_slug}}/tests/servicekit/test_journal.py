@@ -243,12 +243,13 @@ def test_requests_are_on_file_before_the_append_is_done(tmp_path: Path) -> None:
 def test_group_commit_writes_everything_queued_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Appends from many connections that arrive while nothing is written make one write."""
+    """Appends from many connections in one turn of the loop make one write (a ``writev`` of
+    their records where there is one)."""
 
     async def scenario(journal: Journal) -> None:
-        writes = Counted(monkeypatch, "write")
+        writes = [Counted(monkeypatch, name) for name in ("write", "writev") if hasattr(os, name)]
         await asyncio.gather(*(journal.append([b"connection %d" % n]) for n in range(50)))
-        assert writes.calls == 1
+        assert sum(counted.calls for counted in writes) == 1
 
     run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
     lines = journal_requests(tmp_path / "journal.log").splitlines()
