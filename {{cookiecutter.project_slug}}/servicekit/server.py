@@ -1,9 +1,10 @@
 """The connection layer: lines in, ``protocol.handle`` replies out, journal first, drain last.
 
 Each connection is an ``asyncio.BufferedProtocol``, not a task: an idle connection holds no
-coroutine, no read buffer and no task, only its transport and one timer. The loop reads into a
-buffer shared by all connections (on Windows, whose loop reads ahead, each connection has its
-own); what one read brought is handled as a batch:
+coroutine, no read buffer, no task and no timer, only its transport and an entry in the
+server's heap of deadlines. The loop reads into a buffer shared by all connections (on
+Windows, whose loop reads ahead, each connection has its own); what one read brought is
+handled as a batch:
 
 1. every complete line in it (at most TURN_LINES) is split off; an empty line is a health
    ping, answered here and never journaled;
@@ -27,8 +28,9 @@ Limits keep one client from hurting the others or the memory:
   client whose half line waits because the server stopped reading it (a batch in progress,
   replies the client has not taken yet) is not late, only slow to read, and a slow reader
   is served at its own pace. A connection that stays silent, or does not read our replies,
-  is closed after ``idle_timeout``. One timer per connection watches both deadlines,
-  re-arming itself lazily when they move;
+  is closed after ``idle_timeout``. One entry per connection in the server's heap of
+  deadlines (``Server.watch_at``, one timer for them all) watches both, re-armed lazily
+  when they move;
 - connections past ``max_connections`` are turned away politely with TOO_MANY.
 
 Lines pushed to a client outside any reply (``servicekit.connection``: ``push()``) follow the
@@ -77,6 +79,8 @@ import asyncio
 import enum
 import errno
 import functools
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -225,9 +229,52 @@ class Server:
         """Closed connections by why they ended (``_end_reason``), refused ones included."""
         self.handling: Histogram | None = None
         """Seconds from a batch's read to its replies' write; timed only while metrics are on."""
+        self.deadlines: list[tuple[float, int, _Connection]] = []
+        """A heap of ``(when, sequence, connection)``: when each connection wants its
+        ``watch()`` called (``watch_at``). One timer for the server, at the earliest, instead
+        of one per connection, which cost more memory than the rest of an idle connection.
+        An entry is stale once its connection armed again or closed (its ``armed_at`` is no
+        longer ``when``): dropped when popped, or all at once when they pile up."""
+        self._sequence = itertools.count()
+        """Breaks ties between equal times in ``deadlines``: connections do not compare."""
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf
+        """When ``_sweep_timer`` fires; -inf while a sweep runs (it schedules the next)."""
         self.held: list[tuple[_Connection, bytes]] = []
         """Pushes made in this step of the loop, held until the journal has what caused them
         (``hold_push``); a release is scheduled whenever it is not empty."""
+
+    def watch_at(self, connection: _Connection, when: float) -> None:
+        """Call ``connection.watch()`` at event-loop time ``when`` (unless it arms again)."""
+        deadlines = self.deadlines
+        heapq.heappush(deadlines, (when, next(self._sequence), connection))
+        if len(deadlines) > 2 * len(self.connections) + 64:
+            self.deadlines = [entry for entry in deadlines if entry[2].armed_at == entry[0]]
+            heapq.heapify(self.deadlines)
+        if when < self._sweep_at:
+            self._schedule_sweep(when)
+
+    def _schedule_sweep(self, when: float) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_at = when
+        self._sweep_timer = self.loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Watch every connection whose time has come; the timer then goes to the next."""
+        self._sweep_timer = None
+        self._sweep_at = -math.inf  # what they arm now is in the heap, looked at below
+        now = self.loop.time()
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            when, _, connection = heapq.heappop(deadlines)
+            if connection.armed_at == when:
+                connection.armed_at = math.inf  # fired: nothing is armed until it arms again
+                connection.watch()
+            deadlines = self.deadlines  # watch_at may have dropped the stale entries
+        self._sweep_at = math.inf
+        if deadlines:
+            self._schedule_sweep(deadlines[0][0])
 
     def hold_push(self, connection: _Connection, line: bytes) -> None:
         """Send ``line`` to ``connection`` once the journal's writes under way at the end of
@@ -493,7 +540,6 @@ class _Connection(asyncio.BufferedProtocol):
         "server",
         "state",
         "task",
-        "timeout_timer",
         "transport",
     )
 
@@ -523,9 +569,8 @@ class _Connection(asyncio.BufferedProtocol):
         """ENDING only: when the connection is aborted if it has not closed by then."""
         self.last_input = 0.0
         """ENDING only: when input last arrived (thrown away); quiet after QUIET_SECONDS."""
-        self.timeout_timer: asyncio.TimerHandle | None = None
-        """The one timer watching the deadlines; it fires at ``armed_at``."""
-        self.armed_at = 0.0
+        self.armed_at = math.inf
+        """When the server calls ``watch()`` (``Server.watch_at``); inf: nothing is armed."""
         self.reason = "reset"
         """Why it ended, for the metrics: set by ``_end``; "reset" if it was lost before."""
         self.began = 0.0
@@ -598,8 +643,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
-        if self.timeout_timer is not None:
-            self.timeout_timer.cancel()
+        self.armed_at = math.inf  # its entry in the server's deadlines is stale
         if self.task is not None:
             self.task.cancel()  # nobody is left to read its reply
         if not self.refused:
@@ -857,14 +901,12 @@ class _Connection(asyncio.BufferedProtocol):
             self._arm(self.line_deadline)
 
     def _arm(self, when: float) -> None:
-        if self.timeout_timer is not None:
-            self.timeout_timer.cancel()
+        """Be watched at ``when`` instead of at any time armed before."""
         self.armed_at = when
-        self.timeout_timer = self.server.loop.call_at(when, self._watch)
+        self.server.watch_at(self, when)
 
-    def _watch(self) -> None:
-        """Fired at ``armed_at``: end the connection if a deadline passed, else re-arm."""
-        self.timeout_timer = None
+    def watch(self) -> None:
+        """Called at ``armed_at``: end the connection if a deadline passed, else re-arm."""
         now = self._now()
         if self.state is ENDING:
             if now >= self.end_deadline:
