@@ -554,27 +554,55 @@ class Journal:
         logger.info("journal flushed: %d line(s) in %s", self.lines_written, self.path)
 
     async def _work(self, loop: asyncio.AbstractEventLoop) -> None:
-        """One round of the writer: what is queued, then the fsync, compaction or rotation due."""
+        """One round of the writer: what is queued is written (and synced under ``always``)
+        and answered first; then the fsync, compaction or rotation due.
+
+        Answered first because it is in the journal by then: if what follows fails (a full
+        disk under the compaction's new file), the service stops, but a refusal must only
+        ever go to a request that is in no journal (a client may send it again).
+        """
         chunks, lines, waiters = self._take()
+        if chunks:
+            try:
+                await self._write_batch(loop, chunks, lines)
+            except OSError as error:
+                self._fail(error, lines, waiters)
+                raise
+            _release(waiters)
+        covered: list[asyncio.Future[None]] = []
+        covered_lines = 0
         try:
-            if chunks:
-                if self._syncable:  # a regular file: the page cache takes it at once
-                    if time.monotonic() >= self._next_path_check:
-                        self._check_still_ours()
-                    self._write(chunks, lines)
-                else:  # a device or FIFO can block until its reader catches up
-                    await loop.run_in_executor(None, self._write, chunks, lines)
-            if (chunks and self.fsync_policy is FsyncPolicy.ALWAYS) or self._sync_due():
+            if self._sync_due():
                 await loop.run_in_executor(None, self._sync)
             if self._compaction_due():
-                lines += self._queued_lines  # answered with the new file
-                await self._compact_while_serving(loop, waiters)
+                covered_lines = self._queued_lines  # answered with the new file
+                await self._compact_while_serving(loop, covered)
             elif self._rotation_due():
                 await loop.run_in_executor(None, self._rotate)
         except OSError as error:
-            self._fail(error, lines, waiters)
+            self._fail(error, covered_lines, covered)
             raise
-        _release(waiters)
+        _release(covered)
+
+    async def _write_batch(
+        self, loop: asyncio.AbstractEventLoop, chunks: list[bytes], lines: int
+    ) -> None:
+        """Write a batch, synced under ``always``; if that fails, none of it stays in the file."""
+        if self._syncable and time.monotonic() >= self._next_path_check:
+            self._check_still_ours()
+        before = self._size
+        if self._syncable:  # a regular file: the page cache takes it at once
+            self._write(chunks, lines)
+        else:  # a device or FIFO can block until its reader catches up
+            await loop.run_in_executor(None, self._write, chunks, lines)
+        if self.fsync_policy is FsyncPolicy.ALWAYS:
+            try:
+                await loop.run_in_executor(None, self._sync)
+            except OSError:
+                self._size = before  # cut back: not synced, so not journaled
+                self.lines_written -= lines
+                self._cut_back()
+                raise
 
     async def _next_wakeup(self) -> None:
         """Wait for new requests, or for the moment the interval policy owes an fsync."""
