@@ -35,9 +35,10 @@ connections of a topic, and pushes each message to them::
 
 What the server promises about pushes (``servicekit/server.py`` does it):
 
-- a push is one line, sent as it is, with a newline added; it is not journaled (the request
-  that caused it is) and it is nobody's reply, so the protocol must make pushes and replies
-  tell apart (above, pushes start with ``MSG``). It never starts with the refusal byte;
+- a push is one line, not empty, sent as it is, with a newline added; it is not journaled
+  (the request that caused it is) and it is nobody's reply, so the protocol must make pushes
+  and replies tell apart (above, pushes start with ``MSG``). It never starts with the
+  refusal byte;
 - a push waits for the journal's writes under way at the end of the step of the event loop
   that made it, like a reply: a push made by a ``handle`` after its last ``await`` goes out
   only once that request is in the journal, so nothing a client was told is lost by a
@@ -47,7 +48,10 @@ What the server promises about pushes (``servicekit/server.py`` does it):
 - a client that does not read what it is pushed is bounded: once more than PUSH_LIMIT bytes
   wait for it, the connection ends with the refusal ``error: too many unread pushes`` (every
   request without a reply before it was not handled) and ``push`` returns False, as it does
-  for a connection that is ending or closed. Forget a connection in ``on_close``.
+  for a connection that is ending or closed. Forget a connection in ``on_close``;
+- a push written to a client counts as activity: a client that only listens is not closed
+  as idle while pushes reach it (one that hears nothing for ``APP_IDLE_TIMEOUT`` is, unless
+  it sends a health ping, an empty line, now and then).
 
 Everything here runs on the event loop's thread: call ``push`` from ``handle`` or from a
 task of the loop, not from another thread.
@@ -55,6 +59,7 @@ task of the loop, not from another thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import logging
@@ -110,15 +115,16 @@ class Connection:
 
         Returns False, and sends nothing, if the connection is ending or closed, or is
         ended now because more than PUSH_LIMIT bytes already wait for the client. Raises
-        ValueError for a line that is not bytes, holds a newline or starts with the
-        refusal byte (0x15).
+        ValueError for a line that is not bytes, is empty (the reply to a health ping),
+        holds a newline or starts with the refusal byte (0x15).
         """
         return self._link.push_line(line)
 
     def on_close(self, callback: Callable[[Connection], object]) -> None:
         """Call ``callback(connection)`` once the connection is closed (at once if it is).
 
-        An error in it is logged with its traceback; the other callbacks still run.
+        An error in it (a ``CancelledError`` too) is logged with its traceback; the other
+        callbacks still run. Inside it, ``current()`` is this connection.
         """
         if self.closed:
             _call(callback, self)
@@ -126,10 +132,15 @@ class Connection:
             self._on_close.append(callback)
 
     def closing(self) -> None:
-        """Called by the server when the connection is lost: run the ``on_close`` callbacks."""
+        """Called by the server when the connection is lost: run the ``on_close`` callbacks,
+        with ``current()`` this connection (the server may lose it in any context)."""
         callbacks, self._on_close = self._on_close, []
-        for callback in callbacks:
-            _call(callback, self)
+        token = CURRENT.set(self._link)
+        try:
+            for callback in callbacks:
+                _call(callback, self)
+        finally:
+            CURRENT.reset(token)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} from {self.peer}{' closed' if self.closed else ''}>"
@@ -149,7 +160,10 @@ def current() -> Connection:
 
 
 def _call(callback: Callable[[Connection], object], connection: Connection) -> None:
+    """Run one ``on_close`` callback: whatever it raises concerns that connection, not the
+    service (a ``CancelledError`` read from a cancelled task's result would otherwise reach
+    the loop's handler and stop it)."""
     try:
         callback(connection)
-    except Exception:
+    except (Exception, asyncio.CancelledError):
         logger.exception("an on_close callback of %r failed", connection)

@@ -670,9 +670,9 @@ class _Connection(asyncio.BufferedProtocol):
     def push_line(self, line: bytes) -> bool:
         """Hold ``line`` for the client (``Server.hold_push``), or end the connection if more
         than PUSH_LIMIT bytes already wait for it; see ``servicekit.connection``."""
-        if type(line) is not bytes or NEWLINE in line or line.startswith(REFUSAL):
+        if type(line) is not bytes or not line or NEWLINE in line or line[0] == _NAK:
             raise ValueError(
-                f"a push must be one line of bytes, not starting with 0x15: {line!r:.40}"
+                f"a push must be one non-empty line of bytes not starting with 0x15: {line!r:.40}"
             )
         if not self.is_open() or self.overrun:
             return False
@@ -698,6 +698,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.pushed -= len(line) + 1
         if state is not ENDING and state is not CLOSED:
             self.transport.write(line + b"\n")  # may call pause_writing(): BLOCKED
+            self.deadline = self._now() + self.server.idle_timeout  # it listens: not idle
 
     # --- batches ------------------------------------------------------------------------
 

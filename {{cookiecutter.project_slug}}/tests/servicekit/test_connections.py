@@ -17,6 +17,7 @@ import socket
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ PROTOCOL = textwrap.dedent(
     log = logging.getLogger("pushy")
     topics: dict[bytes, set[Connection]] = {}
     go = asyncio.Event()
+
+
+    def fail_cancelled(connection: Connection) -> None:
+        raise asyncio.CancelledError
 
 
     def unsubscribe(connection: Connection) -> None:
@@ -89,6 +94,12 @@ PROTOCOL = textwrap.dedent(
             return b"OK"
         if command == b"BAD-PUSH":
             connection.push(b"two\\nlines")
+        if command == b"EMPTY-PUSH":
+            connection.push(b"")
+        if command == b"FRAGILE":  # its on_close fails as a cancelled task's result would
+            connection.on_close(fail_cancelled)
+            connection.on_close(lambda gone: log.info("closed %d as %d", gone.id, current().id))
+            return b"OK"
         return b"?"
 
 
@@ -286,5 +297,41 @@ def test_a_bad_push_fails_only_its_request(start_pushy: StartService) -> None:
     service = start_pushy()
     with connect(service) as sock:
         assert ask(sock, b"BAD-PUSH\n") == b"error: internal error\n"
+        assert ask(sock, b"EMPTY-PUSH\n") == b"error: internal error\n"  # a ping's reply
         assert ask(sock, b"KEEP still\n") == b"OK\n"
-    service.wait_for("a push must be one line")
+    service.wait_for("a push must be one non-empty line")
+
+
+def test_an_on_close_that_raises_cancelled_error_concerns_only_its_connection(
+    start_pushy: StartService,
+) -> None:
+    """Seen failing: a CancelledError from an on_close callback reached the loop's handler
+    and stopped the service; the callbacks after it never ran."""
+    service = start_pushy()
+    with connect(service) as bystander:
+        with connect(service) as fragile:
+            assert ask(fragile, b"FRAGILE\n") == b"OK\n"
+            number = int(ask(fragile, b"WHO\n").split()[0])
+        service.wait_for(f"closed {number} as {number}")  # the next callback ran, current() too
+        assert "an on_close callback" in service.log
+        assert ask(bystander, b"KEEP on\n") == b"OK\n"
+    assert service.stop() == 0, service.log
+
+
+def test_a_client_that_only_listens_is_not_idle_while_pushes_reach_it(
+    start_pushy: StartService,
+) -> None:
+    """Seen failing: a subscriber that read every push was closed as idle, without a word."""
+    service = start_pushy(APP_IDLE_TIMEOUT="1")
+    with connect(service) as listener:
+        assert ask(listener, b"SUB ticks\n") == b"OK\n"
+        began = time.monotonic()
+        n = 0
+        while time.monotonic() - began < 3:  # three idle timeouts of only listening
+            with connect(service) as publisher:  # a new one each time: it idles out too
+                assert ask(publisher, b"PUB ticks %d\n" % n) == b"1\n"
+            assert read_line(listener) == b"MSG %d\n" % n
+            n += 1
+            time.sleep(0.25)  # the pace of the messages, not a wait for anything
+        listener.sendall(b"\n")
+        assert read_line(listener) == b"\n"  # still served

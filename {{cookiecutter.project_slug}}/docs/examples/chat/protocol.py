@@ -2,7 +2,9 @@
 
 Replies are ``OK`` (``OK n`` for ``PUB``: how many others it reached) or ``error: ...``; a
 message reaches the other subscribers of its topic as a push, ``MSG topic nick: text``,
-which no reply starts with, so a client tells the two apart by the first word.
+which no reply starts with, so a client tells the two apart by the first word. Pushes keep
+a listening client connected; one in a quiet topic is closed after ``APP_IDLE_TIMEOUT`` like
+any idle client, so a chat client sends an empty line (a health ping) now and then.
 
 What each client is (its nick, its topics) is kept on its connection
 (``servicekit.connection.current().data``), and forgotten when it closes (``on_close``).
