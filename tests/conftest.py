@@ -46,14 +46,26 @@ FIRST_LANE = frozenset(
         "test_swarm.py",
         "test_systemd.py",
         "test_wine.py",
-        "test_examples.py",
     }
 )
 """The files of the first lane: every file that drives an engine (Docker, podman, systemd in a
 container, Prometheus, Wine), so that one engine's images, containers and swarm are used by
-one worker at a time, and the examples' generated suites, which even out the lanes. Measured
-in CI (seconds of test time, two runs): the engine files 830-913, test_examples 286-434; the
-second lane's workflow steps 511-554, the protocol swap 275-669 and the rest about 180."""
+one worker at a time."""
+FIRST_LANE_EXAMPLES = frozenset({"notes"})
+"""The examples whose generated suites (``test_examples.py``) run in the first lane, to even
+out the lanes; the other examples run in the second. Measured in CI (seconds of test time):
+the engine files 830-913, one example's generated suite and lint about 290-430, the second
+lane's workflow steps 511-554 and the rest about 200."""
+
+
+def lane(nodeid: str) -> str:
+    """Which lane runs the test ``nodeid``: "first" or "second" (see FIRST_LANE)."""
+    path, _, test = nodeid.partition("::")
+    name = Path(path).name
+    if name == "test_examples.py":
+        parameters = set(re.split(r"[\[\]-]", test))
+        return "first" if parameters & FIRST_LANE_EXAMPLES else "second"
+    return "first" if name in FIRST_LANE else "second"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -71,7 +83,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class Lanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "first" if Path(nodeid.split("::")[0]).name in FIRST_LANE else "second"
+            return lane(nodeid)
 
     return Lanes(config, log)
 
@@ -131,6 +143,27 @@ def bake(tmp_path_factory: pytest.TempPathFactory) -> Bake:
         return baked[key]
 
     return bake
+
+
+USER_FILES = {
+    "protocol.py": "app/protocol.py",
+    "lifespan.py": "app/lifespan.py",
+    "settings.py": "app/settings.py",
+    "__main__.py": "app/__main__.py",
+    "test_protocol.py": "tests/test_protocol.py",
+}
+"""A generated example's files (``docs/examples/<name>/``), and the user's files they replace."""
+
+
+def swap_in(baked: Path, example: str, destination: Path) -> Path:
+    """A copy of the bake with the example's files in place of the echo's."""
+    project = destination / baked.name
+    shutil.copytree(baked, project)
+    folder = project / "docs" / "examples" / example
+    assert sorted(p.name for p in folder.iterdir()) == sorted(USER_FILES), folder
+    for name, target in USER_FILES.items():
+        shutil.copy2(folder / name, project / target)
+    return project
 
 
 def journal_lines(content: bytes) -> list[str]:

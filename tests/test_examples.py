@@ -13,33 +13,14 @@ from __future__ import annotations
 import filecmp
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import Bake
+from conftest import Bake, swap_in
 
-EXAMPLES = ("notes",)
-USER_FILES = {
-    "protocol.py": "app/protocol.py",
-    "lifespan.py": "app/lifespan.py",
-    "settings.py": "app/settings.py",
-    "__main__.py": "app/__main__.py",
-    "test_protocol.py": "tests/test_protocol.py",
-}
-
-
-def swap_in(baked: Path, example: str, destination: Path) -> Path:
-    """A copy of the bake with the example's files in place of the echo's."""
-    project = destination / baked.name
-    shutil.copytree(baked, project)
-    folder = project / "docs" / "examples" / example
-    assert sorted(p.name for p in folder.iterdir()) == sorted(USER_FILES), folder
-    for name, target in USER_FILES.items():
-        shutil.copy2(folder / name, project / target)
-    return project
+EXAMPLES = ("notes", "kv", "chat")
 
 
 def inherited_files_unchanged(baked: Path, project: Path) -> list[str]:

@@ -79,6 +79,9 @@ def service_env(**overrides: str) -> dict[str, str]:
     # each worker holding its own is what they accept (tests/servicekit/test_state.py turns
     # it off to see the refusal).
     env["APP_STATE_PER_WORKER"] = "1"
+    # The tests read the journal as the service wrote it; a protocol's snapshot() would rewrite
+    # it at start. The tests of compaction set a bound of their own.
+    env["APP_JOURNAL_MAX_BYTES"] = "0"
     env["PYTHONPATH"] = child_pythonpath()
     env.update(overrides)
     return env

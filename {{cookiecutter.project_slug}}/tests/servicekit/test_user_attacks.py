@@ -601,7 +601,9 @@ def test_snapshot_failing_at_start_keeps_its_traceback(workdir: Path) -> None:
     unhandled error: cannot snapshot the store" and status 1: no traceback, nothing saying
     the user's ``snapshot()`` raised it. It is now refused like ``recover``: status 65, one
     line naming ``snapshot()``, its traceback, and what to do."""
-    service = start_user_service(workdir, FAILING_SNAPSHOT_PROTOCOL)
+    service = start_user_service(
+        workdir, FAILING_SNAPSHOT_PROTOCOL, APP_JOURNAL_MAX_BYTES=str(64 << 20)
+    )
     assert service.wait() == ExitCode.RECOVER_FAILED, service.log
     assert service.log.count("Traceback") == 1, service.log
     assert "snapshot()" in service.log.replace("cannot snapshot the store", ""), service.log
