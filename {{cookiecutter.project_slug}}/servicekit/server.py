@@ -1029,8 +1029,9 @@ END_REASONS = (
 )  # fmt: skip
 """Why a connection ended: the metrics' ``reason`` label, a fixed set (see ``_end_reason``)."""
 _clock = time.perf_counter
-_set_current = CURRENT.set
 """Times batches: the loop's own clock has 1 ms steps under uvloop."""
+_set_current = CURRENT.set
+"""Makes a connection ``servicekit.connection.current()``, looked up once."""
 
 
 def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
