@@ -153,8 +153,8 @@ def pingpong(results: dict[str, Any]) -> Row | None:
             _breakdown(c, "round trip"),
             "with one line in flight every read is a batch of one, so the fixed cost per read "
             "is what counts: see the profile in bench/NOTES.md for where it goes, and "
-            "cut what buys no guarantee (per-read timer bookkeeping, the journal's future and "
-            "queue per batch, attribute lookups).",
+            "cut what buys no guarantee (the future and done-callback that carry each batch's "
+            "replies to the journal's write, one more loop turn; attribute lookups).",
         ),
     )
 
@@ -276,11 +276,13 @@ def idle_memory(results: dict[str, Any]) -> Row | None:
             value <= IDLE_KIB,
             f"the bare Protocol echo needs {median(bare):.2f} KiB (socket, transport, "
             f"protocol object); the service's other {value - median(bare):.2f} KiB is the "
-            "state it keeps per parked connection beyond that, most of it the connection's "
-            "timer (a TimerHandle from call_at with its libuv timer: the same service without "
-            "it measured 1.05 KiB, see bench/NOTES.md).",
-            "one server-wide sweep over the connections' deadlines instead of a timer per "
-            "connection.",
+            "state it keeps per parked connection beyond that: the accepted Python socket "
+            "and its weak reference (the service accepts with sock_accept, the bare echo's "
+            "create_server in C), the connection object and its entry in the server's heap of "
+            "deadlines (one timer serves all; see bench/NOTES.md). RSS per connection moves "
+            "by a few tenths of a KiB between runs.",
+            "accept in C (create_server), if the pause on running out of file descriptors "
+            "that the service's own accept loop gives can be kept another way.",
         ),
     )
 
