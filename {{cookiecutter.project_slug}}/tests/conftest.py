@@ -269,13 +269,18 @@ def connect(service: Service) -> socket.socket:
 def ask(sock: socket.socket, line: bytes) -> bytes:
     """Send one line and read one reply line (or whatever arrives before EOF)."""
     sock.sendall(line)
-    reply = b""
-    while not reply.endswith(b"\n"):
-        chunk = sock.recv(1)  # byte by byte: never read into the next reply
+    return read_line(sock)
+
+
+def read_line(sock: socket.socket) -> bytes:
+    """The next line the service sends, a reply or a push (or whatever arrives before EOF)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(1)  # byte by byte: never read into the next line
         if not chunk:
             break
-        reply += chunk
-    return reply
+        line += chunk
+    return line
 
 
 def read_to_end(sock: socket.socket) -> bytes:

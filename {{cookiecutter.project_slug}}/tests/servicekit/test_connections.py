@@ -29,6 +29,7 @@ from conftest import (
     ask,
     connect,
     journal_lines,
+    read_line,
     read_to_end,
 )
 
@@ -131,16 +132,6 @@ def start_pushy(workdir: Path, start_service: StartService) -> StartService:
         return start_service("-m", "pushy", **settings)
 
     return start
-
-
-def read_line(sock: socket.socket) -> bytes:
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        line += chunk
-    return line
 
 
 def test_each_connection_is_its_own_also_after_an_await(start_pushy: StartService) -> None:

@@ -11,24 +11,13 @@ import socket
 import sys
 
 import pytest
-from conftest import HANG_GUARD, StartService, ask, connect, journal_lines
+from conftest import HANG_GUARD, StartService, ask, connect, journal_lines, read_line
 
 from app import protocol
 from servicekit.exitcodes import ExitCode
 from servicekit.service import has_state
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-
-def read_line(sock: socket.socket) -> bytes:
-    """The next line the service sent: a reply or a push."""
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        line += chunk
-    return line
 
 
 def test_a_message_reaches_the_other_subscribers_as_a_push(start_service: StartService) -> None:
