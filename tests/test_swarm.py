@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import journal_lines
+from conftest import journal_lines, swap_in
 from dockerlib import build, build_app_image, free_port, report, unavailable
 
 docker = pytest.importorskip(
@@ -539,13 +539,9 @@ def key_value_images(
     bake: Callable[..., Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Path, str, str]]:
-    """A project whose protocol is test_protocol_swap's key-value store, as two images."""
-    from test_protocol_swap import KEY_VALUE
-
+    """A project with the key-value example (docs/examples/kv) swapped in, as two images."""
     baked = bake(project_name="Swarm Echo", use_docker=True)
-    project = tmp_path_factory.mktemp("swarm-kv") / baked.name  # the name the stack says
-    shutil.copytree(baked, project)
-    (project / "app" / "protocol.py").write_text(KEY_VALUE)
+    project = swap_in(baked, "kv", tmp_path_factory.mktemp("swarm-kv"))  # the bake's name
     suffix = uuid.uuid4().hex[:8]
     old_tag = f"aiorun-swarm-test/kv:v1-{suffix}"
     new_tag = f"aiorun-swarm-test/kv:v2-{suffix}"
