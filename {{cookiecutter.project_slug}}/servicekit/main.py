@@ -103,11 +103,12 @@ def _start_and_run(
     if (problem := protocol_problem(protocol)) is not None:
         logger.error("cannot start: %s", problem)
         return ExitCode.CONFIG
+    signals.check()
     if settings.workers > 1:
         from servicekit import supervisor  # only a supervisor pays for importing it
 
         signals.before_run()  # SIGHUP as the user left it: the supervisor applies the same rule
-        return supervisor.main(settings)
+        return supervisor.main(settings, on_signals_taken=signals.hand_over)
 
     loop = _new_loop(settings.use_uvloop, _this_platform())  # the one run() would make
     executor = ThreadPoolExecutor(thread_name_prefix="aiorun")
@@ -117,13 +118,14 @@ def _start_and_run(
         from servicekit import supervisor
 
         on_ready = supervisor.beat_to_supervisor(loop, settings.heartbeat_timeout / 4)
-    service = Service(settings, protocol, on_ready=on_ready, lifespan=lifespan)
+    service = Service(settings, protocol, on_ready=on_ready, lifespan=lifespan, interrupts=signals)
     serving = _serve(service, signals)
     try:
         _start_threads(executor)
         # Start before run() takes the loop over: a port in use or an unwritable journal is
         # then one line and an exit status, with nothing running that would need a shutdown.
         loop.run_until_complete(service.open())
+        signals.check()
         signals.before_run()
         report = run(
             serving,
@@ -211,13 +213,13 @@ def _is_async(function: object) -> bool:
 
 async def _serve(service: Service, signals: _StartSignals) -> None:
     """The coroutine run() runs: from its first step run() hears the signals, not we."""
-    signals.handed_over = True
+    signals.hand_over()
     await service.serve()
 
 
 class _Interrupted(BaseException):
-    """A stop signal arrived during the start; raised by the signal handler, wherever the
-    main thread was (a BaseException, like KeyboardInterrupt, so ``recover``'s own
+    """A stop signal arrived during the start; raised between the start's steps, or in the
+    user's ``recover()`` (a BaseException, like KeyboardInterrupt, so ``recover``'s own
     ``except Exception`` cannot swallow it)."""
 
     def __init__(self, signum: int) -> None:
@@ -232,10 +234,20 @@ class _StartSignals:
 
     Without these, SIGTERM during a long journal replay killed the process at once (status
     143, which means a second SIGTERM) and Ctrl-C printed a KeyboardInterrupt traceback. The
-    first stop signal now raises ``_Interrupted`` where the start is, which closes what it
-    opened and exits with STARTUP_INTERRUPTED; a second one exits at once with 128 + N, as
-    during the shutdown. ``run()`` replaces these handlers while it runs and puts them back
-    after it; from then on (``handed_over``) a late signal finds the work done and is ignored.
+    first stop signal is noted (``heard``), and the start raises ``_Interrupted`` at its next
+    step (``check()``, which ``Service.open()`` calls between its steps and between two
+    replayed records), which closes what it opened and exits with STARTUP_INTERRUPTED. Only
+    while the user's ``recover()`` runs (``interruptible``), which may never return, does the
+    handler raise it at once. Raising it anywhere else broke what was running: in an import,
+    the import lock stayed held and the process hung for ever; in an event-loop callback (a
+    worker's heartbeat), asyncio logged it with its traceback and swallowed it. A second
+    signal exits at once with 128 + N, as during the shutdown.
+
+    Whoever hears the signals next (``run()``, or a supervisor) calls ``hand_over()`` once its
+    own handlers are in place: a signal noted and not yet acted on is raised again for them,
+    so none is lost between the last step and the hand-over. ``run()`` puts these handlers
+    back after it; from then on (``handed_over``) a late signal finds the work done and is
+    ignored.
     The signals are the runtime's own, taken by the runtime's rule: SIGINT, SIGTERM and, while
     its handler is the default (not a user's reload handler, not ignored under ``nohup``),
     SIGHUP on POSIX; SIGINT and SIGBREAK on Windows.
@@ -246,7 +258,12 @@ class _StartSignals:
 
     def __init__(self) -> None:
         self.handed_over = False
-        self._interrupted = False
+        self.heard = 0
+        """The first stop signal heard during the start; 0 while none was."""
+        self.acted_on = False
+        """``heard`` was raised as ``_Interrupted``, or given to the new owner: never twice."""
+        self.interruptible = False
+        """The user's ``recover()`` is running: a signal raises at once (``Service._replay``)."""
         self._previous: dict[int, Any] = {}
         self._platform = _this_platform()
 
@@ -275,10 +292,25 @@ class _StartSignals:
     def _heard(self, signum: int, frame: FrameType | None) -> None:
         if self.handed_over:
             return
-        if self._interrupted:
+        if self.heard:
             os._exit(SIGNAL_BASE + signum)
-        self._interrupted = True
-        raise _Interrupted(signum)
+        self.heard = signum
+        if self.interruptible:
+            self.check()
+
+    def check(self) -> None:
+        """Raise ``_Interrupted`` if a stop signal was heard and not acted on yet."""
+        if self.heard and not self.acted_on:
+            self.acted_on = True
+            raise _Interrupted(self.heard)
+
+    def hand_over(self) -> None:
+        """The new owner's handlers are in place: from now on it hears the signals, and a
+        signal heard since the last ``check()`` is raised again, for it to act on."""
+        self.handed_over = True
+        if self.heard and not self.acted_on:
+            self.acted_on = True
+            signal.raise_signal(self.heard)
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():

@@ -100,6 +100,32 @@ its own lifespan. Example (``app/lifespan.py``)::
 """
 
 
+class StartInterrupts(Protocol):
+    """How a stop signal heard during the start reaches ``open()`` (``servicekit.main`` has
+    the one in use).
+
+    A signal is not raised wherever the main thread happens to be: in the middle of an
+    import, a lock or an event-loop callback, an exception left a lock held (a hang) or was
+    logged and swallowed. It is noted, and ``check()`` raises it between the start's steps
+    and between two replayed records; only while the user's ``recover()`` runs
+    (``interruptible``), which may never return, does it raise at once.
+    """
+
+    interruptible: bool
+
+    def check(self) -> None:
+        """Raise if a stop signal was heard; nothing otherwise."""
+
+
+class _NoInterrupts:
+    """For a service opened outside ``python -m app`` (a test): nothing stops the start."""
+
+    interruptible = False
+
+    def check(self) -> None:
+        pass
+
+
 class Service:
     """Wires the user's protocol, the journal, the server and systemd notification together."""
 
@@ -114,8 +140,10 @@ class Service:
         *,
         on_ready: Callable[[], None] | None = None,
         lifespan: Lifespan | None = None,
+        interrupts: StartInterrupts | None = None,
     ) -> None:
         self.settings = settings
+        self.interrupts: StartInterrupts = interrupts or _NoInterrupts()
         self.protocol = protocol
         self._lifespan = lifespan
         self._lifespan_open: AbstractAsyncContextManager[object] | None = None
@@ -170,9 +198,14 @@ class Service:
             self.abandon()
             raise
 
+    def _begin(self, step: str) -> None:
+        """The start goes on to ``step``, unless a stop signal was heard (it raises then)."""
+        self.interrupts.check()
+        self._step = step
+
     async def _open(self) -> None:
         Service.running = self
-        self._step = "opening the journal"
+        self._begin("opening the journal")
         try:
             if self.settings.worker_index == 0:  # workers: their supervisor did it
                 adopt_orphans(self.journal.path, 1, self.settings.max_line_bytes)
@@ -183,7 +216,7 @@ class Service:
             raise StartupError(
                 ExitCode.JOURNAL_UNWRITABLE, f"cannot write journal: {exc}"
             ) from None
-        self._step = "binding its port"
+        self._begin("binding its port")
         try:
             self.addresses = await self.server.listen(
                 self.settings.host,
@@ -198,7 +231,7 @@ class Service:
         await self._open_metrics()
         if does_nothing(self.protocol.recover):
             return
-        self._step = _REPLAYING
+        self._begin(_REPLAYING)
         try:
             replayed = self._replay()
             old = self.journal.report.old_format
@@ -208,6 +241,7 @@ class Service:
                 self.journal.path,
                 f" ({old} from before checksums)" if old else "",
             )
+            self._begin("compacting the journal")
             self._compact_at_start()
         except OSError as exc:
             raise StartupError(ExitCode.JOURNAL_UNWRITABLE, f"cannot read journal: {exc}") from None
@@ -220,12 +254,15 @@ class Service:
         one. Its line number is also ``sed -n Np`` on the file, the way to look at it.
         """
         recover = self.protocol.recover
+        interrupts = self.interrupts
         replayed = 0
         for request in self.journal.replay():
             replayed += 1
             # Where the record is in the file (its header, checksums and skipped lines count).
             offset, line = self.journal.position
             self._replaying = line  # an int: a replay of millions of lines pays nothing more
+            interrupts.check()
+            interrupts.interruptible = True  # recover() may never return: a signal raises
             try:
                 recover(request)
             except Exception as exc:
@@ -236,6 +273,8 @@ class Service:
                     " start replays it: make recover() accept it, or take that line out of the"
                     f" journal (keep a copy); sed -n {line}p {self.journal.path} shows it",
                 ) from exc
+            finally:
+                interrupts.interruptible = False
         return replayed
 
     def _compact_at_start(self) -> None:

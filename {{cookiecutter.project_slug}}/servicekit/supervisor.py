@@ -139,10 +139,13 @@ def restart_delay(failures: int) -> float:
     return min(BACKOFF_FIRST * 2.0 ** (failures - 1), BACKOFF_MAX)
 
 
-def main(settings: Settings) -> int:
+def main(settings: Settings, on_signals_taken: Callable[[], None] | None = None) -> int:
     """Run ``settings.workers`` workers until stopped; return the exit status (see above).
 
     Called by ``python -m app`` when APP_WORKERS > 1, after logging is configured.
+    ``on_signals_taken`` is called once the supervisor's signal handlers are in place: until
+    then ``python -m app``'s own hear the stop signals, and it gives a signal heard meanwhile
+    to the supervisor then.
     """
     workers = settings.workers
     reuse_port = getattr(socket, "SO_REUSEPORT", None)
@@ -183,7 +186,7 @@ def main(settings: Settings) -> int:
         except OSError as exc:
             logger.error("cannot write journal: %s", exc)
             return ExitCode.JOURNAL_UNWRITABLE
-        return asyncio.run(_Supervisor(settings, workers, reserved).run())
+        return asyncio.run(_Supervisor(settings, workers, reserved).run(on_signals_taken))
     finally:
         for sock in reserved.sockets:
             sock.close()
@@ -533,7 +536,7 @@ class _Supervisor:
             logger.info("metrics and probes on http://%s:%d/metrics", *address)
         return endpoint
 
-    async def run(self) -> int:
+    async def run(self, on_signals_taken: Callable[[], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
         if sys.platform == "win32":
             raise NotImplementedError("main() refuses workers where there is no SO_REUSEPORT")
@@ -547,6 +550,8 @@ class _Supervisor:
             loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         elif hangup != signal.SIG_IGN:
             loop.add_signal_handler(signal.SIGHUP, self._pass_on, signal.SIGHUP)
+        if on_signals_taken is not None:
+            on_signals_taken()
         endpoint = None
         if self._settings.metrics_port:
             try:

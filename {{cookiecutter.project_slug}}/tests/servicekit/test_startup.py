@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD, LISTENING, Process, service_env
+from conftest import HANG_GUARD, LISTENING, Process, journal_record, service_env
 
 from servicekit.exitcodes import ExitCode
 
@@ -103,6 +105,124 @@ def test_workers_stopped_during_their_replay_make_the_supervisor_say_so(workdir:
     assert process.log.count("received while replaying the journal") == 2, process.log
     assert "Traceback" not in process.log
     assert "listening on" not in process.log
+
+
+INTERRUPTING = textwrap.dedent(
+    """
+    import os, runpy, signal, sys
+    import servicekit.main
+    from app import protocol
+
+    replayed = []
+
+    def recover(request):  # a replay to interrupt too, whatever this project's recover is
+        replayed.append(request)
+
+    protocol.recover = recover
+    AT = int(os.environ["INTERRUPT_AT_CALL"])
+    calls = 0
+
+    def count(frame, event, arg):
+        global calls
+        calls += 1
+        # The start ends where run() takes over: a run with fewer calls than the counting one
+        # gets its signal there.
+        handing_over = event == "call" and frame.f_code.co_name == "_serve"
+        if calls == AT or handing_over:
+            sys.setprofile(None)
+            if AT == 0:  # counting
+                print("calls in the start:", calls, file=sys.stderr, flush=True)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # main() has not begun
+                print("SIGTERM's default action", file=sys.stderr, flush=True)
+            signal.raise_signal(signal.SIGTERM)
+
+    start = servicekit.main.main
+
+    def main(*args, **kwargs):
+        sys.setprofile(count)  # every call and return, ours and the standard library's
+        try:
+            return start(*args, **kwargs)
+        finally:
+            sys.setprofile(None)
+
+    servicekit.main.main = main
+    runpy.run_module("app", run_name="__main__")
+    """
+)
+"""``python -m interrupting``: the service, with SIGTERM raised at the INTERRUPT_AT_CALL-th
+function call or return of ``main()``'s start, or at the hand-over to ``run()`` if that comes
+first (0: count them up to the hand-over, and raise it there). The count varies from run to
+run by a few percent (the loop's turns depend on timing)."""
+
+START_SAMPLES = 60
+"""Moments of the start that each get a SIGTERM: spread over all of it."""
+
+
+@posix_only
+def test_a_signal_at_any_moment_of_the_start_ends_it_cleanly(workdir: Path) -> None:
+    """A stop signal once raised an exception wherever the main thread was. In an import it
+    left the import lock held and the process hung for ever; in an event-loop callback (a
+    worker's heartbeat) asyncio logged it with a traceback and swallowed it; during the
+    handlers' own installation it escaped as a traceback. Here SIGTERM comes at moments
+    spread over the whole start of a worker with a journal to replay: each must end with one
+    line and a documented status, the start stopped (3) or the service stopped by the runtime
+    (0), with no traceback and no hang."""
+    (workdir / "data").mkdir()
+    journal = b"".join(journal_record(b"request %d" % n) for n in range(3))
+    (workdir / "interrupting").mkdir()
+    (workdir / "interrupting" / "__main__.py").write_text(INTERRUPTING)
+    beats, beat_end = os.pipe()  # a worker's heartbeat channel, as its supervisor gives it
+    os.set_blocking(beats, False)
+    env = service_env(
+        APP_HOST="127.0.0.1",
+        APP_PORT="0",
+        APP_REUSE_PORT="1",
+        APP_JOURNAL_PATH="data/journal.log",
+        APP_WORKER_INDEX="2",
+        SUPERVISOR_HEARTBEAT_FD=str(beat_end),
+    )
+
+    def start_with_sigterm_at(call: int) -> subprocess.CompletedProcess[str]:
+        (workdir / "data" / "journal.log").write_bytes(journal)
+        with contextlib.suppress(BlockingIOError):
+            os.read(beats, 65536)
+        try:
+            return subprocess.run(
+                [sys.executable, "-m", "interrupting"],
+                cwd=workdir,
+                env={**env, "INTERRUPT_AT_CALL": str(call)},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=HANG_GUARD,
+                check=False,
+                pass_fds=(beat_end,),
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"hung after SIGTERM at call {call} of the start")
+
+    try:
+        counted = start_with_sigterm_at(0)
+        match = re.search(r"calls in the start: (\d+)", counted.stderr)
+        assert counted.returncode == ExitCode.OK, counted.stderr
+        assert match, counted.stderr
+        calls = int(match[1])
+        for sample in range(START_SAMPLES):
+            call = 1 + calls * sample // START_SAMPLES
+            result = start_with_sigterm_at(call)
+            said = f"SIGTERM at call {call} of {calls}: exit {result.returncode}\n{result.stderr}"
+            assert "Traceback" not in result.stderr, said
+            if "SIGTERM's default action" in result.stderr:  # before main() installed any
+                assert result.returncode == -signal.SIGTERM, said
+            elif result.returncode == ExitCode.STARTUP_INTERRUPTED:
+                assert "SIGTERM received while" in result.stderr, said
+                assert "listening on" not in result.stderr, said
+            else:
+                assert result.returncode == ExitCode.OK, said
+                assert "shutdown: SIGTERM received" in result.stderr, said
+    finally:
+        os.close(beats)
+        os.close(beat_end)
 
 
 # --- recover() fails on one record ------------------------------------------------------------
