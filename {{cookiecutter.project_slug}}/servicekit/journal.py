@@ -12,17 +12,19 @@ round trip, so ``APP_JOURNAL_FSYNC`` chooses, like Redis's ``appendfsync``:
 - ``never``: fsync only when the service stops.
 
 Group commit keeps this fast: requests appended by every connection in one turn of the event
-loop go out together in one write (``os.writev`` of their chunks, no copy into one buffer),
-and their replies are released together. A write to a regular file only copies the batch into
-the OS's page cache, which takes microseconds, less than handing it to a thread and back; so
-regular files are written on the event loop, by ``_flush``, scheduled once per turn with
-``call_soon`` (which runs after the turn's reads), and only fsync, which waits for the disk,
-runs in the runtime's executor, where a slow disk stalls the connections waiting on it, never
-the loop. (A write can still wait when the OS throttles a process that has too much unwritten
-data.) Everything else is the writer's, a task: fsync, compaction, rotation, the writes under
-``always`` (each waits for its fsync) and to a device or a FIFO (which can block until its
-reader catches up, so they go through the executor too); while it works (``_busy``), appends
-wait for it in order, and the next write takes them all. The writer is protected by
+loop go out together in one write (``os.writev`` of their chunks, no copy into one buffer), and
+their replies are released together: each append has a sequence number, and the write calls the
+continuation each reply registered (``when_written``) directly, in the same turn, with no
+future and no further turn of the loop in between. A write to a regular file only copies the
+batch into the OS's page cache, which takes microseconds, less than handing it to a thread and
+back; so regular files are written on the event loop, by ``_flush``, scheduled once per turn
+with ``call_soon`` (which runs after the turn's reads), and only fsync, which waits for the
+disk, runs in the runtime's executor, where a slow disk stalls the connections waiting on it,
+never the loop. (A write can still wait when the OS throttles a process that has too much
+unwritten data.) Everything else is the writer's, a task: fsync, compaction, rotation, the
+writes under ``always`` (each waits for its fsync) and to a device or a FIFO (which can block
+until its reader catches up, so they go through the executor too); while it works (``_busy``),
+appends wait for it in order, and the next write takes them all. The writer is protected by
 ``shutdown_waits_for``: the runtime does not cancel it, and the shutdown waits for its last
 write and fsync. It is this service's example of protected work.
 
@@ -222,7 +224,15 @@ class Journal:
         """Size right after the last compaction: the next one waits for twice as much."""
         self._queued: list[bytes] = []
         self._queued_lines = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self.appended = 0
+        """The sequence number of the latest append (the first is 1)."""
+        self.written = 0
+        """Every append numbered up to this one is written (and synced if the policy says so):
+        the journal writes in order, so one number says it for all. Invariant: ``written <=
+        appended``, and it never moves back."""
+        self._waiters: list[tuple[int, Callable[[OSError | None], None]]] = []
+        """``(number, then)`` for each ``when_written`` still waiting: numbers above
+        ``written``, in the order they were registered."""
         self._flush_scheduled = False
         """A ``_flush`` is queued with ``call_soon``: appends of this turn join it."""
         self._busy = False
@@ -470,22 +480,48 @@ class Journal:
         self._writer = asyncio.ensure_future(shutdown_waits_for(self._write_until_closed()))
         self._writer.add_done_callback(self._check_failure)
 
-    def append(self, requests: Sequence[bytes]) -> asyncio.Future[None]:
-        """Queue requests (without newlines); done once they are written (and synced if asked).
+    def append(self, requests: Sequence[bytes]) -> int:
+        """Queue requests (without newlines); return the append's sequence number.
 
-        Only then may their replies be sent. Fails with the OSError if the journal failed.
+        Their replies may be sent once ``written`` has reached it (``when_written``).
         """
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        if self._error is not None:
-            _fail_quietly(done, self._error)
-            return done
-        self._queued.append(encode(requests))
-        self._queued_lines += len(requests)
-        self._waiters.append(done)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        self.appended += 1
+        if self._error is None:
+            self._queued.append(encode(requests))
+            self._queued_lines += len(requests)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        return self.appended
+
+    def when_written(self, number: int, then: Callable[[OSError | None], None]) -> None:
+        """Call ``then(None)`` once append ``number`` is written, or ``then(error)`` if the
+        journal failed first; never from inside this call.
+
+        Called by the journal's write itself, in the turn it wrote, not through a future: for
+        a reply, that is one turn of the loop and a future's callbacks less per batch. The
+        caller looks at ``written`` first; a continuation that raises is reported to the
+        loop's exception handler, and the others are called all the same.
+        """
+        if self._error is not None or number <= self.written:
+            asyncio.get_running_loop().call_soon(then, self._error)
+            return
+        self._waiters.append((number, then))
+
+    def wait_for(self, number: int) -> asyncio.Future[None]:
+        """A future done once append ``number`` is written (failed with the journal's error):
+        ``when_written`` for code that awaits."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(error: OSError | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                _fail_quietly(done, error)
+
+        self.when_written(number, settle)
         return done
 
     def _flush(self) -> None:
@@ -509,24 +545,39 @@ class Journal:
             self._wakeup.set()
             return
         was_unsynced = self._unsynced
-        chunks, lines, waiters = self._take()
+        chunks, lines, through = self._take()
         try:
             if time.monotonic() >= self._next_path_check:
                 self._check_still_ours()
             self._write(chunks, lines)
         except OSError as error:
-            self._fail(error, lines, waiters)
+            self._fail(error, lines)
             self._wakeup.set()  # the writer ends with the error, which reports it
             return
-        _release(waiters)
         if not was_unsynced or self._compaction_due() or self._rotation_due():
             self._wakeup.set()
+        self._written_through(through)
 
-    def _take(self) -> tuple[list[bytes], int, list[asyncio.Future[None]]]:
-        """The queued chunks, their line count and their waiters; the queue is empty after."""
-        taken = self._queued, self._queued_lines, self._waiters
-        self._queued, self._queued_lines, self._waiters = [], 0, []
+    def _take(self) -> tuple[list[bytes], int, int]:
+        """The queued chunks, their line count and the number of the last append among them;
+        the queue is empty after."""
+        taken = self._queued, self._queued_lines, self.appended
+        self._queued, self._queued_lines = [], 0
         return taken
+
+    def _written_through(self, number: int) -> None:
+        """Appends up to ``number`` are written: call their continuations, in order."""
+        self.written = number
+        waiters = self._waiters
+        if not waiters:
+            return
+        if waiters[-1][0] <= number:  # the usual case: every one of them
+            self._waiters = []
+            ready = waiters
+        else:
+            ready = [waiter for waiter in waiters if waiter[0] <= number]
+            self._waiters = [waiter for waiter in waiters if waiter[0] > number]
+        _call_each(ready, None)
 
     async def close(self, grace: float) -> None:
         """Write everything queued, fsync and close; wait for that at most ``grace`` seconds.
@@ -561,28 +612,27 @@ class Journal:
         disk under the compaction's new file), the service stops, but a refusal must only
         ever go to a request that is in no journal (a client may send it again).
         """
-        chunks, lines, waiters = self._take()
+        chunks, lines, through = self._take()
         if chunks:
             try:
                 await self._write_batch(loop, chunks, lines)
             except OSError as error:
-                self._fail(error, lines, waiters)
+                self._fail(error, lines)
                 raise
-            _release(waiters)
-        covered: list[asyncio.Future[None]] = []
+            self._written_through(through)
         covered_lines = 0
         try:
             if self._sync_due():
                 await loop.run_in_executor(None, self._sync)
             if self._compaction_due():
                 covered_lines = self._queued_lines  # answered with the new file
-                await self._compact_while_serving(loop, covered)
+                through = await self._compact_while_serving(loop)
+                self._written_through(through)
             elif self._rotation_due():
                 await loop.run_in_executor(None, self._rotate)
         except OSError as error:
-            self._fail(error, covered_lines, covered)
+            self._fail(error, covered_lines)
             raise
-        _release(covered)
 
     async def _write_batch(
         self, loop: asyncio.AbstractEventLoop, chunks: list[bytes], lines: int
@@ -764,27 +814,25 @@ class Journal:
                 )
         return encode(records)
 
-    async def _compact_while_serving(
-        self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]]
-    ) -> None:
-        """Rewrite the journal as the snapshot, taken now, between two batches.
+    async def _compact_while_serving(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Rewrite the journal as the snapshot, taken now, between two batches; return the
+        number of the last append the new file holds.
 
         The server appends a request only once its ``handle`` has returned (a request still
         suspended in ``handle``, a long poll, is not journaled yet), so the snapshot holds the
         effect of every request journaled so far, including those queued but not written
-        yet: those are not written again, and their waiters (moved into ``waiters``) are
-        released with the new file. Requests queued while it is written come after it.
+        yet: those are not written again, and are answered with the new file. Requests
+        queued while it is written come after it.
         """
         try:
             records = self._snapshot_records()
         except SnapshotFailed as exc:
             self._compaction_off(exc)
-            return
-        covered = self._queued_lines
-        waiters += self._waiters
-        self._queued, self._queued_lines, self._waiters = [], 0, []
+            return self.written
+        _, covered, through = self._take()
         await loop.run_in_executor(None, self._compact, records)
         self.lines_written += covered
+        return through
 
     def _compaction_off(self, failure: SnapshotFailed) -> None:
         """``snapshot()`` failed while serving: keep serving on the journal as it is (every
@@ -878,17 +926,15 @@ class Journal:
             os.close(self._fd)
             self._fd = None
 
-    def _fail(self, error: OSError, lines: int, waiters: list[asyncio.Future[None]]) -> None:
+    def _fail(self, error: OSError, lines: int) -> None:
         """Refuse everything from now on; count exactly what was not journaled."""
         self._error = error
         self.failed = True
         lines += self._queued_lines
-        waiters += self._waiters
+        waiters = self._waiters
         self._queued, self._queued_lines, self._waiters = [], 0, []
         logger.error("journal: %d request(s) could not be journaled: %s", lines, error)
-        for waiter in waiters:
-            if not waiter.done():
-                _fail_quietly(waiter, error)
+        _call_each(waiters, error)
 
     def _check_failure(self, writer: asyncio.Future[None]) -> None:
         error = None if writer.cancelled() else writer.exception()
@@ -1140,10 +1186,18 @@ def _read_at(fd: int, size: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
-def _release(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():  # a connection that was aborted stopped waiting
-            waiter.set_result(None)
+def _call_each(
+    waiters: list[tuple[int, Callable[[OSError | None], None]]], error: OSError | None
+) -> None:
+    """Call each continuation with ``error``; one that raises (a bug) is reported to the
+    loop's exception handler, as a future's callback would be, and the others still run."""
+    for _, then in waiters:
+        try:
+            then(error)
+        except Exception as exc:
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "journal continuation failed", "exception": exc}
+            )
 
 
 if sys.platform == "win32":

@@ -188,9 +188,10 @@ class Server:
         self.needs_journal = needs_journal
         """The protocol's ``needs_journal(request)``, if it has one: False for a request that
         changes nothing, which is then not journaled. None: every request is."""
-        self.last_written: asyncio.Future[None] | None = None
-        """The journal's latest append: done once every request appended so far is written
-        (it writes them in order). None until the first."""
+        self.last_appended = 0
+        """The sequence number of the journal's latest append from this server: once the
+        journal has written it, every request appended so far is written (it writes them in
+        order). 0 until the first."""
         self.runner: Generator[Any, bytes, None]
         """Runs ``handle`` for one request per ``send``, outside any task, and yields its
         reply (see ``_inline_runner``)."""
@@ -287,11 +288,11 @@ class Server:
 
     def _release_held(self) -> None:
         held, self.held = self.held, []
-        written = self.last_written
-        if written is None or written.done():
-            _deliver(held, written)
+        journal = self.journal
+        if self.last_appended <= journal.written:
+            _deliver(held, None)
         else:
-            written.add_done_callback(functools.partial(_deliver, held))
+            journal.when_written(self.last_appended, functools.partial(_deliver, held))
 
     def to_journal(self, lines: Sequence[bytes]) -> list[bytes]:
         """The requests among ``lines`` that the journal takes: not the health pings (empty
@@ -440,10 +441,10 @@ class Server:
             self._accept_logged_at = now
 
 
-def _deliver(held: list[tuple[_Connection, bytes]], written: asyncio.Future[None] | None) -> None:
+def _deliver(held: list[tuple[_Connection, bytes]], failure: OSError | None) -> None:
     """Hand held pushes to their connections, unless the journal failed to write what made
     them (the service is stopping, and has said why): then they are dropped, as replies are."""
-    if written is not None and (written.cancelled() or written.exception() is not None):
+    if failure is not None:
         for connection, line in held:
             connection.pushed -= len(line) + 1
         return
@@ -504,15 +505,12 @@ class _Batch:
     once per request in ping-pong.
     """
 
-    __slots__ = ("pings_only", "replies", "too_long", "written")
+    __slots__ = ("pings_only", "replies", "too_long")
 
     replies: list[bytes]
     """One reply per line handled so far, in order; an empty one for a health ping."""
     pings_only: bool
     """Its lines are all health pings, whose replies reveal nothing: they need not wait."""
-    written: asyncio.Future[None] | None
-    """Set once every reply is there (``_reply``): what they wait for, the server's latest
-    journal append (``Server.last_written``); None if they need not wait."""
     too_long: bool
     """The line after the batch's lines is over the limit: refuse it after the replies."""
 
@@ -764,7 +762,7 @@ class _Connection(asyncio.BufferedProtocol):
             # connection's request can; the rest of the batch is finished in a task, which
             # takes the runner along.
             if done := server.to_journal(parts[:n]):
-                server.last_written = server.journal.append(done)
+                server.last_appended = server.journal.append(done)
             self.line_deadline = 0.0
             self._pause_reading()
             self.task = server.loop.create_task(
@@ -773,7 +771,7 @@ class _Connection(asyncio.BufferedProtocol):
             server.new_runner()
             return
         if requests:
-            server.last_written = server.journal.append(requests)
+            server.last_appended = server.journal.append(requests)
         self._reply(batch)
 
     async def _finish(
@@ -793,7 +791,7 @@ class _Connection(asyncio.BufferedProtocol):
         finally:
             runner.close()  # it served its last request
         if server.to_journal((suspended,)):
-            server.last_written = server.journal.append((suspended,))
+            server.last_appended = server.journal.append((suspended,))
         for line in lines:
             if not line:
                 replies.append(b"")
@@ -803,7 +801,7 @@ class _Connection(asyncio.BufferedProtocol):
             except (Exception, asyncio.CancelledError) as exc:
                 answer = _failed_unless_cancelled(exc)
             if server.to_journal((line,)):
-                server.last_written = server.journal.append((line,))
+                server.last_appended = server.journal.append((line,))
             replies.append(_checked(answer))
         self.task = None
         self._reply(batch)
@@ -819,16 +817,18 @@ class _Connection(asyncio.BufferedProtocol):
         data = b"\n".join(replies)
         if _NAK in data and (data[0] == _NAK or _REFUSAL_INSIDE in data):  # memchr first
             data = b"\n".join(map(_unmarked, replies))
-        written = batch.written = None if batch.pings_only else self.server.last_written
-        if written is None or written.done():
-            self._send(batch, data)
+        server = self.server
+        journal = server.journal
+        if batch.pings_only or server.last_appended <= journal.written:
+            self._send(batch, data, None)
             return
         self.line_deadline = 0.0  # we wait for the journal, not for the client
-        written.add_done_callback(lambda _: self._send(batch, data))
+        journal.when_written(server.last_appended, functools.partial(self._send, batch, data))
 
-    def _send(self, batch: _Batch, data: bytes) -> None:
-        written = batch.written
-        if written is not None and (written.cancelled() or written.exception() is not None):
+    def _send(self, batch: _Batch, data: bytes, failure: OSError | None) -> None:
+        """Write the batch's replies, called once the journal has written what they wait
+        for, or with the journal's failure."""
+        if failure is not None:
             # Not journaled: these replies would promise what a restart cannot keep. The
             # journal has reported why, and the service is stopping: refuse, do not answer.
             self._end(SHUTTING_DOWN)

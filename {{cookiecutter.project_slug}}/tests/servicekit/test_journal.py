@@ -153,12 +153,12 @@ FULL_DISK = textwrap.dedent(
         for group in range(30):
             requests = [b"group %02d request %d, some padding" % (group, n) for n in range(7)]
             try:
-                await journal.append(requests)
+                await journal.wait_for(journal.append(requests))
             except OSError:
                 break
             acknowledged += len(requests)
         try:
-            await journal.append([b"after the failure"])
+            await journal.wait_for(journal.append([b"after the failure"]))
         except OSError:
             print("refused after failure")
         await journal.close(5)
@@ -232,12 +232,51 @@ def run_journal(
 
 def test_requests_are_on_file_before_the_append_is_done(tmp_path: Path) -> None:
     async def scenario(journal: Journal) -> None:
-        done = journal.append([b"first", b"second"])
+        done = journal.wait_for(journal.append([b"first", b"second"]))
         assert not done.done(), "a reply may only follow the write"
         await done
         assert journal_requests(tmp_path / "journal.log") == b"first\nsecond\n"
 
     run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
+
+
+def test_continuations_run_in_order_with_the_write_and_one_that_raises_stops_no_other(
+    tmp_path: Path,
+) -> None:
+    """The write calls each reply's continuation itself, in the order they were registered,
+    once the file has their requests; a continuation with a bug is reported to the loop, and
+    the others (other connections' replies) still run."""
+    called: list[tuple[str, object]] = []
+    reported: list[BaseException] = []
+
+    async def scenario(journal: Journal) -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context["exception"])
+        )
+        first = journal.append([b"first"])
+        second = journal.append([b"second"])
+
+        def broken(error: OSError | None) -> None:
+            called.append(("broken", error))
+            raise RuntimeError("a bug in a continuation")
+
+        def on_file(name: str) -> Callable[[OSError | None], None]:
+            def then(error: OSError | None) -> None:
+                called.append((name, error))
+                assert journal_requests(tmp_path / "journal.log") == b"first\nsecond\n"
+
+            return then
+
+        journal.when_written(first, on_file("first"))
+        journal.when_written(second, broken)
+        journal.when_written(second, on_file("second"))
+        assert not called, "a continuation may only follow the write"
+        await journal.wait_for(second)
+        assert journal.written >= second
+
+    run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
+    assert called == [("first", None), ("broken", None), ("second", None)]
+    assert [str(error) for error in reported] == ["a bug in a continuation"]
 
 
 def test_group_commit_writes_everything_queued_at_once(
@@ -248,7 +287,8 @@ def test_group_commit_writes_everything_queued_at_once(
 
     async def scenario(journal: Journal) -> None:
         writes = [Counted(monkeypatch, name) for name in ("write", "writev") if hasattr(os, name)]
-        await asyncio.gather(*(journal.append([b"connection %d" % n]) for n in range(50)))
+        appends = [journal.append([b"connection %d" % n]) for n in range(50)]
+        await asyncio.gather(*map(journal.wait_for, appends))
         assert sum(counted.calls for counted in writes) == 1
 
     run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
@@ -262,7 +302,7 @@ def test_fsync_always_syncs_each_batch_before_it_is_done(
     async def scenario(journal: Journal) -> None:
         syncs = Counted(monkeypatch, "fsync")
         for n in range(3):
-            await journal.append([b"line %d" % n])
+            await journal.wait_for(journal.append([b"line %d" % n]))
             assert syncs.calls == n + 1
 
     run_journal(tmp_path, FsyncPolicy.ALWAYS, scenario)
@@ -274,7 +314,7 @@ def test_fsync_never_syncs_only_at_close(tmp_path: Path, monkeypatch: pytest.Mon
     async def scenario(journal: Journal) -> None:
         syncs.append(Counted(monkeypatch, "fsync"))
         for n in range(3):
-            await journal.append([b"line %d" % n])
+            await journal.wait_for(journal.append([b"line %d" % n]))
         assert syncs[0].calls == 0
 
     run_journal(tmp_path, FsyncPolicy.NEVER, scenario)
@@ -288,11 +328,11 @@ def test_fsync_interval_syncs_a_quiet_tail_within_the_interval(
 
     async def scenario(journal: Journal) -> None:
         syncs = Counted(monkeypatch, "fsync")
-        await journal.append([b"first"])
+        await journal.wait_for(journal.append([b"first"]))
         await asyncio.wait_for(syncs.called.wait(), HANG_GUARD)  # the first write syncs at once
         syncs.called.clear()
         for n in range(5):
-            await journal.append([b"then %d" % n])
+            await journal.wait_for(journal.append([b"then %d" % n]))
         assert syncs.calls == 1, "a second sync inside the interval"
         await asyncio.wait_for(syncs.called.wait(), HANG_GUARD)  # no new write: the timer syncs
         assert syncs.calls == 2
