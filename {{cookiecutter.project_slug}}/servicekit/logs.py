@@ -10,7 +10,6 @@ one record. Both go to stderr, which is where containers and systemd collect fro
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
@@ -78,6 +77,8 @@ def json_record(line: str) -> dict[str, Any] | None:
     """
     if not line.startswith("{"):
         return None
+    import json  # not at the top: a text log never pays for it, even at start
+
     try:
         record = json.loads(line)
     except ValueError:
