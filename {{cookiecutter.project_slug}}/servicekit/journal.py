@@ -541,6 +541,7 @@ class Journal:
             or not self._syncable
             or self.fsync_policy is FsyncPolicy.ALWAYS
             or self._fd is None
+            or self._rotation_due()
         ):
             self._wakeup.set()
             return
@@ -611,7 +612,17 @@ class Journal:
         Answered first because it is in the journal by then: if what follows fails (a full
         disk under the compaction's new file), the service stops, but a refusal must only
         ever go to a request that is in no journal (a client may send it again).
+
+        A rotation already due (an earlier write passed the bound, and more came before the
+        writer ran) is done before the write: what is queued goes to the new file, so a file
+        passes the bound by one batch at most.
         """
+        if self._rotation_due():
+            try:
+                await loop.run_in_executor(None, self._rotate)
+            except OSError as error:
+                self._fail(error, 0)
+                raise
         chunks, lines, through = self._take()
         if chunks:
             try:
