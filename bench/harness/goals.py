@@ -152,9 +152,14 @@ def pingpong(results: dict[str, Any]) -> Row | None:
             c["cpu_wal"] >= PINGPONG,
             _breakdown(c, "round trip"),
             "with one line in flight every read is a batch of one, so the fixed cost per read "
-            "is what counts: see the profile in bench/NOTES.md for where it goes, and "
-            "cut what buys no guarantee (the future and done-callback that carry each batch's "
-            "replies to the journal's write, one more loop turn; attribute lookups).",
+            "is what counts. Tried and shipped: one write per turn on the loop, one timer for "
+            "all connections, continuations called by the journal's write instead of a future "
+            "per batch. What is left (the profile in bench/NOTES.md) is the batch's own steps "
+            "(the read callback, the split, the driver's send into handle, the reply join and "
+            "its refusal-byte check, the state machine) and the record's CRC-32, each paid "
+            "once per read in Python; the bare + WAL echo does none of them. Going further "
+            "means fewer Python calls per read, or a C extension, which a stdlib-only runtime "
+            "rules out.",
         ),
     )
 
@@ -191,7 +196,7 @@ def journal_free(results: dict[str, Any]) -> Row | None:
             "< 1 in both modes",
             verdict(None, "this build journals them anyway (it does not read needs_journal)"),
         )
-    cells, faster = [], True
+    cells, faster, slower = [], True, ""
     for mode in ("pingpong", "pipeline"):
         free, ours = (
             us_per_line(results, JOURNAL_FREE, mode),
@@ -201,14 +206,29 @@ def journal_free(results: dict[str, Any]) -> Row | None:
             continue
         cells.append(f"{mode}: **{free / ours:.2f}** ({free:.2f} vs {ours:.2f} µs)")
         faster = faster and free < ours
+        if free >= ours and not slower:
+            client_free = us_per_line(results, JOURNAL_FREE, mode, "client")
+            client_ours = us_per_line(results, SERVICE_UVLOOP, mode, "client")
+            slower = (
+                f"in {mode}, a journal-free reply is written inside its read's callback, one "
+                "connection at a time, while journaled replies go out together once the "
+                "turn's reads are done; so each wake-up of either side finds fewer connections "
+                f"ready: the load generator spends {client_free:.2f} µs per line against the "
+                f"journal-free service, {client_ours:.2f} against the journaled one, and the "
+                "server pays more per line likewise. By rate: "
+                f"{median(tp(results, JOURNAL_FREE, mode)):,.0f} vs "
+                f"{median(tp(results, SERVICE_UVLOOP, mode)):,.0f} lines/s."
+            )
     return (
         name,
         "; ".join(cells),
         "< 1 in both modes",
         verdict(
             faster,
-            "skipping the journal saves less than the bookkeeping the choice adds per request.",
-            "decide per batch, not per request, when every request of a read is journal-free.",
+            slower,
+            "send journal-free replies at the end of the turn with the journaled ones (one "
+            "write per connection either way), so that both sides wake as rarely as with the "
+            "journal; an alternated comparison of the two (bench/NOTES.md) read 0.89.",
         ),
     )
 
@@ -335,8 +355,11 @@ def startup(results: dict[str, Any]) -> list[Row]:
                 "urllib.parse and ipaddress for the settings, dataclasses for the runtime) and "
                 "the work before listening (settings, logging set-up, opening the journal); "
                 "see bench/NOTES.md.",
-                "import only what the first request needs (`python -X importtime -m app`): "
-                "no pathlib or dataclasses on the start path.",
+                "tried: json left the start path (the log imported it at its top); pathlib "
+                "(and with it urllib.parse and ipaddress) and dataclasses stay, since the "
+                "settings, the journal's paths and the user's own settings class are built on "
+                "them; what is left is the service's own modules and its work before "
+                "listening.",
             ),
         )
     ]
