@@ -542,6 +542,7 @@ class Journal:
             or self.fsync_policy is FsyncPolicy.ALWAYS
             or self._fd is None
             or self._rotation_due()
+            or self._compaction_due()
         ):
             self._wakeup.set()
             return
@@ -613,9 +614,9 @@ class Journal:
         disk under the compaction's new file), the service stops, but a refusal must only
         ever go to a request that is in no journal (a client may send it again).
 
-        A rotation already due (an earlier write passed the bound, and more came before the
-        writer ran) is done before the write: what is queued goes to the new file, so a file
-        passes the bound by one batch at most.
+        A rotation or compaction already due (an earlier write passed the bound, and more
+        came before the writer ran) comes before the write: what is queued goes to the new
+        file, or into the snapshot, so a file passes the bound by one batch at most.
         """
         if self._rotation_due():
             try:
@@ -623,7 +624,10 @@ class Journal:
             except OSError as error:
                 self._fail(error, 0)
                 raise
-        chunks, lines, through = self._take()
+        chunks: list[bytes] = []
+        lines = through = 0
+        if not self._compaction_due():  # else the compaction below takes the queue
+            chunks, lines, through = self._take()
         if chunks:
             try:
                 await self._write_batch(loop, chunks, lines)
@@ -839,6 +843,8 @@ class Journal:
             records = self._snapshot_records()
         except SnapshotFailed as exc:
             self._compaction_off(exc)
+            if self._queued:  # left for the compaction: the next round writes them
+                self._wakeup.set()
             return self.written
         _, covered, through = self._take()
         await loop.run_in_executor(None, self._compact, records)
