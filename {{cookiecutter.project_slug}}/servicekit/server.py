@@ -244,6 +244,12 @@ class Server:
         self.held: list[tuple[_Connection, bytes]] = []
         """Pushes made in this step of the loop, held until the journal has what caused them
         (``hold_push``); a release is scheduled whenever it is not empty."""
+        self.ready: list[tuple[_Connection, _Batch, bytes]] = []
+        """Replies that wait for no write of the journal (health pings, requests it does not
+        take), written together at the end of this step of the loop (``_send_ready``), as
+        the journal's write sends the others. Written one read at a time instead, they cost
+        more than journaled ones: the client got them one at a time, and so did we its next
+        requests (bench/NOTES.md). A send is scheduled whenever it is not empty."""
 
     def watch_at(self, connection: _Connection, when: float) -> None:
         """Call ``connection.watch()`` at event-loop time ``when`` (unless it arms again)."""
@@ -293,6 +299,24 @@ class Server:
             _deliver(held, None)
         else:
             journal.when_written(self.last_appended, functools.partial(_deliver, held))
+
+    def send_soon(self, connection: _Connection, batch: _Batch, data: bytes) -> None:
+        """Have ``connection`` write ``data``, the replies of ``batch``, at the end of this
+        step of the loop (``ready``)."""
+        ready = self.ready
+        ready.append((connection, batch, data))
+        if len(ready) == 1:
+            self.loop.call_soon(self._send_ready)
+
+    def _send_ready(self) -> None:
+        ready, self.ready = self.ready, []
+        for connection, batch, data in ready:
+            try:
+                connection.send(batch, data, None)
+            except Exception as exc:  # a bug: report it, and still answer the others
+                self.loop.call_exception_handler(
+                    {"message": "sending replies failed", "exception": exc}
+                )
 
     def to_journal(self, lines: Sequence[bytes]) -> list[bytes]:
         """The requests among ``lines`` that the journal takes: not the health pings (empty
@@ -578,7 +602,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.pushed = 0
         """Bytes of pushes held or deferred, not yet in the transport (with their newlines)."""
         self.deferred: list[bytes] | None = None
-        """Pushes released while a batch was in progress (HANDLING): ``_send`` writes them
+        """Pushes released while a batch was in progress (HANDLING): ``send`` writes them
         after its replies, so that a push's write never moves the state under the batch."""
         self.overrun = False
         """More than PUSH_LIMIT bytes waited for the client during a batch: once its replies
@@ -820,14 +844,15 @@ class _Connection(asyncio.BufferedProtocol):
         server = self.server
         journal = server.journal
         if batch.pings_only or server.last_appended <= journal.written:
-            self._send(batch, data, None)
+            server.send_soon(self, batch, data)
             return
         self.line_deadline = 0.0  # we wait for the journal, not for the client
-        journal.when_written(server.last_appended, functools.partial(self._send, batch, data))
+        journal.when_written(server.last_appended, functools.partial(self.send, batch, data))
 
-    def _send(self, batch: _Batch, data: bytes, failure: OSError | None) -> None:
+    def send(self, batch: _Batch, data: bytes, failure: OSError | None) -> None:
         """Write the batch's replies, called once the journal has written what they wait
-        for, or with the journal's failure."""
+        for, or with the journal's failure, or at the end of the step for replies that wait
+        for nothing (``Server.send_soon``)."""
         if failure is not None:
             # Not journaled: these replies would promise what a restart cannot keep. The
             # journal has reported why, and the service is stopping: refuse, do not answer.
