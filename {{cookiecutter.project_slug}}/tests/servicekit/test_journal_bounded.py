@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 import signal
 import socket
 import sys
@@ -42,7 +43,7 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file sema
 
 KEY_VALUE = textwrap.dedent(
     """
-    import os, runpy, signal, sys
+    import asyncio, os, runpy, signal, sys
     from app import protocol
     from servicekit import journal, main as entry
 
@@ -101,6 +102,33 @@ KEY_VALUE = textwrap.dedent(
                 compacting[0] = False
 
         return watched
+
+    # SNAPSHOT_RAISES=1: snapshot() raises once the store holds anything (not at the start).
+    # When the writer wakes for a compaction, it goes on only once the client's next batch is
+    # queued, and had woken it too: the race in which the failure must wake it again. Each
+    # compaction while serving says how many requests were queued for it.
+    if os.environ.get("SNAPSHOT_RAISES"):
+        def snapshot():
+            if store:
+                raise RuntimeError("the store is locked")
+            return []
+
+        protocol.snapshot = snapshot
+        next_wakeup = journal.Journal._next_wakeup
+        compact = journal.Journal._compact_while_serving
+
+        async def woken_with_a_batch_queued(self):
+            await next_wakeup(self)
+            while self._compaction_due() and not self._queued_lines:
+                await asyncio.sleep(0.001)
+            self._wakeup.clear()  # set by that batch: this round is the one it woke
+
+        def counted(self, loop):
+            print(f"compaction with {self._queued_lines} queued", file=sys.stderr, flush=True)
+            return compact(self, loop)
+
+        journal.Journal._next_wakeup = woken_with_a_batch_queued
+        journal.Journal._compact_while_serving = counted
 
     if kill_at:
         owner = journal.Journal if kill_in == "_compact" else journal
@@ -287,6 +315,40 @@ def test_kill_9_under_load_with_compactions_loses_nothing_acknowledged(
         f"kill -9 under load, 5 rounds with {compactions} compactions: every acknowledged"
         " write recovered",
     )
+
+
+@posix_only
+def test_a_failed_snapshot_answers_the_requests_queued_for_it_and_keeps_them(
+    workdir: Path,
+) -> None:
+    """A compaction already due takes the requests queued since the last write into its
+    snapshot instead of writing them to the old file first. When ``snapshot()`` raises, they
+    are still queued: the journal as it is takes them, they are answered, the service serves
+    on, and a restart replays them. The batch here is queued before the writer's round, as
+    when it arrives before the writer task runs; one client, which waits for its replies, and
+    ``never``, under which no fsync timer wakes the writer: if the failure left the batch
+    queued and did not wake the writer again, nothing would, and the client would wait for
+    ever."""
+    service = key_value(
+        workdir, APP_JOURNAL_MAX_BYTES="8192", APP_JOURNAL_FSYNC="never", SNAPSHOT_RAISES="1"
+    )
+    acknowledged: dict[bytes, bytes] = {}
+    with connect(service) as sock:
+        stream = sock.makefile("rb")
+        for batch in range(50):  # 400 SETs of about 120 bytes: the bound is passed at once
+            pairs = [(b"k%d" % (batch * 8 + n), b"%d-%s" % (batch, b"x" * 100)) for n in range(8)]
+            sock.sendall(b"".join(b"SET %s %s\n" % pair for pair in pairs))
+            for key, value in pairs:
+                assert stream.readline() == b"OK\n"
+                acknowledged[key] = value
+    assert "cannot compact" in service.log, service.log
+    queued = [int(n) for n in re.findall(r"compaction with (\d+) queued", service.log)]
+    assert len(queued) == 1, service.log  # tried once: compaction is off after it failed
+    assert queued[0] > 0, service.log
+    assert service.stop() == ExitCode.OK, service.log
+    again = key_value(workdir, APP_JOURNAL_MAX_BYTES="0")  # snapshot() would refuse the start
+    assert read_store(again, sorted(acknowledged)) == acknowledged
+    assert again.stop() == ExitCode.OK, again.log
 
 
 def file_sizes(folder: Path) -> list[int]:
