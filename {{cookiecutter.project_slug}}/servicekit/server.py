@@ -504,7 +504,8 @@ class _State(enum.Enum):
     after the other connections' turns (fairness). The next read pauses reading."""
     HANDLING = "handling"
     """A batch is in progress: a request is in ``handle`` (in ``task`` once one suspended),
-    or the journal has not written the batch yet. Nothing more is handled until it is sent;
+    or the journal has not written the batch yet, or its replies, which wait for no write,
+    wait for the end of the turn (``Server.ready``). Nothing more is handled until it is sent;
     reading pauses at the next read, and the line clock is stopped."""
     BLOCKED = "blocked"
     """The client has not taken our replies (the transport's buffer passed WRITE_HIGH_WATER):
