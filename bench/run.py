@@ -49,6 +49,7 @@ SECTIONS = (
     "drain",
     "throughput",
     "seam",
+    "metrics",
     "footprint",
     "flood",
     "container",
@@ -74,8 +75,9 @@ class Plan:
     tp_reps: int
     tp_all_variants: bool
     """False: only the variants the goals need (ceiling, service, echo-first baseline)."""
-    seam_reps: int
-    """Runs of the service alternating one seam and two in one process (harness/seam.py)."""
+    alternated_reps: int
+    """Runs of each service that alternates two versions of itself in one process (the seam,
+    the metrics' batch timing: harness/alternated.py)."""
     idle_mem_conns: int
     idle_mem_reps: int
     flood_reps: int
@@ -102,7 +104,7 @@ FULL = Plan(
     tp_seconds=3.0,
     tp_reps=5,
     tp_all_variants=True,
-    seam_reps=10,
+    alternated_reps=10,
     idle_mem_conns=5000,
     idle_mem_reps=3,
     flood_reps=3,
@@ -128,7 +130,7 @@ QUICK = Plan(
     tp_seconds=0.4,
     tp_reps=1,
     tp_all_variants=False,
-    seam_reps=1,
+    alternated_reps=1,
     idle_mem_conns=300,
     idle_mem_reps=1,
     flood_reps=1,
@@ -175,6 +177,7 @@ def measure(
     plan: Plan, only: set[str], scratch: Path, python_version: str, template: Path
 ) -> dict[str, Any]:
     from harness import (
+        alternated,
         bake,
         cbuild,
         container,
@@ -182,7 +185,6 @@ def measure(
         flood,
         footprint,
         py314,
-        seam,
         shutdown,
         startup,
         throughput,
@@ -261,8 +263,12 @@ def measure(
         results["throughput_unavailable"] = {n: w for n, w in failed.items() if n in optional}
         results["throughput_unrecognised"] = unrecognised
     if "seam" in only:
-        results["seam_alternated"] = seam.run_alternated(
-            project, scratch, load, reps=plan.seam_reps, log=log
+        results["seam_alternated"] = alternated.seam(
+            project, scratch, load, reps=plan.alternated_reps, log=log
+        )
+    if "metrics" in only:
+        results["metrics_alternated"] = alternated.metrics(
+            project, scratch, load, reps=plan.alternated_reps, log=log
         )
     if "footprint" in only:
         results["footprint"] = footprint.run_all(

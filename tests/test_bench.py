@@ -54,6 +54,7 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
         "## 3. Echo throughput",
         "### 3b. Write-ahead journal cost",
         "## 3c. The seam's cost",
+        "## 3d. The metrics' cost",
         "## 4. Startup",
         "## 6. Idle connection cost",
         "## 7. Bystander latency under flood",
@@ -81,6 +82,8 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
         assert {s["client"] for s in results["throughput"]} == {"c"}
     # The seam is measured through the service's public entry point: slices of both versions.
     assert results["seam_alternated"].get("runs"), results["seam_alternated"]
+    # So is the batch timing metrics add, with the metrics endpoint on.
+    assert results["metrics_alternated"].get("runs"), results["metrics_alternated"]
     # The vendored runtime is found in the baked project and takes part in the shutdown grid.
     assert any(s["runner"] == "vendored" for s in results["shutdown"])
 
@@ -96,6 +99,7 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
         "Startup",
         "Bystander",
         "Seam cost",
+        "Metrics cost",
     ):
         assert goal in names, f"no goal row for {goal!r}"
     # Throughput is judged against the fastest server that journals, not one that does not.

@@ -164,6 +164,21 @@ def seam_service(project: Path, journal: Path) -> ServerSpec:
     )
 
 
+def metrics_timing_service(project: Path, journal: Path) -> ServerSpec:
+    """The service on uvloop with metrics on, its batches timed and not, alternated
+    (procs/metrics_service.py)."""
+    return ServerSpec(
+        name="service (uvloop, metrics on), batches timed and not, alternated",
+        argv=[sys.executable, str(PROCS / "metrics_service.py"), str(project)],
+        cwd=project,
+        env=service_env(journal, APP_USE_UVLOOP="1", APP_METRICS_PORT=str(free_port())),
+        journal=journal,
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
+        stop_signal=signal.SIGKILL,
+    )
+
+
 def journal_free_service(project: Path, journal: Path) -> ServerSpec:
     """The service on uvloop answering every request without journalling it, if the build
     knows ``needs_journal`` (procs/journal_free_service.py)."""
