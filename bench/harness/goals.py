@@ -294,14 +294,20 @@ def idle_memory(results: dict[str, Any]) -> Row | None:
             value <= IDLE_KIB,
             f"the bare Protocol echo needs {median(bare):.2f} KiB (socket, transport, "
             f"protocol object); the service's other {value - median(bare):.2f} KiB is the "
-            "state it keeps per parked connection beyond that: the accepted Python socket "
-            "and its weak reference (the service accepts with sock_accept, the bare echo's "
-            "create_server in C), the connection object and its entry in the server's heap of "
-            "deadlines (one timer serves all; see bench/NOTES.md). RSS per connection moves "
-            "by a few tenths of a KiB between runs: runs of the same code read 1.66 to "
-            "2.04. Tried and shipped: slots, no per-connection objects until first use, a "
-            "shared read buffer, and one timer for all connections instead of a TimerHandle "
-            "each (2.10 → 1.69 KiB side by side).",
+            "state it keeps per parked connection beyond that. tracemalloc over 2,000 of "
+            "them (bench/NOTES.md), beside what uvloop allocates for any transport: the "
+            "connection object (192 B, where the bare echo's protocol has no state), the "
+            "accepted Python socket (88 B; the service accepts with sock_accept and "
+            "connect_accepted_socket, the bare echo's create_server in C), the value of "
+            "servicekit.connection.current() in the connection's own copy of the context "
+            "(120 B), its entries in the server's heap of deadlines (94 B) and two floats "
+            "(48 B). Tried and shipped: slots, no per-connection objects until "
+            "first use, a shared read buffer, and one timer for all connections instead of a "
+            "TimerHandle each (2.10 → 1.69 KiB side by side, both started without .pyc). "
+            "Tried, not shipped: heap entries without their tie-breaking number (RSS "
+            "unchanged, 2.02 and 2.02). The section now runs with .pyc present whatever ran "
+            "before it: a start that compiles leaves freed memory that the first connections "
+            "reuse (1.65 KiB read that way).",
             "accept in C (create_server), if the pause on running out of file descriptors "
             "that the service's own accept loop gives can be kept another way.",
         ),
