@@ -426,7 +426,7 @@ def bystander(results: dict[str, Any]) -> Row | None:
 
 def seam(results: dict[str, Any]) -> Row:
     """The seam's cost: the real service with one more seam than it has, alternated in one
-    process (harness/seam.py); the median of the runs' extra server CPU per request."""
+    process (harness/alternated.py); the median of the runs' extra server CPU per request."""
     name = (
         "Seam cost (ping-pong): a second call like the server's into `handle` per request, "
         "in the real service"
