@@ -83,7 +83,9 @@ class _Link(Protocol):
 
 
 CURRENT: contextvars.ContextVar[_Link] = contextvars.ContextVar("servicekit.connection")
-"""The connection of the request being handled: set by the server before each batch."""
+"""The connection of the request being handled: set by the server for each batch while it
+runs ``handle``, and reset after; what ``handle`` starts meanwhile (a task, a callback) copies
+the context, and keeps it. An idle connection's context holds nothing."""
 _numbers = itertools.count(1)
 
 

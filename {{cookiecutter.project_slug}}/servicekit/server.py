@@ -755,49 +755,56 @@ class _Connection(asyncio.BufferedProtocol):
         if not parts:
             self._after(too_long)
             return
-        _set_current(self)  # servicekit.connection.current(), for handle
-        requests = parts if all(parts) else [line for line in parts if line]
-        if requests is not parts:  # health pings are rare: not counted on the common path
-            server.pings += len(parts) - len(requests)
-        server.requests += len(requests)
-        if server.handling is not None:
-            self.began = _clock()
-        replies: list[bytes] = []
-        batch = _Batch()
-        batch.replies = replies
-        batch.pings_only = not requests
-        batch.too_long = too_long
-        if requests and server.needs_journal is not None:
-            requests = server.to_journal(requests)
-        reply = replies.append
-        run_inline = server.run_inline
-        for n, line in enumerate(parts):
-            if not line:
-                reply(b"")  # a health ping: an empty reply
-                continue
-            try:
-                step = run_inline(line)
-            except BaseException:
-                server.new_runner()  # it let through what is not an Exception, and ended
-                raise
-            if type(step) is bytes:  # the reply: anything else comes from inside handle
-                reply(step)
-                continue
-            # It suspended: what took effect before it is journaled now, before any other
-            # connection's request can; the rest of the batch is finished in a task, which
-            # takes the runner along.
-            if done := server.to_journal(parts[:n]):
-                server.last_appended = server.journal.append(done)
-            self.line_deadline = 0.0
-            self._pause_reading()
-            self.task = server.loop.create_task(
-                self._finish(batch, server.runner, step, parts[n], parts[n + 1 :])
-            )
-            server.new_runner()
-            return
-        if requests:
-            server.last_appended = server.journal.append(requests)
-        self._reply(batch)
+        token = _set_current(self)  # servicekit.connection.current(), for handle
+        try:
+            requests = parts if all(parts) else [line for line in parts if line]
+            if requests is not parts:  # health pings are rare: not counted on the common path
+                server.pings += len(parts) - len(requests)
+            server.requests += len(requests)
+            if server.handling is not None:
+                self.began = _clock()
+            replies: list[bytes] = []
+            batch = _Batch()
+            batch.replies = replies
+            batch.pings_only = not requests
+            batch.too_long = too_long
+            if requests and server.needs_journal is not None:
+                requests = server.to_journal(requests)
+            reply = replies.append
+            run_inline = server.run_inline
+            for n, line in enumerate(parts):
+                if not line:
+                    reply(b"")  # a health ping: an empty reply
+                    continue
+                try:
+                    step = run_inline(line)
+                except BaseException:
+                    server.new_runner()  # it let through what is not an Exception, and ended
+                    raise
+                if type(step) is bytes:  # the reply: anything else comes from inside handle
+                    reply(step)
+                    continue
+                # It suspended: what took effect before it is journaled now, before any other
+                # connection's request can; the rest of the batch is finished in a task, which
+                # takes the runner along.
+                if done := server.to_journal(parts[:n]):
+                    server.last_appended = server.journal.append(done)
+                self.line_deadline = 0.0
+                self._pause_reading()
+                self.task = server.loop.create_task(
+                    self._finish(batch, server.runner, step, parts[n], parts[n + 1 :])
+                )
+                server.new_runner()
+                return
+            if requests:
+                server.last_appended = server.journal.append(requests)
+            self._reply(batch)
+        finally:
+            # Not left in the context the read ran in (the connection's own, uvloop's
+            # copy): an idle connection would keep the value, and a batch run from
+            # another connection's callback would leave its own in that one's. What
+            # handle started meanwhile (a task, a callback) copied the context already.
+            _reset_current(token)
 
     async def _finish(
         self,
@@ -1058,6 +1065,7 @@ _clock = time.perf_counter
 """Times batches: the loop's own clock has 1 ms steps under uvloop."""
 _set_current = CURRENT.set
 """Makes a connection ``servicekit.connection.current()``, looked up once."""
+_reset_current = CURRENT.reset
 
 
 def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
