@@ -298,16 +298,15 @@ def idle_memory(results: dict[str, Any]) -> Row | None:
             "them (bench/NOTES.md), beside what uvloop allocates for any transport: the "
             "connection object (192 B, where the bare echo's protocol has no state), the "
             "accepted Python socket (88 B; the service accepts with sock_accept and "
-            "connect_accepted_socket, the bare echo's create_server in C), the value of "
-            "servicekit.connection.current() in the connection's own copy of the context "
-            "(120 B), its entries in the server's heap of deadlines (94 B) and two floats "
-            "(48 B). Tried and shipped: slots, no per-connection objects until "
-            "first use, a shared read buffer, and one timer for all connections instead of a "
-            "TimerHandle each (2.10 → 1.69 KiB side by side, both started without .pyc). "
-            "Tried, not shipped: heap entries without their tie-breaking number (RSS "
-            "unchanged, 2.02 and 2.02). The section now runs with .pyc present whatever ran "
-            "before it: a start that compiles leaves freed memory that the first connections "
-            "reuse (1.65 KiB read that way).",
+            "connect_accepted_socket, the bare echo's create_server in C), its entries in "
+            "the server's heap of deadlines (94 B) and two floats (48 B). Tried and shipped: "
+            "slots, no per-connection objects until first use, a shared read buffer, one "
+            "timer for all connections instead of a TimerHandle each (2.10 → 1.69 KiB side "
+            "by side, both started without .pyc), and current() reset after each batch "
+            "instead of kept in the connection's context (120 B; 2.02 → 1.90 KiB). Tried, "
+            "not shipped: heap entries without their tie-breaking number (RSS unchanged). "
+            "The section runs with .pyc present whatever ran before it: a start that "
+            "compiles leaves freed memory that the first connections reuse.",
             "accept in C (create_server), if the pause on running out of file descriptors "
             "that the service's own accept loop gives can be kept another way.",
         ),
