@@ -322,7 +322,12 @@ class Server:
         """The requests among ``lines`` that the journal takes: not the health pings (empty
         lines), nor what ``needs_journal`` says changes nothing."""
         needs = self.needs_journal
-        return [line for line in lines if line and (needs is None or needs(line))]
+        try:
+            return [line for line in lines if line and (needs is None or needs(line))]
+        except (Exception, asyncio.CancelledError):
+            # Judged again one by one, to journal what it cannot judge (a pure function, as
+            # docs/protocol.md asks, gives the same answers the second time).
+            return [line for line in lines if line and _judged(cast("_Judge", needs), line)]
 
     def new_runner(self) -> None:
         """A fresh inline runner: the current one left with a request that suspended, or died."""
@@ -1079,6 +1084,19 @@ def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
     if last_line == UNREAD_PUSHES:
         return "unread_pushes"
     return "too_long" if last_line.startswith(LINE_TOO_LONG[:25]) else "line_timeout"
+
+
+_Judge = Callable[[bytes], bool]
+
+
+def _judged(needs_journal: _Judge, request: bytes) -> bool:
+    """``needs_journal(request)``, or True if it raises: a request it cannot judge may change
+    state, so it is journaled; the error is the protocol's, logged, and stops nothing."""
+    try:
+        return bool(needs_journal(request))
+    except (Exception, asyncio.CancelledError):
+        logger.exception("needs_journal() failed; the request is journaled")
+        return True
 
 
 def _failed_unless_cancelled(error: Exception | asyncio.CancelledError) -> bytes:

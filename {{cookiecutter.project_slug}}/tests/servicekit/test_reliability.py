@@ -38,6 +38,7 @@ from conftest import (
     journal_of,
     journal_record,
     journal_requests,
+    read_line,
     read_to_end,
     service_env,
     talk_through_sigterm,
@@ -927,3 +928,32 @@ def test_a_request_that_needs_no_journal_never_reveals_what_is_not_journaled(
     journaled = b"".join(chunks)
     assert b"SET k v" in journaled, journaled[-200:]
     assert b"GET" not in journaled, "a request that needs no journal was journaled"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_needs_journal_that_raises_journals_the_request_and_serves_on(
+    workdir: Path, loop: str
+) -> None:
+    """Seen failing: a ``needs_journal`` that raised on one client's request stopped the
+    service (exit 1): that client got none of the replies of its batch, only EOF, and every
+    other client a refusal. A request ``needs_journal`` cannot judge is journaled (the safe
+    answer: it may change state), the error is logged with its traceback, and the request is
+    handled as any other."""
+    judge = "def needs_journal(request):\n"
+    odd = (
+        judge + "    if request.startswith(b'ODD'):\n        raise ValueError('cannot judge it')\n"
+    )
+    (workdir / "reads_free.py").write_text(READS_FREE.replace(judge, odd))
+    journal = workdir / "journal.log"
+    settings = {"APP_PORT": "0", "APP_JOURNAL_PATH": str(journal), **loop_setting(loop)}
+    service = Service(workdir, service_env(**settings), args=["reads_free.py"])
+    with connect(service) as client, connect(service) as bystander:
+        client.sendall(b"SET a 1\nGET a\nODD a\nGET a\n")  # one batch
+        replies = [read_line(client) for _ in range(4)]
+        assert replies == [b"OK\n", b"1\n", b"1\n", b"1\n"], service.log
+        assert ask(bystander, b"SET b 2\n") == b"OK\n"
+        assert ask(client, b"ODD b\n") == b"2\n"  # a batch of its own: the same
+    assert service.stop() == ExitCode.OK, service.log
+    assert service.log.count("needs_journal() failed") == 2, service.log
+    assert "ValueError: cannot judge it" in service.log
+    assert journal_requests(journal) == b"SET a 1\nODD a\nSET b 2\nODD b\n"
