@@ -783,9 +783,10 @@ class _Connection(asyncio.BufferedProtocol):
                     continue
                 try:
                     step = run_inline(line)
-                except BaseException:
+                except BaseException as exc:
                     server.new_runner()  # it let through what is not an Exception, and ended
-                    raise
+                    self._stop_with(batch, parts[:n], exc)
+                    return
                 if type(step) is bytes:  # the reply: anything else comes from inside handle
                     reply(step)
                     continue
@@ -824,24 +825,49 @@ class _Connection(asyncio.BufferedProtocol):
         server = self.server
         replies = batch.replies
         try:
-            replies.append(await _finish_in_task(runner, step))
-        finally:
-            runner.close()  # it served its last request
-        if server.to_journal((suspended,)):
-            server.last_appended = server.journal.append((suspended,))
-        for line in lines:
-            if not line:
-                replies.append(b"")
-                continue
             try:
-                answer: object = await server.handle(line)
-            except (Exception, asyncio.CancelledError) as exc:
-                answer = _failed_unless_cancelled(exc)
-            if server.to_journal((line,)):
-                server.last_appended = server.journal.append((line,))
-            replies.append(_checked(answer))
+                replies.append(await _finish_in_task(runner, step))
+            finally:
+                runner.close()  # it served its last request
+            if server.to_journal((suspended,)):
+                server.last_appended = server.journal.append((suspended,))
+            for line in lines:
+                if not line:
+                    replies.append(b"")
+                    continue
+                try:
+                    answer: object = await server.handle(line)
+                except (Exception, asyncio.CancelledError) as exc:
+                    answer = _failed_unless_cancelled(exc)
+                if server.to_journal((line,)):
+                    server.last_appended = server.journal.append((line,))
+                replies.append(_checked(answer))
+        except asyncio.CancelledError:
+            raise  # the connection was lost, or the service is stopping: nobody to answer
+        except BaseException as exc:  # each request handled so far is journaled already
+            self.task = None
+            self._stop_with(batch, (), exc)
+            return
         self.task = None
         self._reply(batch)
+
+    def _stop_with(self, batch: _Batch, handled: Sequence[bytes], error: BaseException) -> None:
+        """``handle`` raised what is not an Exception (SystemExit, KeyboardInterrupt), which
+        stops the service: answer the requests of the batch handled before it, once they are
+        journaled, and leave the rest to the drain's last line (SHUTTING_DOWN: not handled).
+
+        ``error`` is raised again from a loop callback of its own, not from the read's or the
+        task's: raised out of a read, it made uvloop close the transport at once (the replies
+        lost, the client given EOF and no reason) and asyncio leave the connection in its
+        batch, so that the drain waited for it until its deadline.
+        """
+        server = self.server
+        if done := server.to_journal(handled):
+            server.last_appended = server.journal.append(done)
+        self.pending = b""
+        batch.too_long = False
+        self._reply(batch)
+        server.loop.call_soon(_raise, error)
 
     def _reply(self, batch: _Batch) -> None:
         """Send the batch's replies in one write, once the journal has every request handled
@@ -1084,6 +1110,11 @@ def _end_reason(connection: _Connection, last_line: bytes | None) -> str:
     if last_line == UNREAD_PUSHES:
         return "unread_pushes"
     return "too_long" if last_line.startswith(LINE_TOO_LONG[:25]) else "line_timeout"
+
+
+def _raise(error: BaseException) -> None:
+    """Raise ``error`` in a step of the loop of its own (``_Connection._stop_with``)."""
+    raise error
 
 
 _Judge = Callable[[bytes], bool]

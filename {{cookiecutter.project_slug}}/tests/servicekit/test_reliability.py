@@ -957,3 +957,65 @@ def test_a_needs_journal_that_raises_journals_the_request_and_serves_on(
     assert service.log.count("needs_journal() failed") == 2, service.log
     assert "ValueError: cannot judge it" in service.log
     assert journal_requests(journal) == b"SET a 1\nODD a\nSET b 2\nODD b\n"
+
+
+STOPS_ITSELF = textwrap.dedent(
+    """
+    import asyncio
+    import sys
+    from app import protocol
+    from servicekit import main as entry
+
+    store = {}
+
+    async def handle(request):
+        command, _, rest = request.partition(b" ")
+        if command == b"AWAIT-EXIT":
+            await asyncio.sleep(0)  # the rest of the batch then runs in a task
+            raise SystemExit(3)
+        if command == b"EXIT":
+            raise SystemExit(3)
+        if command == b"SET":
+            key, _, value = rest.partition(b" ")
+            store[key] = value
+            return b"OK"
+        return store.get(rest, b"(none)")
+
+    def recover(request):
+        if request.startswith(b"SET "):
+            key, _, value = request[4:].partition(b" ")
+            store[key] = value
+
+    protocol.handle, protocol.recover = handle, recover
+    sys.exit(entry.main(protocol))
+    """
+)
+
+
+@pytest.mark.parametrize("exit_request", [b"EXIT", b"AWAIT-EXIT"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_handle_that_raises_system_exit_stops_the_service_gracefully(
+    workdir: Path, loop: str, exit_request: bytes
+) -> None:
+    """Seen failing: ``sys.exit()`` in ``handle`` stopped the service, but the client whose
+    request raised it got only EOF: not the replies to the requests of its batch handled
+    before it, nor the refusal that says the rest was not. On asyncio the drain also waited
+    for that connection until its deadline. Now the requests handled before it are journaled
+    and answered, the rest refused, and the service exits with the status asked for."""
+    (workdir / "stops_itself.py").write_text(STOPS_ITSELF)
+    journal = workdir / "journal.log"
+    settings = {
+        "APP_PORT": "0",
+        "APP_JOURNAL_PATH": str(journal),
+        "APP_SHUTDOWN_TIMEOUT": str(3 * HANG_GUARD),  # a drain that waits shows as a hang
+        **loop_setting(loop),
+    }
+    service = Service(workdir, service_env(**settings), args=["stops_itself.py"])
+    with connect(service) as client, connect(service) as bystander:
+        assert ask(bystander, b"SET b 2\n") == b"OK\n"
+        client.sendall(b"SET a 1\nGET a\n" + exit_request + b"\nSET c 3\n")  # one batch
+        assert read_to_end(client) == b"OK\n1\n" + SHUTTING_DOWN, service.log
+        assert read_to_end(bystander) == SHUTTING_DOWN, service.log
+    assert service.wait() == 3, service.log
+    assert "Traceback" not in service.log, service.log
+    assert journal_requests(journal) == b"SET b 2\nSET a 1\nGET a\n"  # not what raised
