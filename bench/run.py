@@ -50,6 +50,7 @@ SECTIONS = (
     "throughput",
     "seam",
     "metrics",
+    "checksum",
     "footprint",
     "flood",
     "container",
@@ -77,7 +78,7 @@ class Plan:
     """False: only the variants the goals need (ceiling, service, echo-first baseline)."""
     alternated_reps: int
     """Runs of each service that alternates two versions of itself in one process (the seam,
-    the metrics' batch timing: harness/alternated.py)."""
+    the metrics' batch timing, the journal checksum in each mode: harness/alternated.py)."""
     idle_mem_conns: int
     idle_mem_reps: int
     flood_reps: int
@@ -268,6 +269,10 @@ def measure(
         )
     if "metrics" in only:
         results["metrics_alternated"] = alternated.metrics(
+            project, scratch, load, reps=plan.alternated_reps, log=log
+        )
+    if "checksum" in only:
+        results["checksum_alternated"] = alternated.checksum(
             project, scratch, load, reps=plan.alternated_reps, log=log
         )
     if "footprint" in only:

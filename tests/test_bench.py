@@ -55,6 +55,7 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
         "### 3b. Write-ahead journal cost",
         "## 3c. The seam's cost",
         "## 3d. The metrics' cost",
+        "## 3e. The journal checksum's cost",
         "## 4. Startup",
         "## 6. Idle connection cost",
         "## 7. Bystander latency under flood",
@@ -84,6 +85,10 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
     assert results["seam_alternated"].get("runs"), results["seam_alternated"]
     # So is the batch timing metrics add, with the metrics endpoint on.
     assert results["metrics_alternated"].get("runs"), results["metrics_alternated"]
+    # And the journal's checksum, in both load shapes, beside zlib's own time for one line.
+    for mode in ("pingpong", "pipeline"):
+        assert results["checksum_alternated"][mode].get("runs"), results["checksum_alternated"]
+    assert results["checksum_alternated"]["floor"]["crc32_us"] > 0
     # The vendored runtime is found in the baked project and takes part in the shutdown grid.
     assert any(s["runner"] == "vendored" for s in results["shutdown"])
 
@@ -100,6 +105,7 @@ def test_quick_bench_runs_every_section(tmp_path: Path) -> None:
         "Bystander",
         "Seam cost",
         "Metrics cost",
+        "Journal checksum cost",
     ):
         assert goal in names, f"no goal row for {goal!r}"
     # Throughput is judged against the fastest server that journals, not one that does not.

@@ -1,9 +1,10 @@
-"""Benchmarks 3c and 3d: what one piece of per-request work costs, measured in one process.
+"""Benchmarks 3c, 3d and 3e: what one piece of per-request work costs, measured in one process.
 
-Two figures here are ratios of nearly equal numbers: the seam (the server's call per request
-into the user's ``handle``) and the metrics' batch timing. Between processes they drown in the
-noise of a shared machine: for the metrics, the same two services run one after the other read
-from 0.79 to 1.19 of each other in ping-pong, for a cost near 1%. So each is measured inside one
+Three figures here are ratios of nearly equal numbers: the seam (the server's call per request
+into the user's ``handle``), the metrics' batch timing and the journal's checksum. Between
+processes they drown in the noise of a shared machine: for the metrics, the same two services
+run one after the other read from 0.79 to 1.19 of each other in ping-pong, for a cost near 1%;
+for the checksum, 0.80, 0.95 and 1.04 in three full runs. So each is measured inside one
 process that swaps two versions of itself every ``SLICE_SECONDS``:
 
 - 3c, the seam (procs/seam_service.py): ``handle`` answers at once (``one``: the server's one
@@ -11,13 +12,17 @@ process that swaps two versions of itself every ``SLICE_SECONDS``:
   seam out (that meant editing the server's source, which froze its code); it adds one.
 - 3d, the metrics (procs/metrics_service.py): the service runs with ``APP_METRICS_PORT`` on and
   its batch histogram in place (``on``) or taken out (``off``), so a batch is timed or not.
+- 3e, the checksum (procs/checksum_service.py): the journal's records are written with their
+  CRC-32 (``crc``, as shipped) or as plain lines (``plain``).
 
 Both versions see the same process (memory layout, hash seed), the same clients and the same
 load from other jobs. Each slice is charged with the process CPU time spent and the requests
 handled while its version was in place; a run's cost is the median over its pairs of
 neighbouring slices, and the figure is the median over runs, with their min-max as the spread.
 The load is ping-pong (one 1 KiB line in flight per connection), so every read is a batch of
-one and the per-request (or per-batch) work's share of a round trip is the largest it gets.
+one and the per-request (or per-batch) work's share of a round trip is the largest it gets. The
+checksum is paid per byte, not per batch, so it is measured pipelined too, where the rest of the
+work per line is smallest.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import json
 import re
 import time
+import timeit
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +53,8 @@ class Versions(NamedTuple):
 
 SEAM = Versions("one", "two")
 METRICS = Versions("off", "on")
+CHECKSUM = Versions("plain", "crc")
+MODES = ("pingpong", "pipeline")
 
 
 def slice_pairs(run: dict[str, Any], versions: Versions) -> list[float]:
@@ -95,9 +104,10 @@ def run(
     *,
     reps: int,
     log: Callable[[str], None],
+    mode: str = "pingpong",
 ) -> dict[str, Any]:
-    """`reps` processes of ``spec``, each alternating its two versions; the slices of each
-    run's counted window."""
+    """`reps` processes of ``spec``, each alternating its two versions under ``mode``'s load;
+    the slices of each run's counted window."""
     runs: list[dict[str, Any]] = []
     for rep in range(reps):
         try:
@@ -106,7 +116,7 @@ def run(
             return {"unavailable": f"{type(exc).__name__}: {str(exc)[-600:]}", "runs": runs}
         try:
             began = time.perf_counter()
-            client = load.run("pingpong", port, child.pid)
+            client = load.run(mode, port, child.pid)
             ended = time.perf_counter()
         finally:
             servers.stop(child, spec.stop_signal)
@@ -126,8 +136,8 @@ def run(
             return {"unavailable": "no slices reported: " + " | ".join(child.stderr.lines[-5:])}
         runs.append(one)
         cost = run_cost(one, versions)
-        log(f"{spec.name}, run {rep + 1}/{reps}: {cost:+.1%} server CPU per request")
-    return {"runs": runs, "slice_seconds": SLICE_SECONDS}
+        log(f"{spec.name}, {mode}, run {rep + 1}/{reps}: {cost:+.1%} server CPU per request")
+    return {"runs": runs, "slice_seconds": SLICE_SECONDS, "mode": mode}
 
 
 def seam(project: Path, scratch: Path, load: throughput.Load, **kw: Any) -> dict[str, Any]:
@@ -140,3 +150,34 @@ def metrics(project: Path, scratch: Path, load: throughput.Load, **kw: Any) -> d
     return run(
         servers.metrics_timing_service(project, scratch / "j-timing.log"), METRICS, load, **kw
     )
+
+
+def crc32_floor(size: int) -> dict[str, float]:
+    """What one ``size``-byte record's checksum costs in this Python, in µs (best of 5): zlib's
+    CRC-32 alone, and with the record's suffix formatted as ``encode`` does. The checksum's
+    cost in the service cannot be below this."""
+
+    def best(statement: str) -> float:
+        timer = timeit.Timer(statement, globals={"crc32": zlib.crc32, "line": bytes(size)})
+        number, _ = timer.autorange()
+        return 1e6 * min(timer.repeat(5, number)) / number
+
+    return {"crc32_us": best("crc32(line)"), "record_us": best('b" %08x\\n" % crc32(line)')}
+
+
+def checksum(project: Path, scratch: Path, load: throughput.Load, **kw: Any) -> dict[str, Any]:
+    """3e: the service with its journal records checksummed and not, in both modes, and the
+    checksum's own floor."""
+    return {
+        "floor": crc32_floor(load.size),
+        **{
+            mode: run(
+                servers.checksum_service(project, scratch / f"j-checksum-{mode}.log"),
+                CHECKSUM,
+                load,
+                mode=mode,
+                **kw,
+            )
+            for mode in MODES
+        },
+    }

@@ -201,6 +201,7 @@ def render(
     out += _throughput_section(results, cfg)
     out += _seam_section(results, cfg)
     out += _metrics_section(results, cfg)
+    out += _checksum_section(results, cfg)
     out += _startup_section(results, cfg)
     out += _container_section(results)
     out += _footprint_section(results)
@@ -617,6 +618,61 @@ def _metrics_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         f"server CPU per request with batches timed, {alt['us_base']:.2f} µs without (median "
         "slices).",
         "",
+    ]
+
+
+def _checksum_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    section = results.get("checksum_alternated") or {}
+    title = "## 3e. The journal checksum's cost"
+    summaries = {
+        mode: alternated.summary(section.get(mode) or {}, alternated.CHECKSUM)
+        for mode in alternated.MODES
+    }
+    if not any(summaries.values()):
+        why = next((section[m]["unavailable"] for m in section if "unavailable" in section[m]), "")
+        return [title, "", f"Not available in this build (`{why[:300]}`).", ""] if why else []
+    rows = [
+        [mode, str(n), str(len(pairs)), f"{alternated.run_cost(run, alternated.CHECKSUM):+.1%}"]
+        for mode in alternated.MODES
+        for n, run in enumerate((section.get(mode) or {}).get("runs") or [], 1)
+        if (pairs := alternated.slice_pairs(run, alternated.CHECKSUM))
+    ]
+    medians = [
+        f"{mode} **{alt['median']:+.1%}** ({alt['min']:+.1%} to {alt['max']:+.1%} over "
+        f"{alt['runs']} runs, {alt['slice_pairs']} slice pairs): {alt['us_extra']:.2f} µs of "
+        f"server CPU per line with the checksum, {alt['us_base']:.2f} µs without"
+        for mode, alt in summaries.items()
+        if alt
+    ]
+    floor = section.get("floor") or {}
+    return [
+        title,
+        "",
+        "Every journal record carries a CRC-32 of its request, paid per byte on the hot path. "
+        "`procs/checksum_service.py` runs the real service through "
+        "`servicekit.main.main(protocol)` and swaps the journal's `encode` between the shipped "
+        "one and the plain newline join it used before records were checksummed, every "
+        f"{(section.get('pingpong') or {}).get('slice_seconds', 0.05) * 1000:.0f} ms, charging "
+        "each slice with the process CPU time and the requests of its version, as section 3c "
+        f"does. {cfg['tp_conns']} connections of {cfg['tp_size']}-byte lines, ping-pong and "
+        "pipelined: the checksum's cost is per byte, so pipelined lines, whose other work is "
+        "the least, pay the largest share. Section 3's two services, with and without CRC-32, "
+        "are processes run one after the other; their ratio spreads further than this cost.",
+        "",
+        *_table(("mode", "run", "slice pairs", "cost of the checksum"), rows),
+        "",
+        "Median " + "; ".join(medians) + " (median slices).",
+        "",
+        *(
+            [
+                f"The floor, measured in the bench's own Python: zlib's CRC-32 of one "
+                f"{cfg['tp_size']}-byte line takes {floor['crc32_us']:.2f} µs, and with the "
+                f"record's suffix formatted {floor['record_us']:.2f} µs (best of 5).",
+                "",
+            ]
+            if floor
+            else []
+        ),
     ]
 
 

@@ -179,6 +179,21 @@ def metrics_timing_service(project: Path, journal: Path) -> ServerSpec:
     )
 
 
+def checksum_service(project: Path, journal: Path) -> ServerSpec:
+    """The service on uvloop with its journal records written with and without their CRC-32,
+    alternated (procs/checksum_service.py)."""
+    return ServerSpec(
+        name="service (uvloop), records with and without CRC-32, alternated",
+        argv=[sys.executable, str(PROCS / "checksum_service.py"), str(project)],
+        cwd=project,
+        env=service_env(journal, APP_USE_UVLOOP="1"),
+        journal=journal,
+        ready_stream="stderr",
+        ready_pattern=SERVICE_READY,
+        stop_signal=signal.SIGKILL,
+    )
+
+
 def journal_free_service(project: Path, journal: Path) -> ServerSpec:
     """The service on uvloop answering every request without journalling it, if the build
     knows ``needs_journal`` (procs/journal_free_service.py)."""
