@@ -322,12 +322,14 @@ class Server:
         """The requests among ``lines`` that the journal takes: not the health pings (empty
         lines), nor what ``needs_journal`` says changes nothing."""
         needs = self.needs_journal
+        if needs is None:
+            return [line for line in lines if line]
         try:
-            return [line for line in lines if line and (needs is None or needs(line))]
+            return [line for line in lines if line and needs(line)]
         except (Exception, asyncio.CancelledError):
             # Judged again one by one, to journal what it cannot judge (a pure function, as
             # docs/protocol.md asks, gives the same answers the second time).
-            return [line for line in lines if line and _judged(cast("_Judge", needs), line)]
+            return [line for line in lines if line and _judged(needs, line)]
 
     def new_runner(self) -> None:
         """A fresh inline runner: the current one left with a request that suspended, or died."""
@@ -1117,10 +1119,7 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
-_Judge = Callable[[bytes], bool]
-
-
-def _judged(needs_journal: _Judge, request: bytes) -> bool:
+def _judged(needs_journal: Callable[[bytes], bool], request: bytes) -> bool:
     """``needs_journal(request)``, or True if it raises: a request it cannot judge may change
     state, so it is journaled; the error is the protocol's, logged, and stops nothing."""
     try:
