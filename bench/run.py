@@ -12,7 +12,7 @@ RESULTS.md (the report), shutdown.png (the plot) and results.json (every raw sam
     python bench/run.py --out DIR      # anywhere else
     python bench/run.py --only shutdown,drain --reps 2
     python bench/run.py --report-only DIR   # rebuild RESULTS.md and the plot from DIR/results.json
-    python bench/run.py --readme-table DIR  # print the README's table from DIR/results.json
+    python bench/run.py --readme-table DIR  # print docs/benchmarks.md's table from DIR/results.json
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "--readme-table",
         type=Path,
         metavar="DIR",
-        help="print the README's benchmark table from DIR/results.json",
+        help="print the benchmark table of docs/benchmarks.md from DIR/results.json",
     )
     parser.add_argument(
         "--report-only",

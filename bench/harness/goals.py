@@ -5,7 +5,7 @@ write-ahead promise (the bare uvloop Protocol echo + WAL), not with one that jou
 the bare echo is shown beside it, so journalling's own cost is in every row too.
 
 Why a module of its own: each goal is a computation over results.json (a ratio of medians
-against a target), and the same rows feed RESULTS.md and the README table (`run.py
+against a target), and the same rows feed RESULTS.md and docs/benchmarks.md's table (`run.py
 --readme-table`), so nothing in either is typed by hand. A row that misses its target names the
 limit measured in the same run and a way past it.
 """
@@ -619,7 +619,8 @@ def checksum_cost(results: dict[str, Any]) -> Row | None:
     crc = (
         f"zlib's CRC-32 of one {size:,}-byte line takes {floor['crc32_us']:.2f} µs in this "
         f"Python and the record's suffix {floor['record_us'] - floor['crc32_us']:.2f} µs more "
-        "(best of 5, section 3e), so the checksum cannot cost less than that per line; "
+        "(best of 5, before and after its runs: section 3e), so the checksum cannot cost "
+        "less than that per line; "
         if floor
         else ""
     )
@@ -738,8 +739,9 @@ def table(rows: Sequence[Row]) -> list[str]:
 
 
 def readme_table(results: dict[str, Any]) -> list[str]:
-    """The top-level README's benchmark table: every goal row of this run, with a line
-    saying which run it came from. Printed by `python bench/run.py --readme-table DIR`."""
+    """The benchmark table of docs/benchmarks.md (the page the README links for figures):
+    every goal row of this run, with a line saying which run it came from. Printed by
+    `python bench/run.py --readme-table DIR`; its links are relative to docs/."""
     meta = results.get("meta", {})
     client = results.get("loadgen", {})
     client_text = (
@@ -754,5 +756,5 @@ def readme_table(results: dict[str, Any]) -> list[str]:
         f"From `{meta.get('command', '?')}` on {meta.get('date', '?')}, template at "
         f"`{meta.get('template', '?')}`, {meta.get('cores', '?')} shared cores, Python "
         f"{meta.get('python', '?')}; {client_text}details and raw samples in "
-        "[bench/RESULTS.md](bench/RESULTS.md).",
+        "[bench/RESULTS.md](../bench/RESULTS.md).",
     ]

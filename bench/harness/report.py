@@ -215,7 +215,7 @@ def render(
         "python bench/run.py            # full run, writes "
         "bench/RESULTS.md, bench/shutdown.png, bench/results.json",
         "python bench/run.py --quick    # < 30 s smoke run, writes bench/.quick/",
-        "python bench/run.py --readme-table bench   # the top-level README's table",
+        "python bench/run.py --readme-table bench   # docs/benchmarks.md's table",
         "```",
         "",
         "The first run builds bench/.venv (aiorun 2025.1.1, uvloop, matplotlib, cookiecutter, "
@@ -667,7 +667,8 @@ def _checksum_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]
             [
                 f"The floor, measured in the bench's own Python: zlib's CRC-32 of one "
                 f"{cfg['tp_size']}-byte line takes {floor['crc32_us']:.2f} µs, and with the "
-                f"record's suffix formatted {floor['record_us']:.2f} µs (best of 5).",
+                f"record's suffix formatted {floor['record_us']:.2f} µs (best of 5, before "
+                "and after the runs).",
                 "",
             ]
             if floor
