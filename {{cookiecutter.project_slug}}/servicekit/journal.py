@@ -339,11 +339,20 @@ class Journal:
         return end
 
     def _ends_checksummed(self, fd: int) -> bool:
-        """True if the file's last line is HEADER or a good record: it needs no new HEADER."""
+        """True if the file's last line is HEADER or a good record: it needs no new HEADER.
+
+        As replay reads it: the line whole first (a request may start with NUL bytes), then
+        without the NUL bytes a zero-filled block may have glued onto its start.
+        """
         start = max(self._size - (self.max_line_bytes + CHECKSUM_BYTES + 1), 0)
         tail = _read_at(fd, self._size - start, start)
         last = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :]
-        return last == HEADER or _verified(last[:-1].lstrip(b"\0")) is not None
+        body = last[:-1]
+        return (
+            last == HEADER
+            or _verified(body) is not None
+            or _verified(body.lstrip(b"\0")) is not None
+        )
 
     def replay(self) -> Iterator[bytes]:
         """Every journaled request, oldest first, without its newline; see the format rules.

@@ -222,6 +222,29 @@ def test_a_journal_from_before_checksums_is_replayed_then_continued(workdir: Pat
 
 
 @posix_only
+def test_a_last_request_that_starts_with_nul_bytes_is_a_good_record(workdir: Path) -> None:
+    """Seen failing (a helper's attack): when the journal's last record was a request that
+    starts with NUL bytes, the next start cut the NULs off before checking its checksum (as
+    for a zero-filled block glued onto a record) and took the file for one from before
+    checksums. Every start then warned of an old journal, and the next write put a second
+    header in the middle of the file. Any client could do it by sending such a request."""
+    service = recording_service(workdir)
+    with connect(service) as sock:
+        assert is_reply(ask(sock, b"before\n"))
+        assert is_reply(ask(sock, b"\0\0starts with NUL bytes\n"))
+    assert service.stop() == ExitCode.OK, service.log
+    again = recording_service(workdir)
+    assert recovered(again) == [b"before", b"\0\0starts with NUL bytes"], again.log
+    assert "no checksums" not in again.log
+    with connect(again) as sock:
+        assert is_reply(ask(sock, b"after\n"))
+    assert again.stop() == ExitCode.OK, again.log
+    assert again.journal.read_bytes() == JOURNAL_HEADER + records(
+        b"before", b"\0\0starts with NUL bytes", b"after"
+    )
+
+
+@posix_only
 def test_each_record_is_readable_with_its_checksum(workdir: Path) -> None:
     service = recording_service(workdir)
     with connect(service) as sock:
