@@ -776,7 +776,11 @@ class _Connection(asyncio.BufferedProtocol):
             batch.pings_only = not requests
             batch.too_long = too_long
             if requests and server.needs_journal is not None:
-                requests = server.to_journal(requests)
+                try:
+                    requests = server.to_journal(requests)
+                except BaseException as exc:  # it let through what is not an Exception
+                    self._stop_with(batch, (), exc)  # judged first: nothing of it is handled
+                    return
             reply = replies.append
             run_inline = server.run_inline
             for n, line in enumerate(parts):

@@ -959,6 +959,38 @@ def test_a_needs_journal_that_raises_journals_the_request_and_serves_on(
     assert journal_requests(journal) == b"SET a 1\nODD a\nSET b 2\nODD b\n"
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_needs_journal_that_raises_system_exit_stops_the_service_gracefully(
+    workdir: Path, loop: str
+) -> None:
+    """Seen failing (a helper's attack): ``sys.exit()`` in ``needs_journal`` stopped the
+    service with the status asked for, but out of the read's callback: uvloop logged a fatal
+    error on the transport and that client got EOF and no reason. It stops as ``sys.exit()``
+    in ``handle`` does. ``needs_journal`` judges a batch before any of it is handled, so
+    nothing of that batch is: the client gets ``error: shutting down``, the others are
+    drained, and the exit status is the one asked for."""
+    judge = "def needs_journal(request):\n"
+    exits = judge + "    if request == b'EXIT':\n        raise SystemExit(3)\n"
+    (workdir / "reads_free.py").write_text(READS_FREE.replace(judge, exits))
+    journal = workdir / "journal.log"
+    settings = {
+        "APP_PORT": "0",
+        "APP_JOURNAL_PATH": str(journal),
+        "APP_SHUTDOWN_TIMEOUT": str(3 * HANG_GUARD),  # a drain that waits shows as a hang
+        **loop_setting(loop),
+    }
+    service = Service(workdir, service_env(**settings), args=["reads_free.py"])
+    with connect(service) as client, connect(service) as bystander:
+        assert ask(bystander, b"SET b 2\n") == b"OK\n"
+        client.sendall(b"SET a 1\nGET a\nEXIT\n")  # one batch
+        assert read_to_end(client) == SHUTTING_DOWN, service.log
+        assert read_to_end(bystander) == SHUTTING_DOWN, service.log
+    assert service.wait() == 3, service.log
+    assert "Traceback" not in service.log, service.log
+    assert "Fatal error" not in service.log, service.log
+    assert journal_requests(journal) == b"SET b 2\n"
+
+
 def stops_itself() -> str:
     """READS_FREE whose ``handle`` raises SystemExit(3) for EXIT, and after an await for
     AWAIT-EXIT (the rest of its batch then runs in a task)."""
