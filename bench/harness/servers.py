@@ -152,41 +152,44 @@ def ceiling(wal: Path | None = None) -> ServerSpec:
 
 def seam_service(project: Path, journal: Path) -> ServerSpec:
     """The service on uvloop with one seam and with two, alternated (procs/seam_service.py)."""
-    return ServerSpec(
-        name="service (uvloop), one seam and two, alternated",
-        argv=[sys.executable, str(PROCS / "seam_service.py"), str(project)],
-        cwd=project,
-        env=service_env(journal, APP_USE_UVLOOP="1"),
-        journal=journal,
-        ready_stream="stderr",
-        ready_pattern=SERVICE_READY,
-        stop_signal=signal.SIGKILL,
+    return _alternating(
+        "service (uvloop), one seam and two, alternated", "seam_service.py", project, journal
     )
 
 
 def metrics_timing_service(project: Path, journal: Path) -> ServerSpec:
     """The service on uvloop with metrics on, its batches timed and not, alternated
     (procs/metrics_service.py)."""
-    return ServerSpec(
-        name="service (uvloop, metrics on), batches timed and not, alternated",
-        argv=[sys.executable, str(PROCS / "metrics_service.py"), str(project)],
-        cwd=project,
-        env=service_env(journal, APP_USE_UVLOOP="1", APP_METRICS_PORT=str(free_port())),
-        journal=journal,
-        ready_stream="stderr",
-        ready_pattern=SERVICE_READY,
-        stop_signal=signal.SIGKILL,
+    return _alternating(
+        "service (uvloop, metrics on), batches timed and not, alternated",
+        "metrics_service.py",
+        project,
+        journal,
+        APP_METRICS_PORT=str(free_port()),
     )
 
 
 def checksum_service(project: Path, journal: Path) -> ServerSpec:
     """The service on uvloop with its journal records written with and without their CRC-32,
     alternated (procs/checksum_service.py)."""
+    return _alternating(
+        "service (uvloop), records with and without CRC-32, alternated",
+        "checksum_service.py",
+        project,
+        journal,
+    )
+
+
+def _alternating(
+    name: str, script: str, project: Path, journal: Path, **settings: str
+) -> ServerSpec:
+    """The baked service on uvloop, started by one of procs/ that alternates two versions of
+    it in one process (harness/alternated.py); killed when its window ends."""
     return ServerSpec(
-        name="service (uvloop), records with and without CRC-32, alternated",
-        argv=[sys.executable, str(PROCS / "checksum_service.py"), str(project)],
+        name=name,
+        argv=[sys.executable, str(PROCS / script), str(project)],
         cwd=project,
-        env=service_env(journal, APP_USE_UVLOOP="1"),
+        env=service_env(journal, APP_USE_UVLOOP="1", **settings),
         journal=journal,
         ready_stream="stderr",
         ready_pattern=SERVICE_READY,

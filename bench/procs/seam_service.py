@@ -9,25 +9,23 @@ at once (one seam: the server's call) or through a second seam built like the fi
 async echo, check that its reply is one line of bytes). The extra server CPU per request of the
 second is the price of one seam, measured in the service as it is, whatever its internals.
 
-A thread swaps the two every SLICE seconds (which goes first is drawn at random, so work that
-comes at a fixed time after the start does not always land on the same side) and prints, for
-each slice it ends, ``slice one|two REQUESTS CPU_S`` on stderr: the requests ``handle`` saw and
-the process CPU time (all threads) spent while that version was in place. Both versions see the
-same process, clients and machine load; both count their requests the same way.
+A thread swaps the two every 50 ms (``alternating.py``, which goes first drawn at random, so
+work that comes at a fixed time after the start does not always land on the same side) and
+prints, for each slice it ends, ``slice one|two REQUESTS CPU_S`` on stderr: the requests
+``handle`` saw and the process CPU time (all threads) spent while that version was in place.
+Both versions see the same process, clients and machine load; both count their requests the same
+way.
 
     python seam_service.py PROJECT_DIR     (run with the project as cwd; stopped with SIGKILL)
 """
 
 from __future__ import annotations
 
-import random
 import sys
 import threading
-import time
 import types
 
-SLICE = 0.05
-"""Seconds each version runs before the other takes over."""
+from alternating import alternate
 
 NEWLINE = ord("\n")
 
@@ -58,25 +56,16 @@ def bench_protocol() -> tuple[types.ModuleType, list[int], list[bool]]:
     return protocol, count, second
 
 
-def swap(count: list[int], second: list[bool]) -> None:
-    """Alternate the versions forever, printing each finished slice's requests and CPU."""
-    second[0] = random.random() < 0.5  # which goes first: see the docstring
-    cpu, seen = time.process_time(), count[0]
-    while True:
-        time.sleep(SLICE)
-        name = "two" if second[0] else "one"
-        second[0] = not second[0]
-        now, total = time.process_time(), count[0]
-        print(f"slice {name} {total - seen} {now - cpu:.6f}", file=sys.stderr, flush=True)
-        cpu, seen = time.process_time(), total  # the print is charged to neither
-
-
 def main() -> int:
     sys.path.insert(0, sys.argv[1])
     from servicekit.main import main as service_main
 
     protocol, count, second = bench_protocol()
-    threading.Thread(target=swap, args=(count, second), daemon=True).start()
+
+    def use(two: bool) -> None:
+        second[0] = two
+
+    threading.Thread(target=alternate, args=(("one", "two"), use, count), daemon=True).start()
     return int(service_main(protocol, []))  # type: ignore[arg-type]
 
 
