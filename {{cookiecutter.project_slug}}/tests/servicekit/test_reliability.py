@@ -959,6 +959,32 @@ def test_a_needs_journal_that_raises_journals_the_request_and_serves_on(
     assert journal_requests(journal) == b"SET a 1\nODD a\nSET b 2\nODD b\n"
 
 
+def stop_from_a_batch(
+    workdir: Path, loop: str, source: str, batch: bytes
+) -> tuple[bytes, Service, Path]:
+    """Run the protocol script ``source``; once a bystander's ``SET b 2`` is answered, a
+    client sends ``batch`` in one write, and something in it stops the service with status 3.
+    The bystander is drained with the refusal and nothing prints a traceback. Returns what
+    the client read to its end, the stopped service and its journal."""
+    (workdir / "stops_itself.py").write_text(source)
+    journal = workdir / "journal.log"
+    settings = {
+        "APP_PORT": "0",
+        "APP_JOURNAL_PATH": str(journal),
+        "APP_SHUTDOWN_TIMEOUT": str(3 * HANG_GUARD),  # a drain that waits shows as a hang
+        **loop_setting(loop),
+    }
+    service = Service(workdir, service_env(**settings), args=["stops_itself.py"])
+    with connect(service) as client, connect(service) as bystander:
+        assert ask(bystander, b"SET b 2\n") == b"OK\n"
+        client.sendall(batch)
+        read = read_to_end(client)
+        assert read_to_end(bystander) == SHUTTING_DOWN, service.log
+    assert service.wait() == 3, service.log
+    assert "Traceback" not in service.log, service.log
+    return read, service, journal
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_needs_journal_that_raises_system_exit_stops_the_service_gracefully(
     workdir: Path, loop: str
@@ -971,22 +997,10 @@ def test_a_needs_journal_that_raises_system_exit_stops_the_service_gracefully(
     drained, and the exit status is the one asked for."""
     judge = "def needs_journal(request):\n"
     exits = judge + "    if request == b'EXIT':\n        raise SystemExit(3)\n"
-    (workdir / "reads_free.py").write_text(READS_FREE.replace(judge, exits))
-    journal = workdir / "journal.log"
-    settings = {
-        "APP_PORT": "0",
-        "APP_JOURNAL_PATH": str(journal),
-        "APP_SHUTDOWN_TIMEOUT": str(3 * HANG_GUARD),  # a drain that waits shows as a hang
-        **loop_setting(loop),
-    }
-    service = Service(workdir, service_env(**settings), args=["reads_free.py"])
-    with connect(service) as client, connect(service) as bystander:
-        assert ask(bystander, b"SET b 2\n") == b"OK\n"
-        client.sendall(b"SET a 1\nGET a\nEXIT\n")  # one batch
-        assert read_to_end(client) == SHUTTING_DOWN, service.log
-        assert read_to_end(bystander) == SHUTTING_DOWN, service.log
-    assert service.wait() == 3, service.log
-    assert "Traceback" not in service.log, service.log
+    read, service, journal = stop_from_a_batch(
+        workdir, loop, READS_FREE.replace(judge, exits), b"SET a 1\nGET a\nEXIT\n"
+    )
+    assert read == SHUTTING_DOWN, service.log
     assert "Fatal error" not in service.log, service.log
     assert journal_requests(journal) == b"SET b 2\n"
 
@@ -1016,20 +1030,7 @@ def test_a_handle_that_raises_system_exit_stops_the_service_gracefully(
     before it, nor the refusal that says the rest was not. On asyncio the drain also waited
     for that connection until its deadline. Now the requests handled before it are journaled
     and answered, the rest refused, and the service exits with the status asked for."""
-    (workdir / "stops_itself.py").write_text(stops_itself())
-    journal = workdir / "journal.log"
-    settings = {
-        "APP_PORT": "0",
-        "APP_JOURNAL_PATH": str(journal),
-        "APP_SHUTDOWN_TIMEOUT": str(3 * HANG_GUARD),  # a drain that waits shows as a hang
-        **loop_setting(loop),
-    }
-    service = Service(workdir, service_env(**settings), args=["stops_itself.py"])
-    with connect(service) as client, connect(service) as bystander:
-        assert ask(bystander, b"SET b 2\n") == b"OK\n"
-        client.sendall(b"SET a 1\nGET a\n" + exit_request + b"\nSET c 3\n")  # one batch
-        assert read_to_end(client) == b"OK\n1\n" + SHUTTING_DOWN, service.log
-        assert read_to_end(bystander) == SHUTTING_DOWN, service.log
-    assert service.wait() == 3, service.log
-    assert "Traceback" not in service.log, service.log
+    batch = b"SET a 1\nGET a\n" + exit_request + b"\nSET c 3\n"
+    read, service, journal = stop_from_a_batch(workdir, loop, stops_itself(), batch)
+    assert read == b"OK\n1\n" + SHUTTING_DOWN, service.log
     assert journal_requests(journal) == b"SET b 2\nSET a 1\n"  # GETs need none
