@@ -675,8 +675,10 @@ def shutdown(results: dict[str, Any], key: str, label: str, goal: float | None) 
         f"of our {median(ours) * 1000:.0f} ms, run() itself takes {median(inside) * 1000:.0f} ms "
         f"(cancel and await every task, close each connection"
         + (f"; {ratio(inside, theirs_inside):.2f} of aiorun's run()" if theirs_inside else "")
-        + f") and the program's exit after it the rest (the interpreter freeing what the "
-        f"program holds: here the {tasks:,} cancelled tasks, each in a reference cycle); "
+        + f") and the program's exit after it the rest: the interpreter freeing what the "
+        f"program holds (here its {tasks:,} cancelled tasks and {conns:,} closed transports) "
+        "and handing its memory back, which aiorun's exit pays too, with the tasks left in "
+        "reference cycles besides (bench/NOTES.md); "
         if inside
         else ""
     )
