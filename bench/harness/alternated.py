@@ -152,6 +152,13 @@ def metrics(project: Path, scratch: Path, load: throughput.Load, **kw: Any) -> d
     )
 
 
+def unavailable(section: dict[str, Any]) -> str:
+    """Why a section of one run per mode (``checksum``'s) has no runs, or "" if none says."""
+    return next(
+        (section[m]["unavailable"] for m in MODES if "unavailable" in section.get(m, {})), ""
+    )
+
+
 def crc32_floor(size: int) -> dict[str, float]:
     """What one ``size``-byte record's checksum costs in this Python, in µs (best of 5): zlib's
     CRC-32 alone, and with the record's suffix formatted as ``encode`` does. The checksum's

@@ -606,14 +606,7 @@ def checksum_cost(results: dict[str, Any]) -> Row | None:
     if not values:
         if not between:
             return None
-        why = next(
-            (
-                section[m]["unavailable"]
-                for m in alternated.MODES
-                if "unavailable" in section.get(m, {})
-            ),
-            "the checksum section did not run",
-        )
+        why = alternated.unavailable(section) or "the checksum section did not run"
         return (name, context.removeprefix("; "), goal, verdict(None, why))
     floor = section.get("floor") or {}
     crc = (

@@ -629,7 +629,7 @@ def _checksum_section(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]
         for mode in alternated.MODES
     }
     if not any(summaries.values()):
-        why = next((section[m]["unavailable"] for m in section if "unavailable" in section[m]), "")
+        why = alternated.unavailable(section)
         return [title, "", f"Not available in this build (`{why[:300]}`).", ""] if why else []
     rows = [
         [mode, str(n), str(len(pairs)), f"{alternated.run_cost(run, alternated.CHECKSUM):+.1%}"]
